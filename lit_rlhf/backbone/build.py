@@ -1,0 +1,372 @@
+"""Build the shared backbone: base model, quantization, named LoRA adapters, scalar heads.
+
+This package is the ONLY place that imports bitsandbytes and peft. Stage modules receive a `Backbone` and
+switch roles by adapter name; they never touch peft directly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+from lit_rlhf.backbone.config import BackboneConfig, LoraSettings
+
+log = logging.getLogger(__name__)
+
+# Adapter names of the four InstructGPT roles; the reference is "adapters off" or a frozen "reference" copy.
+POLICY, REFERENCE, REWARD, CRITIC = "policy", "reference", "reward", "critic"
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class BaseSource:
+    """Where the frozen base weights come from; recorded in every manifest.
+
+    kind: ``pretrained`` (hub name or path, nothing copied), ``config`` (built from an inline config,
+    random init), or ``local`` (a transformers model directory we wrote, e.g. a stage directory's ``base/``).
+    """
+
+    kind: Literal["pretrained", "config", "local"]
+    name_or_path: str | None = None
+    revision: str | None = None
+    model_config: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if v is not None}
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    """Map a config dtype name to the torch dtype."""
+    return _DTYPES[name]
+
+
+def load_tokenizer(path: str, revision: str | None = None, trust_remote_code: bool = False):
+    """Load a tokenizer and make sure it can pad (falls back to EOS as the pad token)."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code)
+    if tok.pad_token is None:
+        if tok.eos_token is None:
+            raise ValueError(f"tokenizer {path!r} has neither a pad nor an eos token; add one")
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def _quantization_config(cfg: BackboneConfig):
+    from transformers import BitsAndBytesConfig
+
+    if cfg.quantization == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    if cfg.quantization == "4bit":
+        return BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch_dtype(cfg.dtype),
+        )
+    return None
+
+
+def _avoid_cpu_4bit_repacking(model: nn.Module) -> int:
+    """Turn off bitsandbytes' AVX512-BF16 CPU repacking of 4-bit weights.
+
+    On CPU an eval-mode no-grad forward (generate, a PPO rollout) repacks the 4-bit weights in place, after
+    which LoRA on Llama silently gets no gradient and GPT-2 raises an in-place error (shared/PLATFORM.md).
+    Costs ~1.4x on CPU 4-bit generation; harmless on CUDA, where the flag is never read.
+    """
+    import bitsandbytes as bnb
+
+    n = 0
+    for mod in model.modules():
+        if isinstance(mod, bnb.nn.Linear4bit):
+            mod.support_avx512bf16_for_cpu = False
+            n += 1
+    return n
+
+
+def build_base(
+    cfg: BackboneConfig,
+    tokenizer,
+    weights_dir: str | Path | None = None,
+    device: torch.device | str = "cpu",
+    quantize: bool = True,
+) -> tuple[nn.Module, BaseSource]:
+    """Build the (optionally quantized) causal LM, frozen when LoRA is on.
+
+    Args:
+        cfg: Backbone settings.
+        tokenizer: Its length and special ids size a from-scratch model.
+        weights_dir: A local transformers directory that overrides ``cfg``'s source (a stage's ``base/``).
+        device: Where quantized weights are placed (bitsandbytes quantizes on load).
+        quantize: False loads in full precision even if ``cfg.quantization`` is set (export).
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    dtype = torch_dtype(cfg.dtype)
+    qconfig = _quantization_config(cfg) if quantize else None
+    if weights_dir is None and cfg.model_config is not None:
+        params = dict(cfg.model_config)
+        hf_config = AutoConfig.for_model(params.pop("model_type"), **params)
+        hf_config.vocab_size = len(tokenizer)
+        for attr in ("bos_token_id", "eos_token_id", "pad_token_id"):
+            setattr(hf_config, attr, getattr(tokenizer, attr))
+        model = AutoModelForCausalLM.from_config(hf_config, dtype=dtype)
+        source = BaseSource(kind="config", model_config=dict(cfg.model_config))
+    else:
+        path = str(weights_dir) if weights_dir is not None else cfg.name_or_path
+        kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": cfg.trust_remote_code}
+        if weights_dir is not None:
+            kwargs["use_safetensors"] = True  # our own directories: never unpickle
+        else:
+            kwargs["revision"] = cfg.revision
+        if qconfig is not None:
+            kwargs["quantization_config"] = qconfig
+            kwargs["device_map"] = {"": str(device)}
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        if weights_dir is not None:
+            source = BaseSource(kind="local", name_or_path=str(weights_dir))
+        else:
+            source = BaseSource(kind="pretrained", name_or_path=cfg.name_or_path, revision=cfg.revision)
+    if qconfig is not None:
+        _avoid_cpu_4bit_repacking(model)
+    if cfg.lora is not None:
+        model.requires_grad_(False)
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return model, source
+
+
+def detect_lora_targets(model: nn.Module) -> list[str]:
+    """Leaf names of every linear-like layer except the output embedding.
+
+    Covers nn.Linear (Llama, NeoX, OPT, ...), transformers' Conv1D (GPT-2) and the bitsandbytes
+    replacements (subclasses of nn.Linear).
+    """
+    from transformers.pytorch_utils import Conv1D
+
+    out_emb = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    skip = {name.rsplit(".", 1)[-1] for name, mod in model.named_modules() if mod is out_emb and name}
+    names = set()
+    for name, mod in model.named_modules():
+        if mod is out_emb or not name:
+            continue
+        if isinstance(mod, nn.Linear | Conv1D):
+            names.add(name.rsplit(".", 1)[-1])
+    names -= skip
+    if not names:
+        raise ValueError(
+            f"found no linear layers to adapt in {type(model).__name__}; set lora.target_modules"
+        )
+    return sorted(names)
+
+
+def lora_config(settings: LoraSettings, targets: list[str]):
+    """The peft LoraConfig for a causal LM."""
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=settings.r,
+        lora_alpha=settings.alpha,
+        lora_dropout=settings.dropout,
+        target_modules=targets,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+
+
+def last_token_index(attention_mask: Tensor) -> Tensor:
+    """Index of the last non-padding position of each row, for left and right padding alike.
+
+    Args:
+        attention_mask: (B, T) with 1 on real tokens.
+    Returns:
+        (B,) long.
+    """
+    t = attention_mask.shape[1]
+    return (t - 1 - attention_mask.flip(1).to(torch.long).argmax(dim=1)).long()
+
+
+class ScalarHead(nn.Module):
+    """A linear map from the last hidden state to one scalar (reward or value), kept in float32."""
+
+    def __init__(self, hidden_size: int) -> None:
+        super().__init__()
+        self.proj = nn.Linear(hidden_size, 1)
+        nn.init.normal_(self.proj.weight, std=1.0 / (hidden_size + 1) ** 0.5)
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, hidden: Tensor) -> Tensor:
+        """hidden (..., H) -> (...) float32."""
+        return self.proj(hidden.float()).squeeze(-1)
+
+
+class Backbone(nn.Module):
+    """One base causal LM, any number of named LoRA adapters, and named scalar heads.
+
+    With LoRA, every role (policy, reference, reward, critic) shares this one frozen base; `use_adapter`
+    switches which adapter is active and `use_adapter(None)` runs the bare base (the reference model when
+    the base holds the SFT weights). Without LoRA the base itself is trained (full fine-tuning).
+    """
+
+    def __init__(self, model: nn.Module, tokenizer, cfg: BackboneConfig, source: BaseSource) -> None:
+        super().__init__()
+        self.model = model
+        self.tokenizer = tokenizer
+        self.cfg = cfg
+        self.source = source
+        self.heads = nn.ModuleDict()
+        self.adapters: dict[str, bool] = {}  # name -> trainable
+        self._targets: list[str] | None = None
+
+    @classmethod
+    def build(
+        cls,
+        cfg: BackboneConfig,
+        weights_dir: str | Path | None = None,
+        tokenizer_dir: str | Path | None = None,
+        device: torch.device | str = "cpu",
+        quantize: bool = True,
+    ) -> Backbone:
+        """Load tokenizer and base per `cfg` (see `build_base`)."""
+        if weights_dir is None:  # a stage's own base/ is already known-good; its cfg may name a config
+            cfg.validate()
+        tok_path = str(tokenizer_dir) if tokenizer_dir is not None else (cfg.tokenizer or cfg.name_or_path)
+        tok = load_tokenizer(tok_path, cfg.revision if tokenizer_dir is None else None, cfg.trust_remote_code)
+        model, source = build_base(cfg, tok, weights_dir=weights_dir, device=device, quantize=quantize)
+        return cls(model, tok, cfg, source)
+
+    # ---- structure ------------------------------------------------------------------------------------
+    @property
+    def hf_model(self) -> nn.Module:
+        """The underlying transformers model (LoRA layers injected in place when adapters exist)."""
+        return self.model.get_base_model() if self.adapters else self.model
+
+    @property
+    def hidden_size(self) -> int:
+        c = self.hf_model.config
+        return int(getattr(c, "hidden_size", None) or c.n_embd)
+
+    @property
+    def is_quantized(self) -> bool:
+        return getattr(self.hf_model, "is_quantized", False) or self.cfg.quantization != "none"
+
+    def add_adapter(self, name: str, trainable: bool = True, state: dict[str, Tensor] | None = None) -> None:
+        """Attach a LoRA adapter called `name`, optionally loading its weights (peft state-dict keys)."""
+        from peft import get_peft_model, set_peft_model_state_dict
+
+        if self.cfg.lora is None:
+            raise ValueError(f"cannot add adapter {name!r}: backbone.lora is not set (full fine-tuning)")
+        if name in self.adapters:
+            raise ValueError(f"adapter {name!r} already exists")
+        if self._targets is None:
+            self._targets = self.cfg.lora.target_modules or detect_lora_targets(self.model)
+        config = lora_config(self.cfg.lora, self._targets)
+        if not self.adapters:
+            self.model = get_peft_model(self.model, config, adapter_name=name)
+        else:
+            self.model.add_adapter(name, config)
+        if state is not None:
+            result = set_peft_model_state_dict(self.model, state, adapter_name=name)
+            missing = [k for k in result.missing_keys if f".{name}." in k or k.endswith(f".{name}")]
+            if missing or result.unexpected_keys:
+                raise ValueError(
+                    f"adapter {name!r} weights do not fit this base: missing {missing[:3]}, "
+                    f"unexpected {list(result.unexpected_keys)[:3]}"
+                )
+        self.adapters[name] = trainable
+        self.use_adapter_(name)
+
+    def adapter_state(self, name: str) -> dict[str, Tensor]:
+        """The adapter's weights with peft's name-free keys (what `add_adapter(state=...)` takes)."""
+        from peft import get_peft_model_state_dict
+
+        return {
+            k: v.detach().cpu().contiguous()
+            for k, v in get_peft_model_state_dict(self.model, adapter_name=name).items()
+        }
+
+    def _refresh_requires_grad(self) -> None:
+        # peft's set_adapter marks the active adapter trainable and the others frozen; we want each adapter's
+        # own setting whatever is active (the policy stays trainable while the critic runs).
+        for pname, p in self.model.named_parameters():
+            if "lora_" not in pname:
+                continue
+            owner = next((a for a in self.adapters if f".{a}." in pname), None)
+            p.requires_grad_(bool(owner and self.adapters[owner]))
+
+    def use_adapter_(self, name: str) -> None:
+        """Make `name` the active adapter (stays active until changed)."""
+        if name not in self.adapters:
+            raise KeyError(f"no adapter {name!r}; have {sorted(self.adapters)}")
+        self.model.set_adapter(name)
+        self._refresh_requires_grad()
+
+    @contextlib.contextmanager
+    def use_adapter(self, name: str | None) -> Iterator[None]:
+        """Run a block with adapter `name` active, or with every adapter off when `name` is None."""
+        if not self.adapters:
+            if name is not None:
+                raise KeyError(f"no adapter {name!r}: this backbone has no adapters")
+            yield
+            return
+        previous = self.model.active_adapter
+        if name is None:
+            with self.model.disable_adapter():
+                yield
+            self._refresh_requires_grad()
+            return
+        self.use_adapter_(name)
+        try:
+            yield
+        finally:
+            self.use_adapter_(previous)
+
+    def add_head(self, name: str, state: dict[str, Tensor] | None = None) -> ScalarHead:
+        """Attach a scalar head (reward or value) reading the last hidden state."""
+        head = ScalarHead(self.hidden_size)
+        if state is not None:
+            head.load_state_dict(state)
+        self.heads[name] = head
+        return head
+
+    # ---- parameters -----------------------------------------------------------------------------------
+    def base_named_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
+        """Parameters of the base model itself (no adapter, no head)."""
+        for n, p in self.model.named_parameters():
+            if "lora_" not in n:
+                yield n, p
+
+    def adapter_parameters(self, name: str) -> list[nn.Parameter]:
+        return [p for n, p in self.model.named_parameters() if "lora_" in n and f".{name}." in n]
+
+    # ---- compute --------------------------------------------------------------------------------------
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        position_ids: Tensor | None = None,
+    ) -> Tensor:
+        """Next-token logits (B, T, V) from the active adapter."""
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids)
+        return out.logits
+
+    def hidden_states(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        """Last-layer hidden states (B, T, H) without computing the vocabulary projection."""
+        hf = self.hf_model
+        decoder = getattr(hf, hf.base_model_prefix)
+        return decoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+    def score(self, head: str, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        """Scalar head `head` at the last real token of each row: (B, T) ids -> (B,) float32."""
+        hidden = self.hidden_states(input_ids, attention_mask)  # (B, T, H)
+        idx = last_token_index(attention_mask)  # (B,)
+        last = hidden[torch.arange(hidden.shape[0], device=hidden.device), idx]  # (B, H)
+        return self.heads[head](last)

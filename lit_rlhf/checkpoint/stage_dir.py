@@ -1,0 +1,216 @@
+"""Write and read stage directories (safetensors + JSON, never pickle), and export to plain transformers.
+
+Writes are atomic: everything goes to a hidden temporary sibling, the manifest last, then one rename. A crash
+leaves either the old directory or the new one, never a half one that has a manifest.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from lit_rlhf.backbone.build import Backbone
+from lit_rlhf.backbone.config import BackboneConfig
+from lit_rlhf.checkpoint.manifest import MANIFEST, Manifest, ManifestError, list_files, read_manifest
+
+
+@contextlib.contextmanager
+def atomic_dir(out: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary directory that replaces `out` in one rename when the block succeeds.
+
+    On error the temporary directory is removed and `out` is untouched.
+    """
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        yield tmp
+        if out.exists():
+            # Two renames, not one: rename() cannot replace a non-empty directory. A crash between them leaves
+            # the old copy under a hidden name and no `out`, which loads as "missing", never as half-written.
+            old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
+            out.rename(old)
+            tmp.rename(out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _copy_tree(src: Path, dst: Path) -> None:
+    """Copy a directory, hard-linking files where the filesystem allows (base weights can be large)."""
+    dst.mkdir(parents=True)
+    for f in src.rglob("*"):
+        target = dst / f.relative_to(src)
+        if f.is_dir():
+            target.mkdir(parents=True, exist_ok=True)
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(f, target)
+        except OSError:
+            shutil.copy2(f, target)
+
+
+def _save_base(backbone: Backbone, tmp: Path) -> dict[str, Any]:
+    source = backbone.source
+    trained_base = backbone.cfg.lora is None  # full fine-tuning changed the base itself
+    if trained_base or source.kind == "config":
+        backbone.hf_model.save_pretrained(tmp / "base", safe_serialization=True)
+        return {"kind": "local", "path": "base"}
+    if source.kind == "local":
+        _copy_tree(Path(source.name_or_path), tmp / "base")
+        return {"kind": "local", "path": "base"}
+    return {"kind": "pretrained", "name_or_path": source.name_or_path, "revision": source.revision}
+
+
+def save_stage_dir(
+    out: str | os.PathLike,
+    backbone: Backbone,
+    *,
+    stage: str,
+    adapters: list[str] | None = None,
+    heads: dict[str, dict[str, Any]] | None = None,
+    step: int = 0,
+    metrics: dict[str, float] | None = None,
+    parent: str | None = None,
+    config_text: str | None = None,
+    extra: dict[str, Any] | None = None,
+) -> Manifest:
+    """Write `backbone` as a stage directory at `out` (atomically).
+
+    Args:
+        adapters: Adapter names to save (default: all the backbone has).
+        heads: head name -> {"adapter": adapter it reads through or None, "bias": float added to its output}.
+        metrics: Key figures for the manifest; must be finite numbers.
+        config_text: The resolved YAML config of the run.
+    """
+    adapters = list(backbone.adapters) if adapters is None else adapters
+    heads = heads or {}
+    with atomic_dir(out) as tmp:
+        backbone.tokenizer.save_pretrained(str(tmp / "tokenizer"))
+        base = _save_base(backbone, tmp)
+        saved_adapters = {}
+        for name in adapters:
+            (tmp / "adapters").mkdir(exist_ok=True)
+            rel = f"adapters/{name}.safetensors"
+            save_file(backbone.adapter_state(name), str(tmp / rel))
+            saved_adapters[name] = rel
+        saved_heads = {}
+        for name, info in heads.items():
+            (tmp / "heads").mkdir(exist_ok=True)
+            rel = f"heads/{name}.safetensors"
+            state = {k: v.detach().cpu().contiguous() for k, v in backbone.heads[name].state_dict().items()}
+            save_file(state, str(tmp / rel))
+            saved_heads[name] = {
+                "path": rel,
+                "adapter": info.get("adapter"),
+                "bias": float(info.get("bias", 0.0)),
+            }
+        if config_text is not None:
+            (tmp / "config.yaml").write_text(config_text, encoding="utf-8")
+        manifest = Manifest(
+            stage=stage,
+            base=base,
+            backbone=backbone.cfg.to_dict(),
+            adapters=saved_adapters,
+            heads=saved_heads,
+            parent=parent,
+            step=int(step),
+            metrics={k: float(v) for k, v in (metrics or {}).items()},
+            files=list_files(tmp),
+            extra=extra or {},
+        )
+        (tmp / MANIFEST).write_text(manifest.to_json(), encoding="utf-8")
+    return manifest
+
+
+def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(path))
+    except Exception as e:  # safetensors raises several types for corrupt files
+        raise ManifestError(f"{path}: cannot read safetensors ({e})") from e
+
+
+def load_stage_dir(
+    stage_dir: str | os.PathLike,
+    *,
+    device: torch.device | str = "cpu",
+    quantize: bool = True,
+    backbone_overrides: dict[str, Any] | None = None,
+    trainable: tuple[str, ...] = (),
+) -> tuple[Backbone, Manifest]:
+    """Rebuild the backbone, adapters and heads a stage directory describes.
+
+    Args:
+        quantize: False loads the base in full precision whatever the stage used (export).
+        backbone_overrides: Fields of the stored BackboneConfig to replace (e.g. quantization for a later stage).
+        trainable: Adapter names to load as trainable (the others are frozen).
+    """
+    root = Path(stage_dir)
+    manifest = read_manifest(root)
+    cfg_dict = {**manifest.backbone, **(backbone_overrides or {})}
+    try:
+        cfg = BackboneConfig.from_dict(cfg_dict)
+    except (TypeError, ValueError) as e:
+        raise ManifestError(f"{root / MANIFEST}: field 'backbone': {e}") from e
+    weights_dir = root / manifest.base["path"] if manifest.base["kind"] == "local" else None
+    if weights_dir is None:
+        cfg.name_or_path = manifest.base["name_or_path"]
+        cfg.revision = manifest.base.get("revision")
+    backbone = Backbone.build(
+        cfg,
+        weights_dir=weights_dir,
+        tokenizer_dir=root / manifest.tokenizer,
+        device=device,
+        quantize=quantize,
+    )
+    for name, rel in manifest.adapters.items():
+        try:
+            backbone.add_adapter(name, trainable=name in trainable, state=_load_tensors(root / rel))
+        except (RuntimeError, ValueError) as e:
+            raise ManifestError(f"{root / rel}: adapter {name!r} does not fit the base: {e}") from e
+    for name, info in manifest.heads.items():
+        try:
+            backbone.add_head(name, _load_tensors(root / info["path"]))
+        except RuntimeError as e:
+            raise ManifestError(f"{root / info['path']}: head {name!r} does not fit the base: {e}") from e
+    return backbone.to(device) if not backbone.is_quantized else backbone, manifest
+
+
+def export_stage_dir(
+    stage_dir: str | os.PathLike, out: str | os.PathLike, adapter: str | None = None
+) -> Path:
+    """Write a plain transformers model: the base in full precision with `adapter` merged into it.
+
+    With a quantized stage the adapter is merged into the original-precision base weights (the usual QLoRA
+    export); the base is never saved quantized. `adapter` defaults to ``policy`` when the stage has one.
+    """
+    backbone, manifest = load_stage_dir(stage_dir, quantize=False)
+    model = backbone.model
+    if backbone.adapters:
+        if adapter is None:
+            if "policy" not in backbone.adapters:
+                raise ValueError(
+                    f"{stage_dir}: choose an adapter to export among {sorted(backbone.adapters)}"
+                )
+            adapter = "policy"
+        if adapter not in backbone.adapters:
+            raise ValueError(f"{stage_dir}: no adapter {adapter!r}; have {sorted(backbone.adapters)}")
+        model.set_adapter(adapter)
+        model = model.merge_and_unload(adapter_names=[adapter])
+    with atomic_dir(out) as tmp:
+        model.save_pretrained(str(tmp), safe_serialization=True)
+        backbone.tokenizer.save_pretrained(str(tmp))
+    return Path(out)

@@ -1,0 +1,127 @@
+"""Command line: `python main.py {fit,validate,test,...} --config X.yaml` (LightningCLI) plus tool commands.
+
+Tool commands that are not Trainer methods (demo-data, export) are dispatched before LightningCLI is built,
+so they start fast and take their own flags. Every run writes `runs/<stage>/<name>/` (lit_rlhf.runs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+TOOL_COMMANDS = ("demo-data", "export")
+
+
+def _demo_data(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(
+        prog="main.py demo-data", description="Write the built-in demo task world's data."
+    )
+    p.add_argument("--out", default="data/demo", help="output directory (default: data/demo)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n-train", type=int, default=20000)
+    p.add_argument("--n-val", type=int, default=500)
+    p.add_argument("--n-rl", type=int, default=2000)
+    p.add_argument("--n-eval", type=int, default=300)
+    p.add_argument("--n-pretrain", type=int, default=5000)
+    a = p.parse_args(argv)
+    from lit_rlhf.demo.datagen import write_demo_data
+
+    paths = write_demo_data(
+        a.out,
+        seed=a.seed,
+        n_train=a.n_train,
+        n_val=a.n_val,
+        n_rl=a.n_rl,
+        n_eval=a.n_eval,
+        n_pretrain=a.n_pretrain,
+    )
+    for name, path in paths.items():
+        print(f"{name:>14}: {path}")
+    return 0
+
+
+def _export(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(
+        prog="main.py export", description="Export a stage directory as a plain transformers model."
+    )
+    p.add_argument("--ckpt", required=True, help="stage directory (runs/<stage>/<name>/stage)")
+    p.add_argument("--out", required=True, help="output directory for the transformers model")
+    p.add_argument("--adapter", default=None, help="adapter to merge (default: policy)")
+    a = p.parse_args(argv)
+    from lit_rlhf.checkpoint.stage_dir import export_stage_dir
+
+    out = export_stage_dir(a.ckpt, a.out, adapter=a.adapter)
+    print(f"exported {a.ckpt} -> {out} (load with AutoModelForCausalLM.from_pretrained({str(out)!r}))")
+    return 0
+
+
+def lightning_cli(args: list[str] | None, run: bool = True):
+    """Build (and by default run) the LightningCLI; `run=False` parses and instantiates only (config tests)."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.cli import LightningCLI
+
+    from lit_rlhf.runs import RunLogger, RunStatus
+
+    class LitRLHFCLI(LightningCLI):
+        """LightningCLI whose runs always write the run directory the dashboard reads."""
+
+        def add_arguments_to_parser(self, parser) -> None:
+            parser.add_argument("--run.root", default="runs", help="root of run directories")
+            parser.add_argument("--run.name", default="default", help="run name: runs/<stage>/<name>/")
+            parser.add_argument(
+                "--run.checkpoint_every",
+                type=int,
+                default=200,
+                help="save checkpoints/last.ckpt every N optimizer steps (exact resume)",
+            )
+
+        def instantiate_trainer(self, **kwargs: Any):
+            config = self.config[self.subcommand] if self.subcommand else self.config
+            stage = getattr(self.model, "STAGE", "run")
+            run_dir = Path(config["run"]["root"]) / stage / config["run"]["name"]
+            trainer_config = {**self._get(self.config_init, "trainer", default={}), **kwargs}
+            user_loggers = trainer_config.get("logger")
+            extra = (
+                []
+                if user_loggers in (None, True, False)
+                else (list(user_loggers) if isinstance(user_loggers, list) else [user_loggers])
+            )
+            trainer_config["logger"] = [RunLogger(run_dir), *extra]
+            callbacks = [self._get(self.config_init, c) for c in self._parser(self.subcommand).callback_keys]
+            callbacks += [
+                RunStatus(stage, config["run"]["name"]),
+                ModelCheckpoint(
+                    dirpath=run_dir / "checkpoints",
+                    save_last=True,
+                    save_top_k=0,
+                    every_n_train_steps=config["run"]["checkpoint_every"],
+                ),
+            ]
+            return self._instantiate_trainer(trainer_config, callbacks)
+
+        def after_fit(self) -> None:
+            out = getattr(self.model, "stage_dir_written", None)
+            if out is not None and self.trainer.is_global_zero:
+                print(f"\n[lit-rlhf] {self.model.STAGE} stage directory written: {out}")
+                print(f"[lit-rlhf] run directory: {self.trainer.log_dir}")
+
+    return LitRLHFCLI(
+        args=args,
+        run=run,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        save_config_kwargs={"overwrite": True},
+        auto_configure_optimizers=False,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `python main.py`."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in TOOL_COMMANDS:
+        return {"demo-data": _demo_data, "export": _export}[argv[0]](argv[1:])
+    # args=None when reading sys.argv, so LightningCLI does not warn about getting both
+    lightning_cli(None if argv == sys.argv[1:] else argv)
+    return 0

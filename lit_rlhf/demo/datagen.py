@@ -1,0 +1,175 @@
+"""Write the demo world's data set: SFT demonstrations, RL and held-out eval prompts, a pretraining
+corpus for the PPO-ptx loss, the tokenizer, and a world.json describing how it was all made.
+
+Every split draws from its own generator whose seed is derived from (seed, split name), so changing one
+count does not reshuffle the other splits. Every file is written to a temp path and renamed into place;
+world.json is written last, so its presence means the directory is complete.
+
+Row formats (one JSON object per line):
+  sft_train.jsonl, sft_val.jsonl   {"prompt": str, "response": str}   labeler demonstrations
+  rl_prompts.jsonl, eval_prompts.jsonl   {"prompt": str}
+  pretrain.jsonl                   {"text": str}   "<prompt> <canonical answer>", always correct
+
+Reading and validating these files is the data package's job, not this module's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import tempfile
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+
+from lit_rlhf.demo.labeler import Labeler
+from lit_rlhf.demo.tokenizer import train_tokenizer
+from lit_rlhf.demo.world import FAMILIES, Task, TaskGenerator, prompt_space_size
+
+FORMAT_VERSION = 1
+# At most this share of a family's distinct prompts is held out for eval. `add` has only 100 prompts:
+# holding out ~45 of them (what 300 uniform eval draws would do) leaves too little to learn addition from.
+HELDOUT_CAP = 0.2
+
+SPLITS = ("sft_train", "sft_val", "rl_prompts", "eval_prompts", "pretrain")
+FILES = {
+    "sft_train": "sft_train.jsonl",
+    "sft_val": "sft_val.jsonl",
+    "rl_prompts": "rl_prompts.jsonl",
+    "eval_prompts": "eval_prompts.jsonl",
+    "pretrain": "pretrain.jsonl",
+    "tokenizer": "tokenizer",
+    "world": "world.json",
+}
+
+
+def derive_seed(seed: int, name: str) -> int:
+    """A 64-bit seed for the stream called `name`, stable across Python versions and processes."""
+    return int.from_bytes(hashlib.sha256(f"{seed}/{name}".encode()).digest()[:8], "big")
+
+
+def sample_heldout(generator: TaskGenerator, n: int, cap: float = HELDOUT_CAP) -> list[Task]:
+    """n distinct tasks, never more than `cap` of any family's prompt space (at least one each).
+
+    Raises ValueError when the families cannot supply n distinct held-out prompts under the cap.
+    """
+    limits = {
+        f: max(1, int(cap * prompt_space_size(f, generator.min_len, generator.max_len)))
+        for f in dict.fromkeys(generator.families)
+    }
+    if n > sum(limits.values()):
+        raise ValueError(f"cannot hold out {n} distinct prompts: the cap allows {sum(limits.values())}")
+    taken: dict[str, Task] = {}
+    per_family = dict.fromkeys(limits, 0)
+    while len(taken) < n:
+        task = generator.sample()
+        if task.prompt not in taken and per_family[task.family] < limits[task.family]:
+            taken[task.prompt] = task
+            per_family[task.family] += 1
+    return list(taken.values())
+
+
+def sample_excluding(generator: TaskGenerator, n: int, excluded: set[str]) -> list[Task]:
+    """The first n tasks of the stream whose prompt is not in `excluded` (repeats allowed)."""
+    tasks: list[Task] = []
+    while len(tasks) < n:
+        task = generator.sample()
+        if task.prompt not in excluded:
+            tasks.append(task)
+    return tasks
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
+            f.write(text)
+        os.chmod(tmp, 0o644)  # mkstemp makes files private; data files are meant to be shared
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _write_jsonl(path: Path, rows: Iterable[dict[str, str]]) -> None:
+    _write_atomic(path, "".join(json.dumps(row) + "\n" for row in rows))
+
+
+def _tokenizer_texts(splits: dict[str, list[dict[str, str]]]) -> Iterator[str]:
+    for rows in splits.values():
+        for row in rows:
+            yield from row.values()
+
+
+def _make_splits(
+    seed: int, counts: dict[str, int], labeler: Labeler, families: Sequence[str], min_len: int, max_len: int
+) -> dict[str, list[dict[str, str]]]:
+    """Draw every split's rows; eval prompts first, so no other split can contain them."""
+
+    def generator(name: str) -> TaskGenerator:
+        return TaskGenerator(derive_seed(seed, name), families, min_len, max_len)
+
+    eval_tasks = sample_heldout(generator("eval_prompts"), counts["eval_prompts"])
+    heldout = {task.prompt for task in eval_tasks}
+    splits: dict[str, list[dict[str, str]]] = {}
+    for name in ("sft_train", "sft_val"):
+        rng = random.Random(derive_seed(seed, f"{name}/demonstrations"))
+        tasks = sample_excluding(generator(name), counts[name], heldout)
+        splits[name] = [{"prompt": t.prompt, "response": labeler.demonstrate(t, rng)} for t in tasks]
+    rl_tasks = sample_excluding(generator("rl_prompts"), counts["rl_prompts"], heldout)
+    splits["rl_prompts"] = [{"prompt": t.prompt} for t in rl_tasks]
+    splits["eval_prompts"] = [{"prompt": t.prompt} for t in eval_tasks]
+    pretrain_tasks = sample_excluding(generator("pretrain"), counts["pretrain"], heldout)
+    splits["pretrain"] = [{"text": f"{t.prompt} {t.answer}"} for t in pretrain_tasks]
+    return splits
+
+
+def write_demo_data(
+    out_dir: str | Path,
+    seed: int = 0,
+    n_train: int = 20000,
+    n_val: int = 500,
+    n_rl: int = 2000,
+    n_eval: int = 300,
+    n_pretrain: int = 5000,
+    labeler: Labeler | None = None,
+    families: Sequence[str] = FAMILIES,
+    min_len: int = 3,
+    max_len: int = 8,
+) -> dict[str, Path]:
+    """Write the demo data set into out_dir and return each file's path by name (see FILES).
+
+    labeler: writes the demonstrations; default Labeler(seed=seed). Same arguments -> byte-identical
+    files. Eval prompts never appear in any other file (the pretrain texts included).
+    """
+    arguments = {"n_train": n_train, "n_val": n_val, "n_rl": n_rl, "n_eval": n_eval, "n_pretrain": n_pretrain}
+    negative = {name: n for name, n in arguments.items() if n < 0}
+    if negative:
+        raise ValueError(f"write_demo_data: counts must be >= 0, got {negative}")
+    counts = dict(zip(SPLITS, arguments.values(), strict=True))
+    labeler = labeler if labeler is not None else Labeler(seed=seed)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {name: out / filename for name, filename in FILES.items()}
+    # world.json marks a complete directory: drop an old one so a crash mid-rewrite cannot pass as done.
+    paths["world"].unlink(missing_ok=True)
+
+    splits = _make_splits(seed, counts, labeler, families, min_len, max_len)
+    for name, rows in splits.items():
+        _write_jsonl(paths[name], rows)
+    tokenizer = train_tokenizer(_tokenizer_texts(splits), paths["tokenizer"])
+    world = {
+        "format_version": FORMAT_VERSION,
+        "seed": seed,
+        "counts": counts,
+        "families": list(families),
+        "min_len": min_len,
+        "max_len": max_len,
+        "heldout_cap": HELDOUT_CAP,
+        "vocab_size": len(tokenizer),
+        "labeler": labeler.settings(),
+        "files": FILES,
+    }
+    _write_atomic(paths["world"], json.dumps(world, indent=2, sort_keys=True) + "\n")
+    return paths

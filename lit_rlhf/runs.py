@@ -1,0 +1,145 @@
+"""The run directory contract: `runs/<stage>/<name>/` (docs/run-directory.md). The dashboard reads exactly this.
+
+    status.json     {"stage", "name", "status": running|finished|failed, "step", "started", "updated",
+                     "stage_dir", "parent", "error"}; rewritten atomically
+    metrics.jsonl   one JSON object per logging step: {"step", "time", "<stage>/<metric>": value, ...};
+                    append-only, so a reader polling during training never sees a rewritten file
+    hparams.yaml    the module's hyperparameters
+    config.yaml     the resolved config (written by LightningCLI)
+    samples.jsonl   {"step", "prompt", "completion", "mode", ...scores}; append-only
+    rankings.jsonl  (reward stage) validation rankings tables; append-only
+    checkpoints/    Lightning .ckpt files for exact resume (last.ckpt)
+    stage/          the stage directory (lit_rlhf.checkpoint), written atomically at the end of fit
+
+No torch here beyond Lightning's logger base class.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers.logger import Logger
+from lightning.pytorch.utilities import rank_zero_only
+
+from lit_rlhf.data.io import append_jsonl
+
+METRICS, SAMPLES, STATUS, RANKINGS, STAGE_DIR = (
+    "metrics.jsonl",
+    "samples.jsonl",
+    "status.json",
+    "rankings.jsonl",
+    "stage",
+)
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    """Write JSON to a temporary sibling, then rename over `path`."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=2, allow_nan=False), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _plain(value: Any) -> Any:
+    """Turn tensors, dataclasses and paths into YAML/JSON-safe values."""
+    if hasattr(value, "item") and callable(value.item):
+        return value.item()
+    if hasattr(value, "__dataclass_fields__"):
+        return {k: _plain(getattr(value, k)) for k in value.__dataclass_fields__}
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, str | int | float | bool) or value is None:
+        return value
+    return str(value)
+
+
+class RunLogger(Logger):
+    """Lightning logger writing the run directory's append-only `metrics.jsonl` and `hparams.yaml`."""
+
+    def __init__(self, run_dir: str | os.PathLike) -> None:
+        super().__init__()
+        self._run_dir = Path(run_dir)
+
+    @property
+    def name(self) -> str:
+        return self._run_dir.name
+
+    @property
+    def version(self) -> str:
+        return ""
+
+    @property
+    def save_dir(self) -> str:
+        # Trainer.log_dir is the first logger's save_dir for custom loggers: make it the run directory.
+        return str(self._run_dir)
+
+    @property
+    def log_dir(self) -> str:
+        return str(self._run_dir)
+
+    @rank_zero_only
+    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
+        self._run_dir.mkdir(parents=True, exist_ok=True)
+        params = params if isinstance(params, dict) else vars(params)
+        text = yaml.safe_dump(_plain(dict(params)), sort_keys=True)
+        tmp = self._run_dir / ".hparams.yaml.tmp"
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, self._run_dir / "hparams.yaml")
+
+    @rank_zero_only
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        row: dict[str, Any] = {"step": step, "time": round(time.time(), 3)}
+        for k, v in metrics.items():
+            v = float(v)
+            # JSON has no NaN/inf; keep the key so a reader sees the step happened, value null.
+            row[k] = v if math.isfinite(v) else None
+        append_jsonl(self._run_dir / METRICS, row)
+
+
+class RunStatus(Callback):
+    """Keeps `status.json` of the run directory current: running -> finished | failed (rank zero only).
+
+    The module may add fields (e.g. ``stage_dir``) through `trainer.lit_rlhf_status` before fit ends.
+    """
+
+    def __init__(self, stage: str, name: str, every_n_steps: int = 10) -> None:
+        self.stage, self.name, self.every = stage, name, every_n_steps
+        self.state: dict[str, Any] = {}
+
+    def _write(self, trainer: Any, **fields: Any) -> None:
+        if not trainer.is_global_zero or trainer.log_dir is None:
+            return
+        self.state.update(fields, step=int(trainer.global_step), updated=round(time.time(), 3))
+        path = Path(trainer.log_dir) / STATUS
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(path, self.state)
+
+    def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
+        self.state = {
+            "stage": self.stage,
+            "name": self.name,
+            "started": round(time.time(), 3),
+            "stage_dir": None,
+            "parent": getattr(pl_module, "parent_dir", None),
+            "error": None,
+        }
+        self._write(trainer, status="running")
+
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, *args: Any) -> None:
+        if trainer.global_step % self.every == 0:
+            self._write(trainer, status="running")
+
+    def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
+        stage_dir = getattr(pl_module, "stage_dir_written", None)
+        self._write(trainer, status="finished", stage_dir=str(stage_dir) if stage_dir else None)
+
+    def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
+        self._write(trainer, status="failed", error=f"{type(exception).__name__}: {exception}"[:2000])

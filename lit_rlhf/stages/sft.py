@@ -1,0 +1,219 @@
+"""SFTModule: supervised fine-tuning on demonstrations, loss on response tokens only (InstructGPT step 1)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from torchmetrics import MeanMetric
+
+from lit_rlhf.backbone.config import BackboneConfig, coerce_backbone
+from lit_rlhf.backbone.generate import SamplingConfig
+from lit_rlhf.data.io import append_jsonl
+from lit_rlhf.rl.losses import lm_loss
+from lit_rlhf.stages.common import (
+    OptimConfig,
+    SampleConfig,
+    build_optimizer,
+    generate_batched,
+    make_scorer,
+    read_prompts,
+    summarize_judgements,
+)
+
+
+@dataclass
+class _SFTState:
+    """What the module tracks between steps (not config)."""
+
+    last_time: float = 0.0
+    sample_prompts: list[str] = field(default_factory=list)
+
+
+class SFTModule(L.LightningModule):
+    """Fine-tune the policy on demonstrations; writes an ``sft`` stage directory at the end of fit.
+
+    Args:
+        backbone: How to build the model (ignored when ``init_from`` is set).
+        init_from: A stage directory to continue from (its policy adapter or full weights).
+        optim: AdamW + warmup/cosine settings.
+        samples: Completions logged during training and the held-out evaluation at the end.
+    """
+
+    STAGE = "sft"
+
+    def __init__(
+        self,
+        backbone: BackboneConfig | None = None,
+        init_from: str | None = None,
+        optim: OptimConfig | None = None,
+        samples: SampleConfig | None = None,
+    ) -> None:
+        super().__init__()
+        if backbone is None and init_from is None:
+            raise ValueError("SFTModule needs backbone (a model to build) or init_from (a stage directory)")
+        self.backbone_cfg = coerce_backbone(backbone) if backbone is not None else None
+        if self.backbone_cfg is not None and init_from is None:
+            self.backbone_cfg.validate()  # fail at config time, before any weights load
+        self.init_from = init_from
+        self.optim_cfg = optim or OptimConfig()
+        self.samples_cfg = samples or SampleConfig()
+        self.save_hyperparameters()
+        self.net = None  # the Backbone, built in configure_model
+        self._tokenizer = None
+        self.val_loss = MeanMetric()
+        self.state = _SFTState()
+        self.stage_dir_written: Path | None = None
+        self.parent_dir = init_from
+
+    # ---- building ---------------------------------------------------------------------------------------
+    @property
+    def tokenizer(self):
+        """The tokenizer, loaded on first use without loading weights (the data module needs it first)."""
+        if self.net is not None:
+            return self.net.tokenizer
+        if self._tokenizer is None:
+            from lit_rlhf.backbone.build import load_tokenizer
+
+            if self.init_from is not None:
+                self._tokenizer = load_tokenizer(str(Path(self.init_from) / "tokenizer"))
+            else:
+                cfg = self.backbone_cfg
+                self._tokenizer = load_tokenizer(
+                    cfg.tokenizer or cfg.name_or_path, cfg.revision, cfg.trust_remote_code
+                )
+        return self._tokenizer
+
+    def configure_model(self) -> None:
+        if self.net is not None:  # idempotent: Lightning may call it again (e.g. on resume)
+            return
+        from lit_rlhf.backbone.build import POLICY, Backbone
+
+        if self.init_from is not None:
+            from lit_rlhf.checkpoint.stage_dir import load_stage_dir
+
+            net, _ = load_stage_dir(self.init_from, device=self.device, trainable=(POLICY,))
+            if net.cfg.lora is not None and POLICY not in net.adapters:
+                net.add_adapter(POLICY)
+        else:
+            net = Backbone.build(self.backbone_cfg, device=self.device)
+            if self.backbone_cfg.lora is not None:
+                net.add_adapter(POLICY)
+        self.net = net
+
+    def configure_optimizers(self):
+        total = int(self.trainer.estimated_stepping_batches)
+        opt, sched = build_optimizer(list(self.net.named_parameters()), self.optim_cfg, total)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # ---- training ---------------------------------------------------------------------------------------
+    def _loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        logits = self.net(batch["input_ids"], batch["attention_mask"], batch.get("position_ids"))  # (B, T, V)
+        return lm_loss(logits, batch["labels"])
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss = self._loss(batch)
+        now = time.perf_counter()
+        tokens = int(batch["attention_mask"].sum())
+        if self.state.last_time:
+            self.log("sft/tokens_per_s", tokens / max(now - self.state.last_time, 1e-9), on_step=True)
+        self.state.last_time = now
+        self.log("sft/loss", loss, on_step=True, prog_bar=True)
+        self.log("sft/lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True)
+        self.log("sft/response_tokens", float((batch["labels"] != -100).sum()), on_step=True, reduce_fx="sum")
+        return loss
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        loss = self._loss(batch)
+        self.val_loss.update(loss, weight=int((batch["labels"][:, 1:] != -100).sum()))
+
+    def on_validation_epoch_end(self) -> None:
+        val = self.val_loss.compute()
+        self.val_loss.reset()
+        self.log("sft/val_loss", val, prog_bar=True, sync_dist=False)
+        self.log("sft/val_ppl", torch.exp(val), sync_dist=False)
+
+    # ---- samples and evaluation ------------------------------------------------------------------------
+    def _fixed_prompts(self) -> list[str]:
+        if not self.state.sample_prompts:
+            cfg = self.samples_cfg
+            if cfg.prompts is not None:
+                self.state.sample_prompts = read_prompts(cfg.prompts, limit=cfg.num_prompts)
+            elif hasattr(self.trainer.datamodule, "val_prompts"):
+                self.state.sample_prompts = self.trainer.datamodule.val_prompts(cfg.num_prompts)
+        return self.state.sample_prompts
+
+    def log_samples(self) -> dict[str, float]:
+        """Greedy and sampled completions of the fixed prompts -> samples.jsonl; labeler metrics if any."""
+        prompts = self._fixed_prompts()
+        if not prompts or not self.trainer.is_global_zero or not self.trainer.loggers:
+            return {}
+        cfg, scorer = self.samples_cfg, make_scorer(self.samples_cfg.labeler)
+        greedy_cfg = SamplingConfig(max_new_tokens=cfg.sampling.max_new_tokens, do_sample=False)
+        modes = {"greedy": greedy_cfg, "sampled": cfg.sampling}
+        metrics: dict[str, float] = {}
+        for mode, sampling in modes.items():
+            texts = generate_batched(
+                self.net.model, self.tokenizer, prompts, sampling, cfg.eval_batch_size, seed=self.global_step
+            )
+            judged = [scorer.judge(p, t) if scorer else {} for p, t in zip(prompts, texts, strict=True)]
+            for p, t, j in zip(prompts, texts, judged, strict=True):
+                append_jsonl(
+                    Path(self.trainer.log_dir) / "samples.jsonl",
+                    {"step": self.global_step, "prompt": p, "completion": t, "mode": mode, **j},
+                )
+            for k, v in summarize_judgements(judged).items():
+                metrics[f"sft/{k}" if mode == "greedy" else f"sft/{k}_sampled"] = v
+        if metrics and self.logger is not None:
+            self.logger.log_metrics(metrics, step=self.global_step)
+        return metrics
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        n = self.samples_cfg.every_n_steps
+        if n and self.global_step % n == 0 and self.global_step > 0 and self.trainer.loggers:
+            self.log_samples()
+
+    def evaluate_held_out(self) -> dict[str, float]:
+        """Greedy completions of the held-out prompts scored by the labeler (empty without either)."""
+        cfg = self.samples_cfg
+        scorer = make_scorer(cfg.labeler)
+        if cfg.eval_prompts is None or scorer is None:
+            return {}
+        prompts = read_prompts(cfg.eval_prompts, limit=cfg.eval_limit)
+        greedy = SamplingConfig(max_new_tokens=cfg.sampling.max_new_tokens, do_sample=False)
+        texts = generate_batched(self.net.model, self.tokenizer, prompts, greedy, cfg.eval_batch_size)
+        return summarize_judgements([scorer.judge(p, t) for p, t in zip(prompts, texts, strict=True)])
+
+    def on_train_end(self) -> None:
+        # on_train_end, not on_fit_end: callbacks' on_fit_end (RunStatus) runs before the module's.
+        if not self.trainer.is_global_zero or not self.trainer.loggers:
+            return  # no run directory (logger=False): nothing to write into
+        from lit_rlhf.checkpoint.stage_dir import save_stage_dir
+
+        self.log_samples()
+        metrics = {
+            k.split("/", 1)[1]: float(v)
+            for k, v in self.trainer.callback_metrics.items()
+            if k in ("sft/loss", "sft/val_loss", "sft/val_ppl")
+        }
+        held_out = self.evaluate_held_out()
+        metrics.update(held_out)
+        if held_out and self.logger is not None:
+            self.logger.log_metrics({f"sft/eval_{k}": v for k, v in held_out.items()}, step=self.global_step)
+        run_dir = Path(self.trainer.log_dir)
+        config = run_dir / "config.yaml"
+        out = run_dir / "stage"
+        save_stage_dir(
+            out,
+            self.net,
+            stage=self.STAGE,
+            step=self.global_step,
+            metrics=metrics,
+            parent=self.init_from,
+            config_text=config.read_text() if config.is_file() else None,
+        )
+        self.stage_dir_written = out

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Set up lit-rlhf in a virtual environment (.venv by default): pinned torch first, then the project.
+#
+#   bash scripts/setup.sh              # CPU: torch==2.13.0 (the pinned build)
+#   VENV=/path/to/venv bash scripts/setup.sh
+#   TORCH_INDEX_URL=<PyTorch CUDA wheel index> bash scripts/setup.sh   # GPU: CUDA build of the same version
+#
+# torch is installed first and every later install runs with constraints.txt, so no dependency can
+# upgrade it (an unpinned torch pulls several GB of CUDA wheels on a CPU machine).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${VENV:-.venv}
+PYTHON=${PYTHON:-python3}
+
+if [ ! -x "$VENV/bin/python" ]; then
+  "$PYTHON" -m venv "$VENV"
+fi
+PIP=("$VENV/bin/python" -m pip --disable-pip-version-check -q)
+if [ -n "${TORCH_INDEX_URL:-}" ]; then
+  "${PIP[@]}" install "torch==2.13.0" --index-url "$TORCH_INDEX_URL"
+else
+  "${PIP[@]}" install "torch==2.13.0"
+fi
+"${PIP[@]}" install -c constraints.txt -e ".[dev]"
+"$VENV/bin/python" - <<'PY'
+import torch
+assert torch.__version__.split("+")[0] == "2.13.0", f"torch was changed to {torch.__version__}"
+print(f"lit-rlhf ready: torch {torch.__version__}, CUDA available: {torch.cuda.is_available()}")
+PY

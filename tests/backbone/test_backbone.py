@@ -1,0 +1,159 @@
+"""The shared backbone on tiny GPT-2 and Llama, in none / 8-bit / 4-bit."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lit_rlhf.backbone.build import Backbone, detect_lora_targets, last_token_index
+from lit_rlhf.backbone.config import BackboneConfig, LoraSettings
+from lit_rlhf.backbone.generate import SamplingConfig, generate, response_mask_from_ids
+
+ARCHS = ("gpt2", "llama")
+QUANTS = ("none", "8bit", "4bit")
+PROMPTS = ["a b c =", "d e ="]
+
+
+def _build(tiny_dir, arch, quant, lora=True) -> Backbone:
+    cfg = BackboneConfig(
+        name_or_path=str(tiny_dir / arch),
+        quantization=quant,
+        lora=LoraSettings(r=4, alpha=8, dropout=0.0) if lora else None,
+    )
+    bb = Backbone.build(cfg)
+    if lora:
+        bb.add_adapter("policy")
+    return bb
+
+
+def _batch(bb: Backbone):
+    enc = bb.tokenizer(["a b c = c b a", "d e = e d"], return_tensors="pt", padding=True)
+    return enc["input_ids"], enc["attention_mask"]
+
+
+def _loss(bb, ids, mask):
+    logits = bb(ids, mask)[:, :-1]
+    target = ids[:, 1:].masked_fill(mask[:, 1:] == 0, -100)
+    return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), target.reshape(-1))
+
+
+def _base_snapshot(bb):
+    return {n: p.detach().clone() for n, p in bb.base_named_parameters()}
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("quant", QUANTS)
+def test_generate_then_train_moves_lora_and_keeps_base(tiny_dir, arch, quant):
+    """Generate first (the 4-bit CPU trap), then train: LoRA grads non-zero, loss moves, base bit-identical."""
+    bb = _build(tiny_dir, arch, quant)
+    gen = generate(bb.model, bb.tokenizer, PROMPTS, SamplingConfig(max_new_tokens=4, do_sample=False))
+    assert gen.response_ids.shape == (2, 4) and len(gen.texts) == 2
+    base_before = _base_snapshot(bb)
+    ids, mask = _batch(bb)
+    params = [p for p in bb.parameters() if p.requires_grad]
+    assert params and all("lora_" in n for n, p in bb.named_parameters() if p.requires_grad)
+    opt = torch.optim.AdamW(params, lr=3e-2)
+    losses = []
+    for _ in range(4):
+        loss = _loss(bb, ids, mask)
+        loss.backward()
+        grad = sum(float(p.grad.abs().sum()) for p in params if p.grad is not None)
+        assert grad > 0, "LoRA received no gradient"
+        opt.step()
+        opt.zero_grad()
+        losses.append(float(loss))
+    assert losses[-1] < losses[0] - 1e-3, losses
+    for n, p in bb.base_named_parameters():
+        assert torch.equal(p.detach(), base_before[n]), f"base weight {n} changed"
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_full_finetune_trains_base(tiny_dir, arch):
+    bb = _build(tiny_dir, arch, "none", lora=False)
+    before = _base_snapshot(bb)
+    ids, mask = _batch(bb)
+    opt = torch.optim.AdamW(bb.parameters(), lr=1e-2)
+    loss0 = _loss(bb, ids, mask)
+    loss0.backward()
+    opt.step()
+    assert float(_loss(bb, ids, mask)) < float(loss0)
+    assert any(not torch.equal(p.detach(), before[n]) for n, p in bb.base_named_parameters())
+
+
+def test_lora_targets_per_architecture(tiny_dir):
+    gpt2 = Backbone.build(BackboneConfig(name_or_path=str(tiny_dir / "gpt2")))
+    llama = Backbone.build(BackboneConfig(name_or_path=str(tiny_dir / "llama")))
+    assert detect_lora_targets(gpt2.model) == ["c_attn", "c_fc", "c_proj"]  # Conv1D layers
+    assert detect_lora_targets(llama.model) == [
+        "down_proj",
+        "gate_proj",
+        "k_proj",
+        "o_proj",
+        "q_proj",
+        "up_proj",
+        "v_proj",
+    ]
+
+
+def test_named_adapters_switch_and_keep_their_trainability(tiny_dir):
+    bb = _build(tiny_dir, "gpt2", "none")
+    bb.add_adapter("reference", trainable=False)
+    ids, mask = _batch(bb)
+    with torch.no_grad():
+        for p in bb.adapter_parameters("policy"):
+            p.add_(0.05)  # make the policy differ from the reference
+    bb.eval()
+    with bb.use_adapter("policy"):
+        pol = bb(ids, mask)
+    with bb.use_adapter("reference"):
+        ref = bb(ids, mask)
+    with bb.use_adapter(None):
+        base = bb(ids, mask)
+    # a fresh LoRA adapter has B = 0, so the reference adapter equals the bare base
+    assert torch.equal(ref, base)
+    assert not torch.allclose(pol, ref)
+    assert all(p.requires_grad for p in bb.adapter_parameters("policy"))
+    assert not any(p.requires_grad for p in bb.adapter_parameters("reference"))
+
+
+def test_config_collects_every_problem():
+    cfg = BackboneConfig(model_config={"n_layer": 2}, quantization="4bit", lora=LoraSettings(r=0))
+    problems = cfg.problems()
+    text = "\n".join(problems)
+    assert "model_type" in text and "backbone.tokenizer" in text and "pretrained weights" in text
+    assert "r and backbone.lora.alpha must be positive" in text
+    with pytest.raises(ValueError, match="set exactly one"):
+        BackboneConfig().validate()
+    assert BackboneConfig(name_or_path="x").trust_remote_code is False
+
+
+def test_last_token_index_left_and_right_padding():
+    right = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1], [1, 0, 0, 0]])
+    left = torch.tensor([[0, 1, 1, 1], [0, 0, 1, 1], [1, 1, 1, 1]])
+    assert last_token_index(right).tolist() == [2, 3, 0]
+    assert last_token_index(left).tolist() == [3, 3, 3]
+
+
+def test_response_mask_stops_after_first_eos():
+    ids = torch.tensor([[5, 6, 3, 7, 3], [5, 5, 5, 5, 5]])
+    mask, ended = response_mask_from_ids(ids, eos_id=3)
+    assert mask.tolist() == [[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]]
+    assert ended.tolist() == [True, False]
+
+
+def test_scalar_head_reads_last_real_token(tiny_dir):
+    bb = _build(tiny_dir, "llama", "none", lora=False)
+    bb.add_head("reward")
+    bb.eval()
+    tok = bb.tokenizer
+    right = tok(["a b c", "d"], return_tensors="pt", padding=True)
+    tok.padding_side = "left"
+    left = tok(["a b c", "d"], return_tensors="pt", padding=True)
+    tok.padding_side = "right"
+    alone = tok(["d"], return_tensors="pt")
+    s_right = bb.score("reward", right["input_ids"], right["attention_mask"])
+    s_left = bb.score("reward", left["input_ids"], left["attention_mask"])
+    s_alone = bb.score("reward", alone["input_ids"], alone["attention_mask"])
+    assert s_right.shape == (2,)
+    torch.testing.assert_close(s_right[1], s_alone[0])
+    torch.testing.assert_close(s_left, s_right, rtol=1e-4, atol=1e-4)

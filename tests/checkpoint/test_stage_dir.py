@@ -1,0 +1,197 @@
+"""The stage directory: round trips, export, validation errors, atomic writes, no pickle."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from lit_rlhf.backbone.build import Backbone
+from lit_rlhf.backbone.config import BackboneConfig, LoraSettings
+from lit_rlhf.backbone.generate import SamplingConfig, generate
+from lit_rlhf.checkpoint.manifest import FORMAT_VERSION, ManifestError, read_manifest
+from lit_rlhf.checkpoint.stage_dir import atomic_dir, export_stage_dir, load_stage_dir, save_stage_dir
+
+PROMPTS = ["a b c =", "d e f g =", "h ="]
+GREEDY = SamplingConfig(max_new_tokens=6, do_sample=False)
+
+
+def _perturb(params, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in params:
+            p.add_(0.2 * torch.randn(p.shape, generator=g))
+
+
+def _lora_backbone(tiny_dir, arch="gpt2", quant="none"):
+    cfg = BackboneConfig(
+        name_or_path=str(tiny_dir / arch), quantization=quant, lora=LoraSettings(r=4, alpha=8, dropout=0.0)
+    )
+    bb = Backbone.build(cfg)
+    bb.add_adapter("policy")
+    _perturb(bb.adapter_parameters("policy"))  # a trained-looking adapter (fresh ones are a no-op)
+    return bb.eval()
+
+
+def _ids(bb):
+    enc = bb.tokenizer(PROMPTS, return_tensors="pt", padding=True)
+    return enc["input_ids"], enc["attention_mask"]
+
+
+@pytest.mark.parametrize(
+    ("arch", "quant"), [("gpt2", "none"), ("llama", "none"), ("gpt2", "4bit"), ("llama", "8bit")]
+)
+def test_lora_round_trip_gives_identical_logits(tiny_dir, tmp_path, arch, quant):
+    bb = _lora_backbone(tiny_dir, arch, quant)
+    bb.add_head("reward")
+    ids, mask = _ids(bb)
+    logits = bb(ids, mask)
+    score = bb.score("reward", ids, mask)
+    save_stage_dir(
+        tmp_path / "stage",
+        bb,
+        stage="sft",
+        step=7,
+        metrics={"exact_match": 0.5},
+        heads={"reward": {"adapter": "policy", "bias": 0.25}},
+    )
+    bb2, manifest = load_stage_dir(tmp_path / "stage")
+    bb2.eval()
+    assert torch.equal(bb2(ids, mask), logits)
+    assert torch.equal(bb2.score("reward", ids, mask), score)
+    assert manifest.step == 7 and manifest.metrics == {"exact_match": 0.5}
+    assert manifest.heads["reward"]["bias"] == 0.25
+    assert manifest.base["kind"] == "pretrained"  # the hub/path base is referenced, not copied
+    assert set(manifest.files) == {
+        "adapters/policy.safetensors",
+        "heads/reward.safetensors",
+        "tokenizer/tokenizer.json",
+        "tokenizer/tokenizer_config.json",
+    }
+
+
+def test_full_weights_round_trip_from_inline_config(tiny_dir, tmp_path):
+    cfg = BackboneConfig(
+        model_config={
+            "model_type": "llama",
+            "num_hidden_layers": 1,
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_attention_heads": 2,
+            "num_key_value_heads": 2,
+            "max_position_embeddings": 32,
+        },
+        tokenizer=str(tiny_dir / "tokenizer"),
+    )
+    bb = Backbone.build(cfg).eval()
+    ids, mask = _ids(bb)
+    save_stage_dir(tmp_path / "s", bb, stage="sft")
+    bb2, manifest = load_stage_dir(tmp_path / "s")
+    assert manifest.base == {"kind": "local", "path": "base"}
+    assert torch.equal(bb2.eval()(ids, mask), bb(ids, mask))
+    # a later stage adding LoRA on this base copies the base into its own directory (self-contained)
+    bb2.cfg.lora = LoraSettings(r=2, alpha=4, dropout=0.0)
+    bb2.add_adapter("reward")
+    save_stage_dir(tmp_path / "s2", bb2, stage="reward", parent=str(tmp_path / "s"))
+    shutil.rmtree(tmp_path / "s")
+    bb3, m3 = load_stage_dir(tmp_path / "s2")
+    assert m3.base == {"kind": "local", "path": "base"} and "reward" in bb3.adapters
+
+
+def test_only_safetensors_and_json_in_a_stage_dir(tiny_dir, tmp_path):
+    bb = _lora_backbone(tiny_dir)
+    save_stage_dir(tmp_path / "s", bb, stage="sft", config_text="seed_everything: 0\n")
+    suffixes = {p.suffix for p in (tmp_path / "s").rglob("*") if p.is_file()}
+    assert suffixes <= {".json", ".safetensors", ".yaml"}, suffixes
+
+
+@pytest.mark.parametrize("lora", [True, False])
+def test_export_gives_same_greedy_completion(tiny_dir, tmp_path, lora):
+    if lora:
+        bb = _lora_backbone(tiny_dir, "llama")
+    else:
+        bb = Backbone.build(BackboneConfig(name_or_path=str(tiny_dir / "gpt2"))).eval()
+        _perturb(bb.parameters())
+    save_stage_dir(tmp_path / "s", bb, stage="sft")
+    stage_bb, _ = load_stage_dir(tmp_path / "s")
+    expected = generate(stage_bb.model, stage_bb.tokenizer, PROMPTS, GREEDY).texts
+    export_stage_dir(tmp_path / "s", tmp_path / "hf")
+    plain = AutoModelForCausalLM.from_pretrained(str(tmp_path / "hf"))
+    assert "Peft" not in type(plain).__name__
+    assert not any("lora" in n for n, _ in plain.named_parameters())
+    assert generate(plain, stage_bb.tokenizer, PROMPTS, GREEDY).texts == expected
+    ids, mask = _ids(stage_bb)
+    torch.testing.assert_close(plain(input_ids=ids, attention_mask=mask).logits, stage_bb.eval()(ids, mask))
+
+
+def _saved(tiny_dir, tmp_path):
+    bb = _lora_backbone(tiny_dir)
+    save_stage_dir(tmp_path / "s", bb, stage="sft")
+    return tmp_path / "s"
+
+
+def _edit_manifest(path, **changes):
+    m = json.loads((path / "manifest.json").read_text())
+    m.update(changes)
+    (path / "manifest.json").write_text(json.dumps(m))
+
+
+def test_missing_file_is_named(tiny_dir, tmp_path):
+    s = _saved(tiny_dir, tmp_path)
+    (s / "adapters" / "policy.safetensors").unlink()
+    with pytest.raises(
+        ManifestError, match=r"file 'adapters/policy.safetensors' listed in manifest.json is missing"
+    ):
+        read_manifest(s)
+
+
+def test_wrong_version_and_missing_manifest(tiny_dir, tmp_path):
+    s = _saved(tiny_dir, tmp_path)
+    _edit_manifest(s, format_version=FORMAT_VERSION + 1)
+    with pytest.raises(ManifestError, match="format_version 2 is not supported"):
+        read_manifest(s)
+    (s / "manifest.json").unlink()
+    with pytest.raises(ManifestError, match="manifest.json: missing"):
+        load_stage_dir(s)
+
+
+def test_truncated_weights_detected_by_size(tiny_dir, tmp_path):
+    s = _saved(tiny_dir, tmp_path)
+    f = s / "adapters" / "policy.safetensors"
+    f.write_bytes(f.read_bytes()[:-10])
+    with pytest.raises(ManifestError, match="manifest says"):
+        read_manifest(s)
+
+
+@pytest.mark.parametrize("bad", ["../outside.safetensors", "/etc/passwd", "adapters/../../x"])
+def test_paths_leaving_the_stage_dir_are_refused(tiny_dir, tmp_path, bad):
+    s = _saved(tiny_dir, tmp_path)
+    _edit_manifest(s, adapters={"policy": bad})
+    with pytest.raises(ManifestError, match="leaves the stage directory"):
+        read_manifest(s)
+
+
+def test_shape_mismatch_names_the_adapter_file(tiny_dir, tmp_path):
+    s = _saved(tiny_dir, tmp_path)
+    m = json.loads((s / "manifest.json").read_text())
+    m["backbone"]["lora"]["r"] = 8  # the stored adapter has r=4
+    (s / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(ManifestError, match=r"policy.safetensors: adapter 'policy' does not fit"):
+        load_stage_dir(s)
+
+
+def test_atomic_dir_leaves_old_copy_on_failure(tmp_path):
+    out = tmp_path / "stage"
+    with atomic_dir(out) as tmp:
+        (tmp / "a.txt").write_text("old")
+    with pytest.raises(RuntimeError), atomic_dir(out) as tmp:
+        (tmp / "a.txt").write_text("half")
+        raise RuntimeError("crash mid-write")
+    assert (out / "a.txt").read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["stage"]  # no temp directory left behind
+    with atomic_dir(out) as tmp:
+        (tmp / "b.txt").write_text("new")
+    assert sorted(p.name for p in out.iterdir()) == ["b.txt"]

@@ -1,0 +1,163 @@
+"""The demo data set on disk: exact file set, row formats, held-out eval prompts, byte-identical reruns."""
+
+import json
+from pathlib import Path
+
+import pytest
+from transformers import AutoTokenizer
+
+from lit_rlhf.demo.datagen import sample_heldout, write_demo_data
+from lit_rlhf.demo.labeler import Labeler
+from lit_rlhf.demo.world import BANNED, FILLERS, TaskGenerator, parse_prompt
+
+SMALL = {"n_train": 400, "n_val": 50, "n_rl": 100, "n_eval": 120, "n_pretrain": 100}
+EXPECTED_FILES = [
+    "eval_prompts.jsonl",
+    "pretrain.jsonl",
+    "rl_prompts.jsonl",
+    "sft_train.jsonl",
+    "sft_val.jsonl",
+    "tokenizer",
+    "tokenizer/tokenizer.json",
+    "tokenizer/tokenizer_config.json",
+    "world.json",
+]
+
+
+def _read(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def _tree(root: Path) -> dict[str, bytes | None]:
+    return {
+        p.relative_to(root).as_posix(): p.read_bytes() if p.is_file() else None
+        for p in sorted(root.rglob("*"))
+    }
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    out_dir = tmp_path_factory.mktemp("demo")
+    return out_dir, write_demo_data(out_dir, seed=3, **SMALL)
+
+
+def test_writes_exactly_the_expected_files(data):
+    out_dir, paths = data
+    assert sorted(_tree(out_dir)) == EXPECTED_FILES
+    assert set(paths) == {
+        "sft_train",
+        "sft_val",
+        "rl_prompts",
+        "eval_prompts",
+        "pretrain",
+        "tokenizer",
+        "world",
+    }
+    assert all(path.exists() and path.parent == out_dir for path in paths.values())
+
+
+def test_row_formats_and_counts(data):
+    _, paths = data
+    expected = {
+        "sft_train": ({"prompt", "response"}, 400),
+        "sft_val": ({"prompt", "response"}, 50),
+        "rl_prompts": ({"prompt"}, 100),
+        "eval_prompts": ({"prompt"}, 120),
+        "pretrain": ({"text"}, 100),
+    }
+    for name, (keys, count) in expected.items():
+        rows = _read(paths[name])
+        assert len(rows) == count, name
+        assert all(set(row) == keys and all(isinstance(v, str) for v in row.values()) for row in rows), name
+
+
+def test_every_prompt_parses_and_demonstrations_are_noisy_answers(data):
+    _, paths = data
+    for name in ("sft_train", "sft_val", "rl_prompts", "eval_prompts"):
+        assert all(parse_prompt(row["prompt"]) is not None for row in _read(paths[name])), name
+    demos = _read(paths["sft_train"])
+    for row in demos:
+        words = [w for w in row["response"].split() if w not in FILLERS and w != BANNED]
+        assert " ".join(words) == parse_prompt(row["prompt"]).answer
+    assert any(BANNED in row["response"].split() for row in demos)
+    assert any(row["response"] == parse_prompt(row["prompt"]).answer for row in demos)
+
+
+def test_pretrain_texts_are_correct_worked_examples(data):
+    _, paths = data
+    for row in _read(paths["pretrain"]):
+        prompt, answer = row["text"].split(" = ")
+        assert parse_prompt(prompt + " =").answer == answer
+
+
+def test_eval_prompts_are_unique_and_appear_nowhere_else(data):
+    _, paths = data
+    eval_prompts = [row["prompt"] for row in _read(paths["eval_prompts"])]
+    assert len(set(eval_prompts)) == len(eval_prompts)
+    others = {row["prompt"] for name in ("sft_train", "sft_val", "rl_prompts") for row in _read(paths[name])}
+    others |= {row["text"].split(" = ")[0] + " =" for row in _read(paths["pretrain"])}
+    assert others.isdisjoint(eval_prompts)
+    # `add` has 100 prompts: at most 20% of them may be held out.
+    assert sum(p.startswith("add ") for p in eval_prompts) <= 20
+
+
+def test_world_json_describes_the_run(data):
+    _, paths = data
+    world = json.loads(paths["world"].read_text())
+    assert world["seed"] == 3
+    assert world["counts"] == {
+        "sft_train": 400,
+        "sft_val": 50,
+        "rl_prompts": 100,
+        "eval_prompts": 120,
+        "pretrain": 100,
+    }
+    assert world["families"] == ["reverse", "sort", "count", "copy", "add"]
+    assert world["labeler"] == {"seed": 3, "filler_rate": 0.3, "banned_rate": 0.08, "rank_noise": 0.0}
+    tok = AutoTokenizer.from_pretrained(paths["tokenizer"])
+    assert world["vocab_size"] == len(tok) == 38
+
+
+def test_same_seed_gives_byte_identical_files(data, tmp_path):
+    out_dir, _ = data
+    write_demo_data(tmp_path, seed=3, **SMALL)
+    assert _tree(tmp_path) == _tree(out_dir)
+
+
+def test_other_seed_or_labeler_changes_the_data(data, tmp_path):
+    out_dir, paths = data
+    write_demo_data(tmp_path / "seed", seed=4, **SMALL)
+    assert (tmp_path / "seed" / "sft_train.jsonl").read_bytes() != paths["sft_train"].read_bytes()
+    write_demo_data(tmp_path / "clean", seed=3, labeler=Labeler(filler_rate=0.0, banned_rate=0.0), **SMALL)
+    clean = _read(tmp_path / "clean" / "sft_train.jsonl")
+    assert all(row["response"] == parse_prompt(row["prompt"]).answer for row in clean)
+    assert [row["prompt"] for row in clean] == [row["prompt"] for row in _read(paths["sft_train"])]
+
+
+def test_changing_one_count_leaves_the_other_splits_alone(data, tmp_path):
+    _, paths = data
+    new = write_demo_data(tmp_path, seed=3, **{**SMALL, "n_train": 10})
+    for name in ("sft_val", "rl_prompts", "eval_prompts", "pretrain"):
+        assert new[name].read_bytes() == paths[name].read_bytes(), name
+
+
+def test_heldout_sampling_respects_the_cap():
+    assert len(sample_heldout(TaskGenerator(0, families=("add",)), 20)) == 20
+    with pytest.raises(ValueError, match="cap allows 20"):
+        sample_heldout(TaskGenerator(0, families=("add",)), 21)
+
+
+def test_negative_count_is_rejected(tmp_path):
+    with pytest.raises(ValueError, match="'n_rl': -1"):
+        write_demo_data(tmp_path, n_rl=-1)
+
+
+def test_family_and_length_settings_reach_every_split(tmp_path):
+    counts = {"n_train": 30, "n_val": 5, "n_rl": 5, "n_eval": 28, "n_pretrain": 5}
+    paths = write_demo_data(tmp_path, families=("copy",), min_len=2, max_len=2, **counts)
+    prompts = [
+        row["prompt"] for name in ("sft_train", "rl_prompts", "eval_prompts") for row in _read(paths[name])
+    ]
+    assert all(prompt.startswith("copy ") and len(prompt.split()) == 4 for prompt in prompts)
+    world = json.loads(paths["world"].read_text())
+    assert (world["families"], world["min_len"], world["max_len"]) == (["copy"], 2, 2)

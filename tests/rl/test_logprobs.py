@@ -1,0 +1,76 @@
+import math
+
+import pytest
+import torch
+from torch.testing import assert_close
+
+from lit_rlhf.rl.logprobs import entropy_from_logits, gather_logprobs, sequence_logprobs
+
+
+def probs_logits(*probs: float) -> torch.Tensor:
+    """Logits whose softmax is the given (normalised) distribution."""
+    return torch.tensor(probs).log()
+
+
+def test_gather_logprobs_picks_the_token_log_probability():
+    # softmax(log [1, 2, 1]) = [1/4, 1/2, 1/4]
+    logits = probs_logits(1, 2, 1).expand(1, 2, 3)  # (B=1, T=2, V=3)
+    tokens = torch.tensor([[1, 0]])
+    assert_close(gather_logprobs(logits, tokens), torch.tensor([[math.log(0.5), math.log(0.25)]]))
+
+
+def test_gather_logprobs_is_shift_invariant_and_stable_for_large_logits():
+    # Same distribution as logits [0, 1, 0]: log p(1) = 1 - log(e + 2), log p(0) = -log(e + 2).
+    logits = torch.tensor([[[1000.0, 1001.0, 1000.0], [1000.0, 1001.0, 1000.0]]])
+    tokens = torch.tensor([[1, 0]])
+    assert_close(gather_logprobs(logits, tokens), torch.tensor([[-0.5514447, -1.5514447]]))
+
+
+def test_gather_logprobs_of_bf16_logits_is_float32():
+    # Logits 0, 1, 0 are exact in bf16: log p(1) = 1 - log(e + 2), log p(0) = -log(e + 2).
+    logits = torch.tensor([[[0.0, 1.0, 0.0], [0.0, 1.0, 0.0]]], dtype=torch.bfloat16)
+    out = gather_logprobs(logits, torch.tensor([[1, 0]]))
+    assert out.dtype == torch.float32
+    assert_close(out, torch.tensor([[-0.5514447, -1.5514447]]))
+
+
+def test_gather_logprobs_rejects_mismatched_shapes():
+    with pytest.raises(ValueError, match="disagree"):
+        gather_logprobs(torch.zeros(2, 3, 4), torch.zeros(2, 2, dtype=torch.long))
+
+
+def test_gather_logprobs_passes_gradients_to_the_logits():
+    logits = torch.zeros(1, 1, 2, requires_grad=True)
+    gather_logprobs(logits, torch.tensor([[0]])).sum().backward()
+    # d log softmax(z)_0 / dz = onehot(0) - softmax(z) = [1 - 1/2, -1/2]
+    assert_close(logits.grad, torch.tensor([[[0.5, -0.5]]]))
+
+
+def test_entropy_from_logits():
+    logits = torch.stack([probs_logits(1, 1, 1, 1), probs_logits(1, 2, 1, 0.0)])[None]  # (1, 2, 4)
+    # uniform over 4: log 4; [1/4, 1/2, 1/4, 0]: 2 * (1/4) log 4 + (1/2) log 2, the zero adds nothing
+    assert_close(entropy_from_logits(logits), torch.tensor([[1.3862944, 1.0397208]]))
+
+
+def test_entropy_with_minus_inf_logits_is_finite():
+    logits = torch.tensor([[[0.0, 0.0, -math.inf], [0.0, -math.inf, -math.inf]]])
+    assert_close(entropy_from_logits(logits), torch.tensor([[math.log(2), 0.0]]))
+
+
+def test_sequence_logprobs_shifts_logits_against_next_token():
+    # Row 0: prompt [2, 0], response [1, 2]. Row 1: prompt [2], response [0], then padding.
+    input_ids = torch.tensor([[2, 0, 1, 2], [2, 0, 0, 0]])
+    response_mask = torch.tensor([[0, 0, 1, 1], [0, 1, 0, 0]])
+    logits = torch.zeros(2, 4, 3)
+    logits[0, 1] = probs_logits(1, 2, 1)  # predicts input_ids[0, 2] = 1 -> p 1/2
+    logits[0, 2] = probs_logits(1, 1, 3)  # predicts input_ids[0, 3] = 2 -> p 3/5
+    logits[0, 3] = probs_logits(1, 0, 0)  # predicts past the end: must not be used
+    logits[1, 0] = probs_logits(3, 1, 1)  # predicts input_ids[1, 1] = 0 -> p 3/5
+    out = sequence_logprobs(logits, input_ids, response_mask)
+    expected = torch.tensor([[0.0, math.log(0.5), math.log(0.6)], [math.log(0.6), 0.0, 0.0]])
+    assert_close(out, expected)
+
+
+def test_sequence_logprobs_rejects_misaligned_mask():
+    with pytest.raises(ValueError, match="differ"):
+        sequence_logprobs(torch.zeros(1, 4, 3), torch.zeros(1, 4, dtype=torch.long), torch.ones(1, 3))
