@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-TOOL_COMMANDS = ("demo-data", "export")
+TOOL_COMMANDS = ("demo-data", "export", "collect-comparisons")
 
 
 def _demo_data(argv: list[str]) -> int:
@@ -54,6 +54,49 @@ def _export(argv: list[str]) -> int:
 
     out = export_stage_dir(a.ckpt, a.out, adapter=a.adapter)
     print(f"exported {a.ckpt} -> {out} (load with AutoModelForCausalLM.from_pretrained({str(out)!r}))")
+    return 0
+
+
+def _collect(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(
+        prog="main.py collect-comparisons",
+        description="Sample K responses per prompt from a stage directory; the demo labeler ranks them.",
+    )
+    p.add_argument("--ckpt", required=True, help="stage directory to sample from (usually the SFT one)")
+    p.add_argument("--prompts", required=True, help="prompts JSONL ({'prompt': ...} rows)")
+    p.add_argument("--out", required=True, help="comparisons JSONL to write")
+    p.add_argument("--k", type=int, default=4, help="responses per prompt (4 to 9 in InstructGPT)")
+    p.add_argument("--limit", type=int, default=None, help="use at most this many prompts")
+    p.add_argument("--max-new-tokens", type=int, default=24)
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--batch-size", type=int, default=16, help="prompts per generate call")
+    p.add_argument("--rank-noise", type=float, default=0.0, help="labeler disagreement (score noise std)")
+    p.add_argument("--seed", type=int, default=0)
+    a = p.parse_args(argv)
+    from lit_rlhf.backbone.generate import SamplingConfig
+    from lit_rlhf.stages.collect import collect_comparisons
+
+    sampling = SamplingConfig(
+        max_new_tokens=a.max_new_tokens,
+        do_sample=True,
+        temperature=a.temperature,
+        top_k=a.top_k,
+        top_p=a.top_p,
+    )
+    report = collect_comparisons(
+        a.ckpt,
+        a.prompts,
+        a.out,
+        k=a.k,
+        sampling=sampling,
+        batch_size=a.batch_size,
+        limit=a.limit,
+        seed=a.seed,
+        rank_noise=a.rank_noise,
+    )
+    print(report.summary())
     return 0
 
 
@@ -121,7 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of `python main.py`."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in TOOL_COMMANDS:
-        return {"demo-data": _demo_data, "export": _export}[argv[0]](argv[1:])
+        commands = {"demo-data": _demo_data, "export": _export, "collect-comparisons": _collect}
+        return commands[argv[0]](argv[1:])
     # args=None when reading sys.argv, so LightningCLI does not warn about getting both
     lightning_cli(None if argv == sys.argv[1:] else argv)
     return 0

@@ -358,15 +358,20 @@ class Backbone(nn.Module):
         out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids)
         return out.logits
 
-    def hidden_states(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+    def hidden_states(
+        self, input_ids: Tensor, attention_mask: Tensor | None = None, position_ids: Tensor | None = None
+    ) -> Tensor:
         """Last-layer hidden states (B, T, H) without computing the vocabulary projection."""
         hf = self.hf_model
         decoder = getattr(hf, hf.base_model_prefix)
-        return decoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        out = decoder(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids)
+        return out.last_hidden_state
 
-    def score(self, head: str, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+    def score(
+        self, head: str, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor | None = None
+    ) -> Tensor:
         """Scalar head `head` at the last real token of each row: (B, T) ids -> (B,) float32."""
-        hidden = self.hidden_states(input_ids, attention_mask)  # (B, T, H)
+        hidden = self.hidden_states(input_ids, attention_mask, position_ids)  # (B, T, H)
         idx = last_token_index(attention_mask)  # (B,)
         last = hidden[torch.arange(hidden.shape[0], device=hidden.device), idx]  # (B, H)
         return self.heads[head](last)

@@ -34,6 +34,7 @@ def atomic_dir(out: str | os.PathLike) -> Iterator[Path]:
     tmp.mkdir()
     try:
         yield tmp
+        _make_readable(tmp)
         if out.exists():
             # Two renames, not one: rename() cannot replace a non-empty directory. A crash between them leaves
             # the old copy under a hidden name and no `out`, which loads as "missing", never as half-written.
@@ -46,6 +47,14 @@ def atomic_dir(out: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _make_readable(root: Path) -> None:
+    """Give files the usual 0644/0755 modes: some writers create them 0600, which hides a stage from other users."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for p in [root, *root.rglob("*")]:
+        p.chmod((0o777 if p.is_dir() else 0o666) & ~umask)
 
 
 def _copy_tree(src: Path, dst: Path) -> None:
@@ -181,6 +190,8 @@ def load_stage_dir(
             backbone.add_adapter(name, trainable=name in trainable, state=_load_tensors(root / rel))
         except (RuntimeError, ValueError) as e:
             raise ManifestError(f"{root / rel}: adapter {name!r} does not fit the base: {e}") from e
+    if "policy" in backbone.adapters:  # adding adapters activates the last one; generation wants the policy
+        backbone.use_adapter_("policy")
     for name, info in manifest.heads.items():
         try:
             backbone.add_head(name, _load_tensors(root / info["path"]))

@@ -31,6 +31,7 @@ class _SFTState:
     """What the module tracks between steps (not config)."""
 
     last_time: float = 0.0
+    last_sample_step: int = -1
     sample_prompts: list[str] = field(default_factory=list)
 
 
@@ -70,6 +71,11 @@ class SFTModule(L.LightningModule):
         self.stage_dir_written: Path | None = None
         self.parent_dir = init_from
 
+    @property
+    def log_step(self) -> int:
+        """The step written with our own metrics and samples: optimizer steps done - 1, as on Lightning's rows."""
+        return max(self.global_step - 1, 0)
+
     # ---- building ---------------------------------------------------------------------------------------
     @property
     def tokenizer(self):
@@ -88,6 +94,10 @@ class SFTModule(L.LightningModule):
                 )
         return self._tokenizer
 
+    def _target_device(self):
+        # inside configure_model self.device can still be cpu; the strategy knows where the model will live
+        return self.trainer.strategy.root_device if self._trainer is not None else self.device
+
     def configure_model(self) -> None:
         if self.net is not None:  # idempotent: Lightning may call it again (e.g. on resume)
             return
@@ -96,14 +106,14 @@ class SFTModule(L.LightningModule):
         if self.init_from is not None:
             from lit_rlhf.checkpoint.stage_dir import load_stage_dir
 
-            net, _ = load_stage_dir(self.init_from, device=self.device, trainable=(POLICY,))
+            net, _ = load_stage_dir(self.init_from, device=self._target_device(), trainable=(POLICY,))
             if net.cfg.lora is not None and POLICY not in net.adapters:
                 net.add_adapter(POLICY)
         else:
-            net = Backbone.build(self.backbone_cfg, device=self.device)
+            net = Backbone.build(self.backbone_cfg, device=self._target_device())
             if self.backbone_cfg.lora is not None:
                 net.add_adapter(POLICY)
-        self.net = net
+        self.net = net.train()  # from_pretrained returns eval mode; dropout as configured
 
     def configure_optimizers(self):
         total = int(self.trainer.estimated_stepping_batches)
@@ -152,6 +162,9 @@ class SFTModule(L.LightningModule):
         prompts = self._fixed_prompts()
         if not prompts or not self.trainer.is_global_zero or not self.trainer.loggers:
             return {}
+        if self.state.last_sample_step == self.global_step:  # the last periodic log already covered this step
+            return {}
+        self.state.last_sample_step = self.global_step
         cfg, scorer = self.samples_cfg, make_scorer(self.samples_cfg.labeler)
         greedy_cfg = SamplingConfig(max_new_tokens=cfg.sampling.max_new_tokens, do_sample=False)
         modes = {"greedy": greedy_cfg, "sampled": cfg.sampling}
@@ -164,12 +177,12 @@ class SFTModule(L.LightningModule):
             for p, t, j in zip(prompts, texts, judged, strict=True):
                 append_jsonl(
                     Path(self.trainer.log_dir) / "samples.jsonl",
-                    {"step": self.global_step, "prompt": p, "completion": t, "mode": mode, **j},
+                    {"step": self.log_step, "prompt": p, "completion": t, "mode": mode, **j},
                 )
             for k, v in summarize_judgements(judged).items():
                 metrics[f"sft/{k}" if mode == "greedy" else f"sft/{k}_sampled"] = v
         if metrics and self.logger is not None:
-            self.logger.log_metrics(metrics, step=self.global_step)
+            self.logger.log_metrics(metrics, step=self.log_step)
         return metrics
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
@@ -203,7 +216,7 @@ class SFTModule(L.LightningModule):
         held_out = self.evaluate_held_out()
         metrics.update(held_out)
         if held_out and self.logger is not None:
-            self.logger.log_metrics({f"sft/eval_{k}": v for k, v in held_out.items()}, step=self.global_step)
+            self.logger.log_metrics({f"sft/eval_{k}": v for k, v in held_out.items()}, step=self.log_step)
         run_dir = Path(self.trainer.log_dir)
         config = run_dir / "config.yaml"
         out = run_dir / "stage"

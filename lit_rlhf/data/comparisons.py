@@ -1,0 +1,225 @@
+"""Comparisons -> reward-model batches in which a prompt's K responses always travel together.
+
+A batch holds whole prompts: each response is scored once (K forward passes per prompt) and the loss forms every
+pair of unequal rank inside the prompt (InstructGPT eq. 1). The `pairs` layout expands each prompt into its
+C(K,2) pairs as independent K=2 rows and shuffles them: that is the scheme InstructGPT found to overfit, kept
+for the ablation and the benchmark.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import random
+from typing import Any, Literal, NamedTuple
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader
+
+from lit_rlhf.data.rows import Comparison, DataError, ReadReport, read_rows, split_source
+from lit_rlhf.data.sft import TRUNCATIONS, Truncation, tokenize_example
+
+logger = logging.getLogger(__name__)
+
+Layout = Literal["kwise", "pairs"]
+
+
+class EncodedComparison(NamedTuple):
+    """One prompt with its K tokenized responses (prompt + response + eos each)."""
+
+    prompt: str
+    responses: tuple[str, ...]
+    ranking: tuple[int, ...]
+    input_ids: tuple[list[int], ...]
+
+
+def encode_comparison(
+    row: Comparison, tokenizer: Any, max_length: int, truncation: Truncation
+) -> tuple[EncodedComparison | None, int]:
+    """Tokenize every (prompt, response) of a comparison.
+
+    Returns the encoded comparison (None when a response is over-long under ``skip``) and how many of its
+    sequences were truncated. A comparison is kept or dropped whole: dropping one response would change what
+    the ranking means. Under ``error`` an over-long sequence raises OverlengthError naming the row.
+    """
+    ids, truncated = [], 0
+    for response in row.responses:
+        ex = tokenize_example(row.prompt, response, tokenizer, max_length, truncation, source=row.source)
+        if ex is None:
+            return None, 0
+        full = (
+            len(tokenizer(row.prompt)["input_ids"])
+            + len(tokenizer(response, add_special_tokens=False)["input_ids"])
+            + 1
+        )
+        truncated += int(full > len(ex.input_ids))
+        ids.append(ex.input_ids)
+    return EncodedComparison(row.prompt, row.responses, row.ranking, tuple(ids)), truncated
+
+
+def expand_to_pairs(rows: list[EncodedComparison]) -> list[EncodedComparison]:
+    """Every (better, worse) pair of every prompt as its own K=2 item (the ablation layout)."""
+    out = []
+    for r in rows:
+        for i, j in Comparison(r.prompt, r.responses, r.ranking).pairs():
+            out.append(
+                EncodedComparison(
+                    r.prompt, (r.responses[i], r.responses[j]), (0, 1), (r.input_ids[i], r.input_ids[j])
+                )
+            )
+    return out
+
+
+def collate_comparisons(items: list[EncodedComparison], pad_id: int) -> dict[str, Any]:
+    """Flatten a batch of prompts into N = sum(K_i) right-padded sequences.
+
+    Returns:
+        input_ids (N, T), attention_mask (N, T), ranks (N,) labeled rank (0 = best), group (N,) index of the
+        prompt within the batch; and the text lists ``prompts`` (P,) and ``responses`` (P, K_i) for tables.
+    """
+    seqs = [ids for item in items for ids in item.input_ids]
+    t = max(len(s) for s in seqs)
+    input_ids = torch.full((len(seqs), t), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), t), dtype=torch.long)
+    for n, s in enumerate(seqs):
+        input_ids[n, : len(s)] = torch.tensor(s)
+        mask[n, : len(s)] = 1
+    ranks = torch.tensor([r for item in items for r in item.ranking], dtype=torch.long)
+    group = torch.tensor([g for g, item in enumerate(items) for _ in item.ranking], dtype=torch.long)
+    return {
+        "input_ids": input_ids,
+        "attention_mask": mask,
+        "ranks": ranks,
+        "group": group,
+        "prompts": [i.prompt for i in items],
+        "responses": [list(i.responses) for i in items],
+    }
+
+
+def tie_share(rows: list[Comparison] | list[EncodedComparison]) -> float:
+    """Share of the C(K,2) response pairs that the labeler tied (tied pairs carry no comparison)."""
+    total = tied = 0
+    for r in rows:
+        k = len(r.ranking)
+        total += k * (k - 1) // 2
+        tied += sum(1 for i in range(k) for j in range(i + 1, k) if r.ranking[i] == r.ranking[j])
+    return tied / total if total else 0.0
+
+
+class ComparisonDataModule(L.LightningDataModule):
+    """Ranked comparisons (.jsonl/.parquet) -> batches of whole prompts for the reward model.
+
+    Args:
+        train_path: comparisons file (K-wise rows, or pairwise rows as K=2).
+        val_path: optional held-out comparisons.
+        batch_size: PROMPTS per batch (each brings its K responses).
+        max_length: most tokens per prompt+response sequence.
+        layout: ``kwise`` (default, a prompt's responses together) or ``pairs`` (each pair an independent,
+            shuffled K=2 row: the ablation). Validation always uses ``kwise``.
+        on_error: ``raise`` at the first bad row, or ``skip`` (counted and reported).
+        truncation: over-long sequences: ``error``, ``skip`` (the whole comparison) or ``truncate``.
+        seed: seeds the shuffle.
+        tokenizer: None takes the LightningModule's at setup.
+    """
+
+    def __init__(
+        self,
+        train_path: str,
+        val_path: str | None = None,
+        batch_size: int = 8,
+        max_length: int = 256,
+        layout: Layout = "kwise",
+        on_error: Literal["raise", "skip"] = "raise",
+        truncation: Truncation = "error",
+        num_workers: int = 0,
+        seed: int = 0,
+        tokenizer: Any = None,
+    ) -> None:
+        super().__init__()
+        problems = []
+        if batch_size < 1:
+            problems.append(f"batch_size must be >= 1, got {batch_size}")
+        if layout not in ("kwise", "pairs"):
+            problems.append(f"layout must be 'kwise' or 'pairs', got {layout!r}")
+        if truncation not in TRUNCATIONS:
+            problems.append(f"truncation must be one of {TRUNCATIONS}, got {truncation!r}")
+        if problems:
+            raise ValueError("ComparisonDataModule: " + "; ".join(problems))
+        self.save_hyperparameters(ignore=["tokenizer"])
+        self.train_path, self.val_path = train_path, val_path
+        self.batch_size, self.max_length, self.layout = batch_size, max_length, layout
+        self.on_error, self.truncation, self.num_workers, self.seed = on_error, truncation, num_workers, seed
+        self.tokenizer = tokenizer
+        self.reports: dict[str, ReadReport] = {}
+        self.data: dict[str, list[EncodedComparison]] = {}
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.tokenizer is None:
+            self.tokenizer = getattr(self.trainer.lightning_module, "tokenizer", None)
+            if self.tokenizer is None:
+                raise RuntimeError(
+                    "ComparisonDataModule has no tokenizer: pass tokenizer=... or use a stage module"
+                )
+        wanted = {"val": self.val_path, **({"train": self.train_path} if stage in ("fit", None) else {})}
+        for split, path in wanted.items():
+            if path is not None and split not in self.data:
+                self.data[split] = self._load(split, path)
+
+    def _load(self, split: str, path: str) -> list[EncodedComparison]:
+        rows, report = read_rows(path, "comparison", on_error=self.on_error)
+        encoded = []
+        for row in rows:
+            enc, n_truncated = encode_comparison(row, self.tokenizer, self.max_length, self.truncation)
+            report.truncated += n_truncated
+            if enc is None:  # over-long under "skip": counted in the report, never silently dropped
+                path_, line = split_source(row.source)
+                report.skipped.append(
+                    DataError(path_, line, "responses", f"a sequence exceeds max_length {self.max_length}")
+                )
+                continue
+            encoded.append(enc)
+        report.kept = len(encoded)
+        self.reports[split] = report
+        logger.info(
+            "%s: %s; %d comparisons, %.1f%% tied pairs",
+            split,
+            report.summary(),
+            len(encoded),
+            100 * tie_share(encoded),
+        )
+        if not encoded:
+            raise ValueError(f"{path}: no usable comparisons ({report.summary()})")
+        return encoded
+
+    def _loader(self, items: list[EncodedComparison], shuffle: bool) -> DataLoader:
+        pad = (
+            self.tokenizer.pad_token_id
+            if self.tokenizer.pad_token_id is not None
+            else self.tokenizer.eos_token_id
+        )
+        return DataLoader(
+            items,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            generator=torch.Generator().manual_seed(self.seed) if shuffle else None,
+            collate_fn=functools.partial(collate_comparisons, pad_id=pad),
+            num_workers=self.num_workers,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        items = self.data["train"]
+        if self.layout == "pairs":
+            items = expand_to_pairs(items)
+            random.Random(self.seed).shuffle(items)
+        return self._loader(items, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader | list:
+        return self._loader(self.data["val"], shuffle=False) if self.val_path else []
+
+    def demonstrations(self) -> list[tuple[str, str]]:
+        """(prompt, best response) of the training comparisons: a fallback set for the reward bias."""
+        out = []
+        for r in self.data.get("train", []):
+            out.append((r.prompt, r.responses[r.ranking.index(min(r.ranking))]))
+        return out

@@ -1,0 +1,146 @@
+"""PPO data: batches of prompts for rollouts, plus pretraining text for the ptx term and the alignment-tax metric.
+
+Each training batch is ``{"prompts": [str] * B, "ptx": {input_ids, attention_mask, labels} or absent}``. The two
+streams are combined with Lightning's CombinedLoader in ``max_size_cycle`` mode, so the shorter one cycles.
+The last ``ptx_holdout`` pretraining rows never train: they measure the pretraining LM loss (alignment tax).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Literal
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities import CombinedLoader
+from torch import Tensor
+from torch.utils.data import DataLoader
+
+from lit_rlhf.data.rows import ReadReport, read_rows
+
+logger = logging.getLogger(__name__)
+
+
+def encode_texts(texts: list[str], tokenizer: Any, max_length: int) -> tuple[list[list[int]], int]:
+    """Tokenize pretraining texts (special tokens on, then eos); cut at max_length. Returns ids, number cut."""
+    out, cut = [], 0
+    for text in texts:
+        ids = tokenizer(text)["input_ids"] + [tokenizer.eos_token_id]
+        cut += int(len(ids) > max_length)
+        out.append(ids[:max_length])
+    return out, cut
+
+
+def collate_lm(rows: list[list[int]], pad_id: int) -> dict[str, Tensor]:
+    """Right-pad LM rows: input_ids, attention_mask and labels (B, T); labels are -100 on padding."""
+    t = max(len(r) for r in rows)
+    ids = torch.full((len(rows), t), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), t), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = torch.tensor(r)
+        mask[i, : len(r)] = 1
+    return {"input_ids": ids, "attention_mask": mask, "labels": ids.masked_fill(mask == 0, -100)}
+
+
+def _as_list(batch: list[str]) -> list[str]:
+    return list(batch)
+
+
+class PPODataModule(L.LightningDataModule):
+    """Prompts for PPO rollouts and, optionally, pretraining text for PPO-ptx.
+
+    Args:
+        prompts_path: prompts file ({"prompt"} rows; demonstration rows work too, extra keys ignored).
+        pretrain_path: pretraining text file ({"text"} rows); required when the module's ptx_coef > 0.
+        batch_size: prompts per rollout.
+        ptx_batch_size: pretraining rows per training step (split across that step's PPO updates).
+        ptx_max_length: pretraining rows longer than this are cut (counted and reported).
+        ptx_holdout: last rows of the pretraining file kept out of training to measure the alignment tax.
+        on_error: ``raise`` at the first bad row, or ``skip`` (counted and reported).
+        seed: seeds the shuffles.
+    """
+
+    def __init__(
+        self,
+        prompts_path: str,
+        pretrain_path: str | None = None,
+        batch_size: int = 32,
+        ptx_batch_size: int = 32,
+        ptx_max_length: int = 128,
+        ptx_holdout: int = 256,
+        on_error: Literal["raise", "skip"] = "raise",
+        seed: int = 0,
+        tokenizer: Any = None,
+    ) -> None:
+        super().__init__()
+        if batch_size < 1 or ptx_batch_size < 1:
+            raise ValueError("PPODataModule: batch_size and ptx_batch_size must be >= 1")
+        self.save_hyperparameters(ignore=["tokenizer"])
+        self.prompts_path, self.pretrain_path = prompts_path, pretrain_path
+        self.batch_size, self.ptx_batch_size = batch_size, ptx_batch_size
+        self.ptx_max_length, self.ptx_holdout = ptx_max_length, ptx_holdout
+        self.on_error, self.seed, self.tokenizer = on_error, seed, tokenizer
+        self.reports: dict[str, ReadReport] = {}
+        self.prompts: list[str] = []
+        self.ptx_train: list[list[int]] = []
+        self.ptx_eval: list[list[int]] = []
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.prompts:
+            return
+        if self.tokenizer is None:
+            self.tokenizer = getattr(self.trainer.lightning_module, "tokenizer", None)
+        rows, self.reports["prompts"] = read_rows(self.prompts_path, "prompt", on_error=self.on_error)
+        self.prompts = [r.prompt for r in rows]
+        if self.pretrain_path is not None:
+            texts, report = read_rows(self.pretrain_path, "text", on_error=self.on_error)
+            ids, report.truncated = encode_texts([t.text for t in texts], self.tokenizer, self.ptx_max_length)
+            self.reports["pretrain"] = report
+            if len(ids) <= self.ptx_holdout:
+                raise ValueError(
+                    f"{self.pretrain_path}: {len(ids)} rows, need more than ptx_holdout={self.ptx_holdout}"
+                )
+            cut_at = len(ids) - self.ptx_holdout
+            self.ptx_train, self.ptx_eval = ids[:cut_at], ids[cut_at:]
+        for name, report in self.reports.items():
+            logger.info("%s: %s (%d cut to max length)", name, report.summary(), report.truncated)
+
+    @property
+    def has_pretrain(self) -> bool:
+        return self.pretrain_path is not None
+
+    def _pad(self) -> int:
+        t = self.tokenizer
+        return t.pad_token_id if t.pad_token_id is not None else t.eos_token_id
+
+    def train_dataloader(self) -> CombinedLoader:
+        g = torch.Generator().manual_seed(self.seed)
+        loaders = {
+            "prompts": DataLoader(
+                self.prompts,
+                batch_size=self.batch_size,
+                shuffle=True,
+                generator=g,
+                collate_fn=_as_list,
+                drop_last=len(self.prompts) >= self.batch_size,
+            )
+        }
+        if self.ptx_train:
+            pad = self._pad()
+            loaders["ptx"] = DataLoader(
+                self.ptx_train,
+                batch_size=self.ptx_batch_size,
+                shuffle=True,
+                generator=torch.Generator().manual_seed(self.seed + 1),
+                collate_fn=lambda rows: collate_lm(rows, pad),
+                drop_last=True,
+            )
+        return CombinedLoader(loaders, mode="max_size_cycle")
+
+    def ptx_eval_batches(self, batch_size: int = 64) -> list[dict[str, Tensor]]:
+        """The held-out pretraining rows as LM batches (for the alignment-tax metric)."""
+        pad = self._pad()
+        return [
+            collate_lm(self.ptx_eval[i : i + batch_size], pad)
+            for i in range(0, len(self.ptx_eval), batch_size)
+        ]

@@ -1,0 +1,350 @@
+"""RewardModule: a scalar reward model trained from K-wise rankings (InstructGPT step 2, eq. 1).
+
+The model is the SFT backbone plus a scalar head reading the last real token. With LoRA it is a ``reward``
+adapter on the shared frozen base (initialised from the SFT policy adapter when SFT used LoRA); without LoRA the
+whole backbone is trained. After training, a bias makes the mean reward of the SFT demonstrations 0; it is stored
+in the manifest and applied whenever the reward model is loaded (RewardScorer).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor
+from torchmetrics import MeanMetric
+from torchmetrics.functional.regression import kendall_rank_corrcoef
+
+from lit_rlhf.backbone.config import LoraSettings, Quantization
+from lit_rlhf.data.io import append_jsonl
+from lit_rlhf.rl.losses import kwise_ranking_loss
+from lit_rlhf.stages.common import OptimConfig, build_optimizer
+
+REWARD = "reward"
+
+
+def per_prompt_kendall_tau(scores: Tensor, ranks: Tensor, group: Tensor) -> list[float | None]:
+    """Kendall tau-b between the RM's order and the labeled order, one value per prompt.
+
+    Args:
+        scores: (N,) RM scores (higher = better). ranks: (N,) labeled ranks (0 = best). group: (N,) prompt ids.
+    Returns:
+        One tau per group in order of first appearance; None where it is undefined (all scores or ranks tied).
+    """
+    out: list[float | None] = []
+    for g in torch.unique_consecutive(group):
+        sel = group == g
+        tau = kendall_rank_corrcoef(scores[sel].float(), -ranks[sel].float(), variant="b")
+        out.append(None if not torch.isfinite(tau) else float(tau))
+    return out
+
+
+def tokenize_pairs(
+    tokenizer: Any, prompts: list[str], responses: list[str], max_length: int
+) -> dict[str, Tensor]:
+    """Prompt + response + eos per row, right-padded, as the reward model saw them in training.
+
+    Sequences longer than max_length keep their LAST max_length tokens (the head reads the end).
+    Returns input_ids (B, T) and attention_mask (B, T).
+    """
+    rows = []
+    for p, r in zip(prompts, responses, strict=True):
+        ids = (
+            tokenizer(p)["input_ids"]
+            + tokenizer(r, add_special_tokens=False)["input_ids"]
+            + [tokenizer.eos_token_id]
+        )
+        rows.append(ids[-max_length:])
+    t = max(len(x) for x in rows)
+    pad = tokenizer.pad_token_id
+    input_ids = torch.full((len(rows), t), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), t), dtype=torch.long)
+    for i, ids in enumerate(rows):
+        input_ids[i, : len(ids)] = torch.tensor(ids)
+        mask[i, : len(ids)] = 1
+    return {"input_ids": input_ids, "attention_mask": mask}
+
+
+@torch.no_grad()
+def score_texts(
+    backbone,
+    head: str,
+    adapter: str | None,
+    bias: float,
+    prompts: list[str],
+    responses: list[str],
+    batch_size: int = 64,
+    max_length: int = 512,
+) -> list[float]:
+    """Reward of each (prompt, response): head `head` read through `adapter`, plus the stored bias."""
+    out: list[float] = []
+    was_training = backbone.training
+    backbone.eval()
+    device = next(backbone.parameters()).device
+    try:
+        with backbone.use_adapter(adapter):
+            for i in range(0, len(prompts), batch_size):
+                enc = tokenize_pairs(
+                    backbone.tokenizer, prompts[i : i + batch_size], responses[i : i + batch_size], max_length
+                )
+                s = backbone.score(head, enc["input_ids"].to(device), enc["attention_mask"].to(device))
+                out.extend((s + bias).tolist())
+    finally:
+        backbone.train(was_training)
+    return out
+
+
+class RewardScorer:
+    """Load a reward stage directory once and score (prompt, response) texts, bias applied."""
+
+    def __init__(self, stage_dir: str | Path, device: str = "cpu", head: str = REWARD) -> None:
+        from lit_rlhf.checkpoint.stage_dir import load_stage_dir
+
+        self.backbone, self.manifest = load_stage_dir(stage_dir, device=device)
+        if head not in self.manifest.heads:
+            raise ValueError(
+                f"{stage_dir}: no head {head!r} (stage {self.manifest.stage!r}); is it a reward stage directory?"
+            )
+        info = self.manifest.heads[head]
+        self.head, self.adapter, self.bias = head, info.get("adapter"), float(info.get("bias", 0.0))
+
+    def score(self, prompts: list[str], responses: list[str], batch_size: int = 64) -> list[float]:
+        return score_texts(self.backbone, self.head, self.adapter, self.bias, prompts, responses, batch_size)
+
+
+class RewardModule(L.LightningModule):
+    """Train a reward model from ranked comparisons; writes a ``reward`` stage directory.
+
+    Args:
+        init_from: The SFT stage directory (the RM starts from the SFT model).
+        lora: LoRA settings for the ``reward`` adapter when the SFT stage trained the full model; ``null`` trains
+            the full backbone. When the SFT stage used LoRA, its settings are kept (the adapter starts from it).
+        quantization: Quantize the frozen base (``8bit``/``4bit``; needs LoRA). Default: as the SFT stage.
+        center_coef: Weight of the centering regularizer mean(r^2), which keeps rewards near 0.
+        bias_from: Demonstrations JSONL whose mean reward is set to 0 after training (the SFT demonstrations);
+            default: the best-ranked response of each training comparison.
+        bias_limit: At most this many demonstrations for the bias.
+        rankings_limit: Validation prompts written to ``rankings.jsonl`` at every validation.
+        optim: AdamW + warmup/cosine.
+    """
+
+    STAGE = "reward"
+
+    def __init__(
+        self,
+        init_from: str,
+        lora: LoraSettings | None = None,
+        quantization: Quantization | None = None,
+        center_coef: float = 0.0,
+        bias_from: str | None = None,
+        bias_limit: int = 512,
+        rankings_limit: int = 16,
+        max_length: int = 256,
+        optim: OptimConfig | None = None,
+    ) -> None:
+        super().__init__()
+        if center_coef < 0:
+            raise ValueError("center_coef must be >= 0")
+        self.init_from, self.lora, self.quantization = init_from, lora, quantization
+        self.center_coef, self.bias_from, self.bias_limit = center_coef, bias_from, bias_limit
+        self.rankings_limit, self.max_length = rankings_limit, max_length
+        self.optim_cfg = optim or OptimConfig(lr=1e-4, warmup_steps=20)
+        self.save_hyperparameters()
+        self.net = None
+        self._tokenizer = None
+        self.parent_dir = init_from
+        self.stage_dir_written: Path | None = None
+        self.val_acc, self.val_tau, self.val_margin = MeanMetric(), MeanMetric(), MeanMetric()
+        self.val_s, self.val_s2 = MeanMetric(), MeanMetric()
+        self._table: list[dict[str, Any]] = []
+        self.final_metrics: dict[str, float] = {}
+
+    # ---- building ---------------------------------------------------------------------------------------
+    @property
+    def tokenizer(self):
+        if self.net is not None:
+            return self.net.tokenizer
+        if self._tokenizer is None:
+            from lit_rlhf.backbone.build import load_tokenizer
+
+            self._tokenizer = load_tokenizer(str(Path(self.init_from) / "tokenizer"))
+        return self._tokenizer
+
+    def _target_device(self):
+        # inside configure_model self.device can still be cpu; the strategy knows where the model will live
+        return self.trainer.strategy.root_device if self._trainer is not None else self.device
+
+    def configure_model(self) -> None:
+        if self.net is not None:
+            return
+        from lit_rlhf.backbone.build import POLICY
+        from lit_rlhf.checkpoint.manifest import read_manifest
+        from lit_rlhf.checkpoint.stage_dir import load_stage_dir
+
+        parent = read_manifest(self.init_from)
+        sft_lora = parent.backbone.get("lora")
+        overrides: dict[str, Any] = {}
+        if self.quantization is not None:
+            overrides["quantization"] = self.quantization
+        if sft_lora is None and self.lora is not None:
+            overrides["lora"] = dataclasses.asdict(self.lora)
+        net, _ = load_stage_dir(self.init_from, device=self._target_device(), backbone_overrides=overrides)
+        if net.cfg.lora is not None:
+            # start the reward adapter from the SFT policy adapter when there is one, else from the bare base
+            state = net.adapter_state(POLICY) if POLICY in net.adapters else None
+            net.add_adapter(REWARD, trainable=True, state=state)
+        else:
+            net.model.requires_grad_(True)
+        net.add_head(REWARD)
+        self.net = net.train()  # from_pretrained returns eval mode; dropout as configured
+
+    @property
+    def reward_adapter(self) -> str | None:
+        return REWARD if self.net.cfg.lora is not None else None
+
+    def configure_optimizers(self):
+        total = int(self.trainer.estimated_stepping_batches)
+        opt, sched = build_optimizer(list(self.net.named_parameters()), self.optim_cfg, total)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # ---- steps ------------------------------------------------------------------------------------------
+    def _scores(self, batch: dict[str, Any]) -> Tensor:
+        """One forward pass per response: (N, T) -> (N,) rewards (the reward adapter is the active one)."""
+        return self.net.score(REWARD, batch["input_ids"], batch["attention_mask"])
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        scores = self._scores(batch)  # (N,)
+        out = kwise_ranking_loss(scores, batch["ranks"], batch["group"])
+        loss = out.loss + self.center_coef * scores.pow(2).mean()
+        n_prompts = len(batch["prompts"])
+        self.log("reward/loss", out.loss, prog_bar=True, batch_size=n_prompts)
+        if int(out.n_pairs) > 0:
+            self.log("reward/accuracy", out.accuracy, prog_bar=True, batch_size=n_prompts)
+            self.log("reward/margin", out.margin, batch_size=n_prompts)
+        self.log("reward/score_mean", scores.mean(), batch_size=n_prompts)
+        self.log("reward/score_std", scores.std() if scores.numel() > 1 else 0.0, batch_size=n_prompts)
+        self.log("reward/lr", self.trainer.optimizers[0].param_groups[0]["lr"], batch_size=n_prompts)
+        return loss
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        scores = self._scores(batch).float()
+        out = kwise_ranking_loss(scores, batch["ranks"], batch["group"])
+        if int(out.n_pairs) > 0:
+            self.val_acc.update(out.accuracy, weight=int(out.n_pairs))
+            self.val_margin.update(out.margin, weight=int(out.n_pairs))
+        taus = per_prompt_kendall_tau(scores, batch["ranks"], batch["group"])
+        for t in taus:
+            if t is not None:
+                self.val_tau.update(t)
+        self.val_s.update(scores)
+        self.val_s2.update(scores.pow(2))
+        self._collect_table(batch, scores, taus)
+
+    def _collect_table(self, batch: dict[str, Any], scores: Tensor, taus: list[float | None]) -> None:
+        if len(self._table) >= self.rankings_limit:
+            return
+        offset = 0
+        for p, (prompt, responses) in enumerate(zip(batch["prompts"], batch["responses"], strict=True)):
+            k = len(responses)
+            s = scores[offset : offset + k].tolist()
+            r = batch["ranks"][offset : offset + k].tolist()
+            offset += k
+            pairs = [(i, j) for i in range(k) for j in range(k) if r[i] < r[j]]
+            self._table.append(
+                {
+                    "prompt": prompt,
+                    "responses": responses,
+                    "labeled_rank": r,
+                    "scores": s,
+                    "kendall_tau": taus[p],
+                    "pairs": len(pairs),
+                    "pairs_correct": sum(s[i] > s[j] for i, j in pairs),
+                }
+            )
+            if len(self._table) >= self.rankings_limit:
+                return
+
+    def on_validation_epoch_end(self) -> None:
+        mean, mean2 = self.val_s.compute(), self.val_s2.compute()
+        metrics = {
+            "reward/val_accuracy": self.val_acc.compute(),
+            "reward/val_kendall_tau": self.val_tau.compute(),
+            "reward/val_margin": self.val_margin.compute(),
+            "reward/val_score_mean": mean,
+            "reward/val_score_std": torch.sqrt(torch.clamp(mean2 - mean**2, min=0.0)),
+        }
+        for m in (self.val_acc, self.val_tau, self.val_margin, self.val_s, self.val_s2):
+            m.reset()
+        for k, v in metrics.items():
+            self.log(k, v, prog_bar=k == "reward/val_accuracy")
+        if self.trainer.is_global_zero and self.trainer.loggers and not self.trainer.sanity_checking:
+            path = Path(self.trainer.log_dir) / "rankings.jsonl"
+            for row in self._table:
+                append_jsonl(path, {"step": max(self.global_step - 1, 0), **row})
+        self._table = []
+
+    # ---- the end: bias and stage directory --------------------------------------------------------------
+    def compute_bias(self) -> float:
+        """Minus the mean reward of the SFT demonstrations (so they score 0 on average)."""
+        if self.bias_from is not None:
+            from lit_rlhf.data.rows import read_rows
+
+            rows, _ = read_rows(self.bias_from, "demonstration", limit=self.bias_limit)
+            pairs = [(r.prompt, r.response) for r in rows if r.prompt is not None]
+        else:
+            pairs = self.trainer.datamodule.demonstrations()[: self.bias_limit]
+        if not pairs:
+            return 0.0
+        scores = score_texts(
+            self.net,
+            REWARD,
+            self.reward_adapter,
+            0.0,
+            [p for p, _ in pairs],
+            [r for _, r in pairs],
+            max_length=self.max_length,
+        )
+        return -sum(scores) / len(scores)
+
+    def on_train_end(self) -> None:
+        if not self.trainer.is_global_zero or not self.trainer.loggers:
+            return
+        from lit_rlhf.checkpoint.stage_dir import save_stage_dir
+
+        bias = self.compute_bias()
+        cm = self.trainer.callback_metrics
+        metrics = {
+            k.split("/", 1)[1]: float(cm[k])
+            for k in ("reward/val_accuracy", "reward/val_kendall_tau", "reward/val_margin", "reward/loss")
+            if k in cm
+        }
+        metrics = {k: v for k, v in metrics.items() if math.isfinite(v)}
+        metrics["bias"] = bias
+        dm = self.trainer.datamodule
+        if hasattr(dm, "data"):
+            from lit_rlhf.data.comparisons import tie_share
+
+            metrics["train_comparisons"] = float(len(dm.data.get("train", [])))
+            metrics["train_tied_pair_share"] = tie_share(dm.data.get("train", []))
+        self.final_metrics = metrics
+        run_dir = Path(self.trainer.log_dir)
+        config = run_dir / "config.yaml"
+        adapters = [REWARD] if self.reward_adapter else []
+        out = run_dir / "stage"
+        save_stage_dir(
+            out,
+            self.net,
+            stage=self.STAGE,
+            adapters=adapters,
+            heads={REWARD: {"adapter": self.reward_adapter, "bias": bias}},
+            step=self.global_step,
+            metrics=metrics,
+            parent=str(self.init_from),
+            config_text=config.read_text() if config.is_file() else None,
+        )
+        self.logger.log_metrics({"reward/bias": bias}, step=max(self.global_step - 1, 0))
+        self.stage_dir_written = out

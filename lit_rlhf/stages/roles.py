@@ -1,0 +1,204 @@
+"""The four PPO roles (policy, reference, reward, critic) on one shared backbone or as separate copies.
+
+Shared (LoRA): one frozen base in memory; the roles are named adapters plus scalar heads:
+    policy    = "policy" adapter (trainable; from the SFT policy adapter, or fresh on an SFT-trained base)
+    reference = adapters off when the base holds the SFT weights, else a frozen "reference" copy of the SFT adapter
+    reward    = frozen "reward" adapter + "reward" head (from the reward stage directory)
+    critic    = "critic" adapter + "value" head, both initialised from the reward model (InstructGPT)
+Separate (no LoRA): four backbones; memory is about 4x the model (plus optimizer state for policy and critic).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from lit_rlhf.backbone.build import CRITIC, POLICY, REFERENCE, REWARD, Backbone
+from lit_rlhf.backbone.config import LoraSettings
+
+VALUE = "value"
+
+
+def position_ids_from_mask(attention_mask: Tensor) -> Tensor:
+    """Positions that skip left padding, as `generate` uses them: (B, L) mask -> (B, L) long."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def _same_base(sft_manifest, rm_manifest) -> bool:
+    a, b = sft_manifest.base, rm_manifest.base
+    if a.get("kind") != b.get("kind"):
+        return False
+    if a["kind"] == "pretrained":
+        return (a.get("name_or_path"), a.get("revision")) == (b.get("name_or_path"), b.get("revision"))
+    sizes = lambda m: {k: v for k, v in m.files.items() if k.startswith("base/")}  # noqa: E731
+    return sizes(sft_manifest) == sizes(rm_manifest) and bool(sizes(sft_manifest))
+
+
+class Roles(nn.Module):
+    """Policy, reference, reward and critic behind one interface, shared or separate."""
+
+    def __init__(
+        self,
+        shared: Backbone | None = None,
+        separate: dict[str, Backbone] | None = None,
+        reference_adapter: str | None = None,
+        reward_bias: float = 0.0,
+        reward_adapter: str | None = REWARD,
+    ) -> None:
+        super().__init__()
+        self.shared = shared
+        self.separate = nn.ModuleDict(separate or {})
+        self.reference_adapter = reference_adapter  # None = adapters off (shared mode)
+        self.reward_bias = reward_bias
+        self.reward_adapter = reward_adapter
+
+    @property
+    def is_shared(self) -> bool:
+        return self.shared is not None
+
+    # ---- building ---------------------------------------------------------------------------------------
+    @classmethod
+    def load(
+        cls,
+        policy_from: str,
+        reward_from: str,
+        lora: LoraSettings | None = None,
+        quantization: str | None = None,
+        device: Any = "cpu",
+    ) -> Roles:
+        """Build the roles from an SFT and a reward stage directory (shared when the reward model is LoRA)."""
+        from lit_rlhf.checkpoint.manifest import read_manifest
+        from lit_rlhf.checkpoint.stage_dir import _load_tensors, load_stage_dir
+
+        sft_m, rm_m = read_manifest(policy_from), read_manifest(reward_from)
+        if "reward" not in rm_m.heads:
+            raise ValueError(
+                f"{reward_from}: stage {rm_m.stage!r} has no reward head; pass a reward stage directory"
+            )
+        head = rm_m.heads["reward"]
+        shared = head.get("adapter") is not None
+        if not shared:
+            return cls._load_separate(policy_from, reward_from, float(head.get("bias", 0.0)), device)
+        if not _same_base(sft_m, rm_m):
+            raise ValueError(
+                f"{reward_from} was not trained on the base of {policy_from}: a shared-base PPO needs "
+                "the reward model's LoRA adapter on the SFT stage's base"
+            )
+        overrides: dict[str, Any] = {}
+        if quantization is not None:
+            overrides["quantization"] = quantization
+        rm_lora = rm_m.backbone.get("lora")
+        if sft_m.backbone.get("lora") is None:
+            overrides["lora"] = rm_lora if lora is None else dataclasses.asdict(lora)
+        net, _ = load_stage_dir(policy_from, device=device, backbone_overrides=overrides, trainable=(POLICY,))
+        root = Path(reward_from)
+        if net.cfg.lora.__dict__ != LoraSettings(**rm_lora).__dict__:
+            raise ValueError(
+                f"{reward_from}: its LoRA settings {rm_lora} differ from the policy's {net.cfg.lora}"
+            )
+        reward_state = _load_tensors(root / rm_m.adapters["reward"])
+        net.add_adapter(REWARD, trainable=False, state=reward_state)
+        net.add_adapter(CRITIC, trainable=True, state=reward_state)
+        head_state = _load_tensors(root / head["path"])
+        net.add_head(REWARD, head_state).requires_grad_(False)
+        net.add_head(VALUE, head_state)
+        reference = None
+        if POLICY in net.adapters:  # SFT trained an adapter: the reference is a frozen copy of it
+            net.add_adapter(REFERENCE, trainable=False, state=net.adapter_state(POLICY))
+            reference = REFERENCE
+        else:  # SFT trained the base: reference = adapters off; the policy starts as a no-op adapter
+            net.add_adapter(POLICY, trainable=True)
+        net.use_adapter_(POLICY)
+        return cls(shared=net.train(), reference_adapter=reference, reward_bias=float(head.get("bias", 0.0)))
+
+    @classmethod
+    def _load_separate(cls, policy_from: str, reward_from: str, bias: float, device: Any) -> Roles:
+        from lit_rlhf.checkpoint.stage_dir import load_stage_dir
+
+        policy, _ = load_stage_dir(policy_from, device=device, trainable=(POLICY,))
+        reference, _ = load_stage_dir(policy_from, device=device)
+        reward, _ = load_stage_dir(reward_from, device=device)
+        critic, _ = load_stage_dir(reward_from, device=device)
+        if policy.cfg.lora is not None or reward.cfg.lora is not None:
+            raise ValueError("separate roles need full-weight stages; LoRA stages share one base instead")
+        policy.model.requires_grad_(True)
+        critic.model.requires_grad_(True)
+        critic.heads[VALUE] = critic.heads.pop(REWARD)
+        for frozen in (reference, reward):
+            frozen.requires_grad_(False).eval()
+        roles = cls(
+            separate={
+                "policy": policy.train(),
+                "reference": reference,
+                "reward": reward,
+                "critic": critic.train(),
+            },
+            reward_bias=bias,
+            reward_adapter=None,
+        )
+        return roles
+
+    # ---- access -----------------------------------------------------------------------------------------
+    def _net(self, role: str) -> Backbone:
+        return self.shared if self.is_shared else self.separate[role]
+
+    def _adapter(self, role: str) -> str | None:
+        if not self.is_shared:
+            return None
+        return {"policy": POLICY, "reference": self.reference_adapter, "reward": REWARD, "critic": CRITIC}[
+            role
+        ]
+
+    @property
+    def tokenizer(self):
+        return self._net("policy").tokenizer
+
+    def policy_parameters(self) -> list[nn.Parameter]:
+        net = self._net("policy")
+        if self.is_shared:
+            return net.adapter_parameters(POLICY)
+        return [p for p in net.parameters() if p.requires_grad]
+
+    def critic_parameters(self) -> list[nn.Parameter]:
+        net = self._net("critic")
+        if self.is_shared:
+            return net.adapter_parameters(CRITIC) + list(net.heads[VALUE].parameters())
+        return [p for p in net.parameters() if p.requires_grad]
+
+    def generation_model(self) -> nn.Module:
+        """The model whose ``generate`` samples from the policy (policy adapter made active)."""
+        net = self._net("policy")
+        if self.is_shared:
+            net.use_adapter_(POLICY)
+        return net.model
+
+    # ---- compute ----------------------------------------------------------------------------------------
+    def logits(self, role: str, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        """(B, L) -> (B, L, V) logits of the policy or the reference."""
+        net = self._net(role)
+        pos = position_ids_from_mask(attention_mask)
+        if not self.is_shared:
+            return net(input_ids, attention_mask, pos)
+        with net.use_adapter(self._adapter(role)):
+            return net(input_ids, attention_mask, pos)
+
+    def values(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        """Critic value at every position: (B, L) -> (B, L) float32."""
+        net = self._net("critic")
+        pos = position_ids_from_mask(attention_mask)
+        with net.use_adapter(self._adapter("critic")) if self.is_shared else contextlib.nullcontext():
+            hidden = net.hidden_states(input_ids, attention_mask, pos)
+        return net.heads[VALUE](hidden)
+
+    @torch.no_grad()
+    def reward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        """RM score at the last real token plus the stored bias: (B, L) -> (B,)."""
+        net = self._net("reward")
+        pos = position_ids_from_mask(attention_mask)
+        with net.use_adapter(self._adapter("reward")) if self.is_shared else contextlib.nullcontext():
+            return net.score(REWARD, input_ids, attention_mask, pos) + self.reward_bias

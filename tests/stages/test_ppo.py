@@ -1,0 +1,166 @@
+"""PPO-ptx stage: roles on one base, KL 0 at init, only policy/critic move, ptx changes the gradient."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+
+from lit_rlhf.backbone.build import Backbone
+from lit_rlhf.backbone.config import BackboneConfig, LoraSettings
+from lit_rlhf.backbone.generate import SamplingConfig
+from lit_rlhf.checkpoint.stage_dir import load_stage_dir, save_stage_dir
+from lit_rlhf.data.io import write_jsonl
+from lit_rlhf.data.prompts import PPODataModule
+from lit_rlhf.stages.ppo import EvalConfig, KLConfig, PPOConfig, PPOModule, response_logprobs
+
+LORA = LoraSettings(r=4, alpha=8, dropout=0.0)
+
+
+def _stages(tiny_dir, tmp: Path, lora: bool = True) -> tuple[Path, Path]:
+    """An SFT stage (full weights) and a reward stage (LoRA adapter + head, or full weights) on it."""
+    torch.manual_seed(0)
+    sft = Backbone.build(BackboneConfig(name_or_path=str(tiny_dir / "gpt2")))
+    save_stage_dir(tmp / "sft", sft, stage="sft")
+    rm, _ = load_stage_dir(tmp / "sft", backbone_overrides={"lora": LORA.__dict__} if lora else None)
+    if lora:
+        rm.add_adapter("reward")
+        with torch.no_grad():
+            for p in rm.adapter_parameters("reward"):
+                p.add_(0.1 * torch.randn_like(p))  # a "trained" reward adapter, so critic != policy
+    rm.add_head("reward")
+    save_stage_dir(
+        tmp / "rm", rm, stage="reward", heads={"reward": {"adapter": "reward" if lora else None, "bias": 0.3}}
+    )
+    return tmp / "sft", tmp / "rm"
+
+
+def _data(tmp: Path, pretrain: bool = True) -> PPODataModule:
+    write_jsonl(tmp / "prompts.jsonl", [{"prompt": f"{a} {b} ="} for a in "abcd" for b in "efgh"])
+    write_jsonl(tmp / "text.jsonl", [{"text": f"{a} {b} = {b} {a}"} for a in "abcdefgh" for b in "abcdefgh"])
+    return PPODataModule(
+        str(tmp / "prompts.jsonl"),
+        str(tmp / "text.jsonl") if pretrain else None,
+        batch_size=4,
+        ptx_batch_size=4,
+        ptx_max_length=16,
+        ptx_holdout=8,
+    )
+
+
+def _module(sft, rm, ptx_coef=0.0, **kw) -> PPOModule:
+    return PPOModule(
+        str(sft),
+        str(rm),
+        ptx_coef=ptx_coef,
+        lr=1e-2,
+        kl=KLConfig(init_coef=0.1),
+        ppo=PPOConfig(ppo_epochs=1, minibatch_size=4, critic_lr=1e-2),
+        sampling=SamplingConfig(max_new_tokens=5),
+        eval=EvalConfig(prompts=None, samples_per_step=0),
+        **kw,
+    )
+
+
+def _trainer(steps: int) -> L.Trainer:
+    return L.Trainer(
+        max_steps=steps,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+    )
+
+
+@pytest.mark.parametrize("lora", [True, False], ids=["shared", "separate"])
+def test_kl_is_exactly_zero_at_initialisation(tiny_dir, tmp_path, lora):
+    sft, rm = _stages(tiny_dir, tmp_path, lora)
+    module = _module(sft, rm)
+    module.configure_model()
+    assert module.roles.is_shared is lora
+    ro, gen, stats = module.rollout(["a b =", "c d e =", "f ="])
+    assert torch.equal(ro.logprobs, ro.ref_logprobs)
+    assert float(stats["kl"]) == 0.0
+    # the critic starts from the reward model: its value at the last token equals the raw RM score
+    assert ro.values.shape == ro.response_mask.shape
+
+
+def test_ppo_step_moves_only_policy_and_critic(tiny_dir, tmp_path):
+    sft, rm = _stages(tiny_dir, tmp_path)
+    module = _module(sft, rm)
+    module.configure_model()
+    net = module.roles.shared
+    before = {n: p.detach().clone() for n, p in net.named_parameters()}
+    _trainer(2).fit(module, _data(tmp_path))
+    moved = {n for n, p in net.named_parameters() if not torch.equal(p.detach(), before[n])}
+    assert moved, "nothing trained"
+    assert all(".policy." in n or ".critic." in n or n.startswith("heads.value.") for n in moved), moved
+    assert any(".policy." in n for n in moved) and any(".critic." in n for n in moved)
+    # base, reward adapter and reward head are bit-identical
+    frozen = [n for n in before if "lora_" not in n and not n.startswith("heads.value.")]
+    assert frozen and not (set(frozen) & moved)
+
+
+def test_ptx_coef_changes_the_update(tiny_dir, tmp_path):
+    sft, rm = _stages(tiny_dir, tmp_path)
+    results = []
+    for coef in (0.0, 1.0):
+        torch.manual_seed(0)
+        module = _module(sft, rm, ptx_coef=coef)
+        L.seed_everything(0)
+        _trainer(1).fit(module, _data(tmp_path))
+        results.append(
+            {n: p.detach().clone() for n, p in module.roles.shared.named_parameters() if ".policy." in n}
+        )
+    assert any(not torch.equal(results[0][n], results[1][n]) for n in results[0])
+
+
+def test_ptx_loss_gradient_reaches_only_the_policy(tiny_dir, tmp_path):
+    sft, rm = _stages(tiny_dir, tmp_path)
+    module = _module(sft, rm, ptx_coef=1.0)
+    module.configure_model()
+    dm = _data(tmp_path)
+    dm.tokenizer = module.tokenizer
+    dm.setup("fit")
+    loss = module.ptx_loss(dm.ptx_eval_batches()[0])
+    loss.backward()
+    net = module.roles.shared
+    grads = {n: p.grad for n, p in net.named_parameters() if p.grad is not None}
+    assert any(".policy." in n and float(g.abs().sum()) > 0 for n, g in grads.items())
+    assert not any(".critic." in n or ".reward." in n for n in grads)
+
+
+def test_ptx_without_pretraining_data_fails_at_start(tiny_dir, tmp_path):
+    sft, rm = _stages(tiny_dir, tmp_path)
+    with pytest.raises(ValueError, match="ptx_coef > 0 needs pretraining data"):
+        _trainer(1).fit(_module(sft, rm, ptx_coef=0.5), _data(tmp_path, pretrain=False))
+
+
+def test_separate_roles_train_full_weights(tiny_dir, tmp_path):
+    sft, rm = _stages(tiny_dir, tmp_path, lora=False)
+    module = _module(sft, rm)
+    module.configure_model()
+    ref_before = {n: p.detach().clone() for n, p in module.roles.separate["reference"].named_parameters()}
+    pol_before = {n: p.detach().clone() for n, p in module.roles.separate["policy"].named_parameters()}
+    _trainer(1).fit(module, _data(tmp_path))
+    assert all(
+        torch.equal(p, ref_before[n]) for n, p in module.roles.separate["reference"].named_parameters()
+    )
+    assert any(
+        not torch.equal(p, pol_before[n]) for n, p in module.roles.separate["policy"].named_parameters()
+    )
+
+
+def test_response_logprobs_alignment_by_hand():
+    # vocabulary 3; logits favour token 2 at position 1 and token 0 at position 2
+    logits = torch.log(
+        torch.tensor([[[1.0, 1.0, 1.0], [0.25, 0.25, 0.5], [0.5, 0.25, 0.25], [1.0, 1.0, 1.0]]])
+    )
+    ids = torch.tensor([[1, 1, 2, 0]])  # prompt = first 2 tokens, response = [2, 0]
+    out = response_logprobs(logits, ids, prompt_len=2)
+    torch.testing.assert_close(out, torch.log(torch.tensor([[0.5, 0.5]])))
