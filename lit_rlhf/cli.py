@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-TOOL_COMMANDS = ("demo-data", "export", "collect-comparisons")
+TOOL_COMMANDS = ("demo-data", "export", "collect-comparisons", "pipeline", "dashboard", "evaluate")
 
 
 def _demo_data(argv: list[str]) -> int:
@@ -100,6 +100,24 @@ def _collect(argv: list[str]) -> int:
     return 0
 
 
+def _evaluate(argv: list[str]) -> int:
+    from lit_rlhf.evaluate import cli_main
+
+    return cli_main(argv)
+
+
+def _dashboard(argv: list[str]) -> int:
+    from lit_rlhf.dashboard_cmd import main as dashboard_main
+
+    return dashboard_main(argv)
+
+
+def _pipeline(argv: list[str]) -> int:
+    from lit_rlhf.pipeline import cli_main
+
+    return cli_main(argv)
+
+
 def lightning_cli(args: list[str] | None, run: bool = True):
     """Build (and by default run) the LightningCLI; `run=False` parses and instantiates only (config tests)."""
     from lightning.pytorch.callbacks import ModelCheckpoint
@@ -164,7 +182,14 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of `python main.py`."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in TOOL_COMMANDS:
-        commands = {"demo-data": _demo_data, "export": _export, "collect-comparisons": _collect}
+        commands = {
+            "demo-data": _demo_data,
+            "export": _export,
+            "collect-comparisons": _collect,
+            "pipeline": _pipeline,
+            "dashboard": _dashboard,
+            "evaluate": _evaluate,
+        }
         return commands[argv[0]](argv[1:])
     # args=None when reading sys.argv, so LightningCLI does not warn about getting both
     lightning_cli(None if argv == sys.argv[1:] else argv)

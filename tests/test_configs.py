@@ -8,7 +8,10 @@ import pytest
 
 from lit_rlhf.cli import lightning_cli
 
-CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").rglob("*.yaml"))
+ROOT = Path(__file__).resolve().parents[1]
+ALL = sorted((ROOT / "configs").rglob("*.yaml"))
+PIPELINES = [p for p in ALL if p.name == "pipeline.yaml"]
+CONFIGS = [p for p in ALL if p not in PIPELINES]
 
 
 def test_configs_are_found():
@@ -29,3 +32,12 @@ def test_config_parses_and_instantiates(path, tmp_path, monkeypatch):
     assert cli.datamodule is not None
     # nothing heavy loaded at construction
     assert getattr(cli.model, "net", None) is None and getattr(cli.model, "roles", None) is None
+
+
+@pytest.mark.parametrize("path", PIPELINES, ids=lambda p: p.relative_to(p.parents[1]).as_posix())
+def test_pipeline_config_parses_and_names_existing_stage_configs(path):
+    from lit_rlhf.pipeline import PipelineConfig
+
+    cfg = PipelineConfig.from_yaml(path)
+    for stage_config in (cfg.sft_config, cfg.rm_config, cfg.ppo_config):
+        assert (ROOT / stage_config) in CONFIGS, stage_config  # and so each is parsed by the test above

@@ -204,8 +204,10 @@ class ScalarHead(nn.Module):
         nn.init.zeros_(self.proj.bias)
 
     def forward(self, hidden: Tensor) -> Tensor:
-        """hidden (..., H) -> (...) float32."""
-        return self.proj(hidden.float()).squeeze(-1)
+        """hidden (..., H) -> (...) float32, outside autocast: in bf16 a reward has ~3 significant digits, too
+        coarse for ranking margins and value targets."""
+        with torch.autocast(device_type=hidden.device.type, enabled=False):
+            return self.proj(hidden.float()).squeeze(-1)
 
 
 class Backbone(nn.Module):

@@ -42,6 +42,7 @@ from lit_rlhf.rl.rewards import (
     truncation_penalty,
 )
 from lit_rlhf.rl.stats import explained_variance
+from lit_rlhf.stages.guards import NumericalGuard, ppo_flags
 
 
 @dataclass
@@ -148,6 +149,7 @@ class PPOModule(L.LightningModule):
         ptx_coef: gamma_ptx, the weight of the pretraining LM loss in the policy objective (0 = plain PPO).
         kl: KL penalty settings. ppo: PPO hyperparameters. sampling: rollout generation settings.
         lr: Policy learning rate. eval: held-out evaluation.
+        max_nonfinite_updates: Stop after this many non-finite (skipped) updates in a row (0 = never).
     """
 
     STAGE = "ppo"
@@ -164,6 +166,7 @@ class PPOModule(L.LightningModule):
         sampling: SamplingConfig | None = None,
         lr: float = 1e-4,
         eval: EvalConfig | None = None,
+        max_nonfinite_updates: int = 10,
     ) -> None:
         super().__init__()
         if ptx_coef < 0:
@@ -190,6 +193,8 @@ class PPOModule(L.LightningModule):
         # Manual optimization advances trainer.global_step once per optimizer step (every minibatch update);
         # this counts PPO iterations (rollout batches) and is saved in checkpoints.
         self.rollouts_done = 0
+        self.guard = NumericalGuard(self.STAGE, max_nonfinite_updates)
+        self._first_length: float | None = None
 
     @property
     def log_step(self) -> int:
@@ -298,10 +303,15 @@ class PPOModule(L.LightningModule):
             loss = loss + self.ptx_coef * ptx_loss  # InstructGPT eq. 2: gamma * E_pretrain[log pi]
         opt = self.optimizers()
         opt.zero_grad()
-        self.manual_backward(loss)
-        if cfg.max_grad_norm > 0:
-            self.clip_gradients(opt, gradient_clip_val=cfg.max_grad_norm, gradient_clip_algorithm="norm")
-        opt.step()
+        params = [q for g in opt.param_groups for q in g["params"]]
+        if self.guard.loss_ok(loss, self.global_step):
+            self.manual_backward(loss)
+            if self.guard.grads_ok(params, self.global_step):
+                if cfg.max_grad_norm > 0:
+                    self.clip_gradients(
+                        opt, gradient_clip_val=cfg.max_grad_norm, gradient_clip_algorithm="norm"
+                    )
+                opt.step()
         with torch.no_grad():
             ent = masked_mean(entropy_from_logits(logits[:, p - 1 : -1].detach()), mb.response_mask)
         return {
@@ -347,6 +357,16 @@ class PPOModule(L.LightningModule):
         stats["explained_variance"] = explained_variance(ro.values, ro.returns, ro.response_mask)
         stats["gen_share"] = stats.pop("gen_time") / (time.perf_counter() - t0)
         stats["step_time"] = torch.tensor(time.perf_counter() - t0)
+        stats["skipped_updates"] = torch.tensor(float(self.guard.skipped))
+        length = float(stats["response_length"])
+        self._first_length = length if self._first_length is None else self._first_length
+        target = self.kl_cfg.target if self.kl_cfg.adaptive else None
+        stats.update(
+            {
+                k: torch.tensor(v)
+                for k, v in ppo_flags(float(stats["kl"]), target, length, self._first_length).items()
+            }
+        )
         if ptx is None:
             stats.pop("ptx_loss")
         self.log_dict(
@@ -483,6 +503,8 @@ class PPOModule(L.LightningModule):
     # ---- checkpoint state and the stage directory -------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["lit_rlhf_ppo"] = {
+            "guard": self.guard.state_dict(),
+            "first_length": self._first_length,
             "kl_ctl": self.kl_ctl.state_dict(),
             "rollouts_done": self.rollouts_done,
             "score_moments": self.score_moments.state_dict(),
@@ -493,6 +515,8 @@ class PPOModule(L.LightningModule):
         if "kl_ctl" in state:
             self.kl_ctl.load_state_dict(state["kl_ctl"])
         self.rollouts_done = int(state.get("rollouts_done", 0))
+        self.guard.load_state_dict(state.get("guard", {}))
+        self._first_length = state.get("first_length")
         if "score_moments" in state:
             self.score_moments.load_state_dict(state["score_moments"])
 

@@ -23,6 +23,7 @@ from lit_rlhf.backbone.config import LoraSettings, Quantization
 from lit_rlhf.data.io import append_jsonl
 from lit_rlhf.rl.losses import kwise_ranking_loss
 from lit_rlhf.stages.common import OptimConfig, build_optimizer
+from lit_rlhf.stages.guards import NumericalGuard
 
 REWARD = "reward"
 
@@ -130,6 +131,7 @@ class RewardModule(L.LightningModule):
         bias_limit: At most this many demonstrations for the bias.
         rankings_limit: Validation prompts written to ``rankings.jsonl`` at every validation.
         optim: AdamW + warmup/cosine.
+        max_nonfinite_updates: Stop after this many non-finite (skipped) updates in a row (0 = never).
     """
 
     STAGE = "reward"
@@ -145,6 +147,7 @@ class RewardModule(L.LightningModule):
         rankings_limit: int = 16,
         max_length: int = 256,
         optim: OptimConfig | None = None,
+        max_nonfinite_updates: int = 10,
     ) -> None:
         super().__init__()
         if center_coef < 0:
@@ -162,6 +165,7 @@ class RewardModule(L.LightningModule):
         self.val_s, self.val_s2 = MeanMetric(), MeanMetric()
         self._table: list[dict[str, Any]] = []
         self.final_metrics: dict[str, float] = {}
+        self.guard = NumericalGuard(self.STAGE, max_nonfinite_updates)
 
     # ---- building ---------------------------------------------------------------------------------------
     @property
@@ -216,11 +220,14 @@ class RewardModule(L.LightningModule):
         """One forward pass per response: (N, T) -> (N,) rewards (the reward adapter is the active one)."""
         return self.net.score(REWARD, batch["input_ids"], batch["attention_mask"])
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
         scores = self._scores(batch)  # (N,)
         out = kwise_ranking_loss(scores, batch["ranks"], batch["group"])
         loss = out.loss + self.center_coef * scores.pow(2).mean()
         n_prompts = len(batch["prompts"])
+        if not self.guard.loss_ok(loss, self.global_step):
+            self.log("reward/skipped_updates", float(self.guard.skipped), batch_size=n_prompts)
+            return None  # Lightning skips backward and the optimizer step
         self.log("reward/loss", out.loss, prog_bar=True, batch_size=n_prompts)
         if int(out.n_pairs) > 0:
             self.log("reward/accuracy", out.accuracy, prog_bar=True, batch_size=n_prompts)
@@ -229,6 +236,17 @@ class RewardModule(L.LightningModule):
         self.log("reward/score_std", scores.std() if scores.numel() > 1 else 0.0, batch_size=n_prompts)
         self.log("reward/lr", self.trainer.optimizers[0].param_groups[0]["lr"], batch_size=n_prompts)
         return loss
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        params = [p for g in optimizer.param_groups for p in g["params"]]
+        if not self.guard.grads_ok(params, self.global_step):
+            self.log("reward/skipped_updates", float(self.guard.skipped))
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["lit_rlhf_guard"] = self.guard.state_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.guard.load_state_dict(checkpoint.get("lit_rlhf_guard", {}))
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         scores = self._scores(batch).float()

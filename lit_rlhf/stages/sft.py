@@ -24,6 +24,7 @@ from lit_rlhf.stages.common import (
     read_prompts,
     summarize_judgements,
 )
+from lit_rlhf.stages.guards import NumericalGuard
 
 
 @dataclass
@@ -43,6 +44,7 @@ class SFTModule(L.LightningModule):
         init_from: A stage directory to continue from (its policy adapter or full weights).
         optim: AdamW + warmup/cosine settings.
         samples: Completions logged during training and the held-out evaluation at the end.
+        max_nonfinite_updates: Stop after this many non-finite (skipped) updates in a row (0 = never).
     """
 
     STAGE = "sft"
@@ -53,6 +55,7 @@ class SFTModule(L.LightningModule):
         init_from: str | None = None,
         optim: OptimConfig | None = None,
         samples: SampleConfig | None = None,
+        max_nonfinite_updates: int = 10,
     ) -> None:
         super().__init__()
         if backbone is None and init_from is None:
@@ -70,6 +73,7 @@ class SFTModule(L.LightningModule):
         self.state = _SFTState()
         self.stage_dir_written: Path | None = None
         self.parent_dir = init_from
+        self.guard = NumericalGuard(self.STAGE, max_nonfinite_updates)
 
     @property
     def log_step(self) -> int:
@@ -125,8 +129,11 @@ class SFTModule(L.LightningModule):
         logits = self.net(batch["input_ids"], batch["attention_mask"], batch.get("position_ids"))  # (B, T, V)
         return lm_loss(logits, batch["labels"])
 
-    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor | None:
         loss = self._loss(batch)
+        if not self.guard.loss_ok(loss, self.global_step):
+            self.log("sft/skipped_updates", float(self.guard.skipped), on_step=True)
+            return None  # Lightning skips backward and the optimizer step
         now = time.perf_counter()
         tokens = int(batch["attention_mask"].sum())
         if self.state.last_time:
@@ -136,6 +143,17 @@ class SFTModule(L.LightningModule):
         self.log("sft/lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True)
         self.log("sft/response_tokens", float((batch["labels"] != -100).sum()), on_step=True, reduce_fx="sum")
         return loss
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        params = [p for g in optimizer.param_groups for p in g["params"]]
+        if not self.guard.grads_ok(params, self.global_step):
+            self.log("sft/skipped_updates", float(self.guard.skipped), on_step=True)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["lit_rlhf_guard"] = self.guard.state_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.guard.load_state_dict(checkpoint.get("lit_rlhf_guard", {}))
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         loss = self._loss(batch)

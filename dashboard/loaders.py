@@ -1,0 +1,590 @@
+"""Pure readers of the run directory (lit_rlhf/runs.py, docs/run-directory.md) for the dashboard pages.
+
+Lives here: finding runs and stage directories under a runs root, reading `metrics.jsonl`, `samples.jsonl`
+and `rankings.jsonl` while training may still be appending to them, and shaping them for the pages (metric
+groups by prefix, EMA smoothing, ranking disagreement, sample filters, the latest evaluation report).
+Must not live here: Streamlit (the cached wrappers are in `ui.py`) and torch: a test imports this module in
+a fresh interpreter and checks that torch stayed out. Every function takes paths or plain data.
+
+A bad row never stops a page: it comes back as a problem string naming the file, the line and the field.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from lit_rlhf.data.rows import DataError, parse_json_line
+
+STAGES = ("sft", "reward", "ppo")
+STATUS, METRICS, SAMPLES, RANKINGS, STAGE_DIR, MANIFEST = (
+    "status.json",
+    "metrics.jsonl",
+    "samples.jsonl",
+    "rankings.jsonl",
+    "stage",
+    "manifest.json",
+)
+# The figures the Runs table shows for each stage (the last logged value of each).
+KEY_METRICS = {
+    "sft": ("sft/loss", "sft/val_loss", "sft/exact_match"),
+    "reward": ("reward/loss", "reward/val_accuracy", "reward/val_kendall_tau"),
+    "ppo": ("ppo/reward_mean", "ppo/kl", "ppo/win_rate_vs_sft"),
+}
+SAMPLE_SCORES = ("score", "exact_match", "reward", "rm_score", "kl")
+SAMPLE_COLUMNS = ("run", "step", "mode", "prompt", "completion", *SAMPLE_SCORES)
+FIRST_RUN_COMMAND = "python main.py fit --config configs/demo/sft.yaml"
+# status.json is rewritten at least every 10 optimizer steps; this long without one, a run is likely dead.
+STALE_AFTER_S = 15 * 60
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Files
+# ---------------------------------------------------------------------------------------------------------
+
+
+def file_key(path: str | os.PathLike) -> tuple[str, int, int] | None:
+    """`(path, mtime_ns, size)` of a file, or None when it is absent: the cache key of what is read from it.
+
+    Size is in the key because an append can land within the filesystem's mtime resolution.
+    """
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return os.fspath(path), st.st_mtime_ns, st.st_size
+
+
+@dataclass(frozen=True)
+class JsonlRows:
+    """What one JSONL file held: its rows, each row's line number, and the lines that could not be read."""
+
+    path: str
+    rows: tuple[dict[str, Any], ...] = ()
+    lines: tuple[int, ...] = ()
+    problems: tuple[str, ...] = ()
+    partial_tail: bool = False  # a last line without its newline: a row still being written
+
+
+def read_jsonl(path: str | os.PathLike) -> JsonlRows:
+    """Read a JSONL file another process may be appending to; a missing file reads as empty.
+
+    The trailing half-written line is left out (it is normal while training, not an error); a bad complete
+    line is reported in `problems` and skipped, so one corrupt row does not hide a whole run.
+    """
+    path = os.fspath(path)
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        return JsonlRows(path)
+    *complete, tail = data.split(b"\n")
+    rows, lines, problems = [], [], []
+    for line_no, raw in enumerate(complete, start=1):
+        if not raw.strip():
+            continue
+        try:
+            rows.append(parse_json_line(raw, path, line_no))
+            lines.append(line_no)
+        except DataError as err:
+            problems.append(str(err))
+    return JsonlRows(path, tuple(rows), tuple(lines), tuple(problems), bool(tail.strip()))
+
+
+def _read_json_object(path: Path) -> tuple[dict[str, Any], str | None]:
+    """A small JSON object file (status.json, manifest.json): (object, None) or ({}, problem)."""
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}, None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        return {}, f"{path}: cannot be read ({e})"
+    if not isinstance(obj, dict):
+        return {}, f"{path}: expected a JSON object"
+    return obj, None
+
+
+def _int(value: Any) -> int | None:
+    # bool is an int subclass; `true` as a step is a writer bug, not step 1.
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _number(value: Any) -> float | None:
+    """A finite float from a JSON number (booleans count as 0/1), else None."""
+    if isinstance(value, bool):
+        return float(value)
+    if isinstance(value, int | float) and math.isfinite(value):
+        return float(value)
+    return None
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Runs
+# ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Run:
+    """One run directory `<root>/<stage>/<name>/` as its status.json describes it."""
+
+    stage: str
+    name: str
+    path: str
+    status: str  # running | finished | failed | unknown (status.json missing or unreadable)
+    step: int | None  # as of the last status write; metrics.jsonl may be a few steps further
+    parent: str | None  # the stage directory the run started from
+    parent_stage: str | None
+    updated: float | None  # unix time of the last status write
+    error: str | None
+    problem: str | None = None  # why status.json could not be read
+
+    @property
+    def id(self) -> str:
+        return f"{self.stage}/{self.name}"
+
+    def file(self, name: str) -> str:
+        return os.path.join(self.path, name)
+
+
+def infer_parent_stage(parent: str | None) -> str | None:
+    """The stage of a parent stage directory: its manifest's "stage", else `<stage>/<name>/stage` in the path."""
+    if not parent:
+        return None
+    path = Path(parent)
+    manifest, _ = _read_json_object(path / MANIFEST)
+    if manifest.get("stage") in STAGES:
+        return manifest["stage"]
+    parts = path.parts
+    if len(parts) >= 3 and parts[-1] == STAGE_DIR and parts[-3] in STAGES:
+        return parts[-3]
+    return None
+
+
+def _run_from_dir(stage: str, run_dir: Path) -> Run:
+    status, problem = _read_json_object(run_dir / STATUS)
+    parent = _text(status.get("parent"))
+    if parent is None:  # a run whose status predates the field: the stage directory's manifest knows
+        parent = _text(_read_json_object(run_dir / STAGE_DIR / MANIFEST)[0].get("parent"))
+    state = status.get("status")
+    return Run(
+        stage=stage,
+        name=run_dir.name,
+        path=str(run_dir),
+        status=state if state in ("running", "finished", "failed") else "unknown",
+        step=_int(status.get("step")),
+        parent=parent,
+        parent_stage=infer_parent_stage(parent),
+        updated=_number(status.get("updated")),
+        error=_text(status.get("error")),
+        problem=problem,
+    )
+
+
+def discover_runs(root: str | os.PathLike) -> list[Run]:
+    """Every run under `root`, sorted by stage (sft, reward, ppo) then name.
+
+    A directory is a run once it has status.json or metrics.jsonl; hidden directories (atomic-write
+    temporaries) are skipped.
+    """
+    runs = []
+    for stage in STAGES:
+        stage_root = Path(root) / stage
+        if not stage_root.is_dir():
+            continue
+        for d in sorted(stage_root.iterdir()):
+            if (
+                d.is_dir()
+                and not d.name.startswith(".")
+                and any((d / f).is_file() for f in (STATUS, METRICS))
+            ):
+                runs.append(_run_from_dir(stage, d))
+    return runs
+
+
+def shown_status(run: Run, now: float, stale_after: float = STALE_AFTER_S) -> str:
+    """The run's status, with "running" marked stale when status.json has not been refreshed for a while.
+
+    A run killed with SIGKILL cannot write "failed"; its status stays "running" with an old `updated`.
+    """
+    if run.status == "running" and run.updated is not None and now - run.updated > stale_after:
+        return f"running (no update for {int((now - run.updated) // 60)} min)"
+    return run.status
+
+
+def _run_record(run: Run, frame: pd.DataFrame, now: float) -> dict[str, Any]:
+    steps = [s for s in (run.step, int(frame.index.max()) if len(frame.index) else None) if s is not None]
+    updated = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(run.updated)) if run.updated else None
+    return {
+        "run": run.id,
+        "stage": run.stage,
+        "name": run.name,
+        "status": shown_status(run, now),
+        "step": max(steps) if steps else None,
+        "parent_stage": run.parent_stage,
+        "parent": run.parent,
+        "updated": updated,
+        "error": run.error or run.problem,
+        **last_values(frame, KEY_METRICS.get(run.stage, ())),
+    }
+
+
+def runs_table(
+    runs: Sequence[Run], frames: Mapping[str, pd.DataFrame], now: float | None = None
+) -> pd.DataFrame:
+    """One row per run: identity, status, last step, parent and the stage's key metrics (last values).
+
+    `frames` maps run id to its `metrics_frame`; the last step is the larger of status.json's and the
+    metrics' (status.json is rewritten only every few steps).
+    """
+    now = time.time() if now is None else now
+    empty = pd.DataFrame()
+    return pd.DataFrame.from_records([_run_record(run, frames.get(run.id, empty), now) for run in runs])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Metrics
+# ---------------------------------------------------------------------------------------------------------
+
+
+def metrics_frame(rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
+    """Metric values by step: index "step" (ascending), one float column per metric key, NaN where unlogged.
+
+    Rows carry different subsets of keys and may repeat a step (validation and training rows, a resumed run
+    logging a step again): per key, the last non-null value written for a step wins. "time" is dropped and
+    non-numeric values read as missing.
+    """
+    records = []
+    for row in rows:
+        step = _int(row.get("step"))
+        if step is not None:
+            values = {k: _number(v) for k, v in row.items() if k not in ("step", "time")}
+            records.append({"step": step, **values})
+    if not records:
+        return pd.DataFrame(index=pd.Index([], dtype="int64", name="step"))
+    frame = pd.DataFrame.from_records(records).groupby("step", sort=True).last().astype("float64")
+    return frame[sorted(frame.columns)]
+
+
+def group_by_prefix(keys: Iterable[str]) -> dict[str, list[str]]:
+    """Metric keys grouped by the part before "/": sft, reward, ppo first, then others; keys without one under "other"."""
+    groups: dict[str, list[str]] = {}
+    for key in sorted(set(keys)):
+        prefix = key.split("/", 1)[0] if "/" in key else "other"
+        groups.setdefault(prefix, []).append(key)
+    order = [*(s for s in STAGES if s in groups), *sorted(g for g in groups if g not in STAGES)]
+    return {g: groups[g] for g in order}
+
+
+def ema(values: Sequence[float | None], weight: float) -> list[float | None]:
+    """Exponential moving average: s_0 = x_0, s_t = weight * s_{t-1} + (1 - weight) * x_t.
+
+    `weight` in [0, 1): 0 returns the values unchanged. Missing values (None, NaN) stay missing and do not
+    move the average.
+    """
+    if not 0.0 <= weight < 1.0:
+        raise ValueError(f"smoothing weight must be in [0, 1), got {weight}")
+    out: list[float | None] = []
+    smoothed: float | None = None
+    for x in values:
+        if x is None or math.isnan(x):
+            out.append(None)
+            continue
+        smoothed = x if smoothed is None else weight * smoothed + (1.0 - weight) * x
+        out.append(smoothed)
+    return out
+
+
+def overlay(frames: Mapping[str, pd.DataFrame], key: str, weight: float = 0.0) -> pd.DataFrame:
+    """Metric `key` of several runs in long form (step, run, value), each run EMA-smoothed on its own.
+
+    Long form lets a line chart draw each run's points joined even where runs logged at different steps.
+    """
+    parts = []
+    for run_id, frame in frames.items():
+        if key not in frame.columns:
+            continue
+        series = frame[key].dropna()
+        if series.empty:
+            continue
+        smoothed = ema(series.tolist(), weight)
+        parts.append(pd.DataFrame({"step": series.index.astype("int64"), "run": run_id, "value": smoothed}))
+    if not parts:
+        return pd.DataFrame(
+            {"step": pd.Series(dtype="int64"), "run": [], "value": pd.Series(dtype="float64")}
+        )
+    return pd.concat(parts, ignore_index=True)
+
+
+def metrics_long(frame: pd.DataFrame, keys: Iterable[str]) -> pd.DataFrame:
+    """Several metrics of one run in long form (step, metric, value), unlogged steps dropped."""
+    parts = [
+        pd.DataFrame({"step": s.index.astype("int64"), "metric": key, "value": s.to_numpy()})
+        for key in keys
+        if key in frame.columns and not (s := frame[key].dropna()).empty
+    ]
+    if not parts:
+        return pd.DataFrame(
+            {"step": pd.Series(dtype="int64"), "metric": [], "value": pd.Series(dtype="float64")}
+        )
+    return pd.concat(parts, ignore_index=True)
+
+
+def last_values(frame: pd.DataFrame, keys: Iterable[str]) -> dict[str, float | None]:
+    """The last non-null value of each key (None if never logged)."""
+    out: dict[str, float | None] = {}
+    for key in keys:
+        series = frame[key].dropna() if key in frame.columns else pd.Series(dtype="float64")
+        out[key] = float(series.iloc[-1]) if len(series) else None
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Rankings (reward runs)
+# ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RankingRow:
+    """One validation prompt of a reward run: K responses, the labeler's ranks and the RM's scores."""
+
+    step: int
+    prompt: str
+    responses: tuple[str, ...]  # (K,)
+    labeled_rank: tuple[int, ...]  # (K,) 0 = best, ties allowed
+    scores: tuple[float, ...]  # (K,) reward-model scores
+    kendall_tau: float | None
+    pairs_correct: int | None
+    pairs: int | None
+    source: str  # "file:line"
+
+
+def _ranking_row(obj: Mapping[str, Any], path: str, line: int) -> RankingRow:
+    def bad(field: str, reason: str) -> DataError:
+        return DataError(path, line, field, reason)
+
+    step, prompt = _int(obj.get("step")), obj.get("prompt")
+    if step is None:
+        raise bad("step", "expected an integer")
+    if not isinstance(prompt, str):
+        raise bad("prompt", "expected a string")
+    responses, ranks, scores = obj.get("responses"), obj.get("labeled_rank"), obj.get("scores")
+    if not isinstance(responses, list) or not all(isinstance(r, str) for r in responses):
+        raise bad("responses", "expected an array of strings")
+    k = len(responses)
+    if not isinstance(ranks, list) or len(ranks) != k or any(_int(r) is None for r in ranks):
+        raise bad("labeled_rank", f"expected {k} integer ranks (one per response)")
+    if not isinstance(scores, list) or len(scores) != k or any(_number(s) is None for s in scores):
+        raise bad("scores", f"expected {k} finite numbers (one per response)")
+    return RankingRow(
+        step=step,
+        prompt=prompt,
+        responses=tuple(responses),
+        labeled_rank=tuple(ranks),
+        scores=tuple(float(s) for s in scores),
+        kendall_tau=_number(obj.get("kendall_tau")),
+        pairs_correct=_int(obj.get("pairs_correct")),
+        pairs=_int(obj.get("pairs")),
+        source=f"{path}:{line}",
+    )
+
+
+def parse_rankings(read: JsonlRows) -> tuple[list[RankingRow], list[str]]:
+    """Typed rows of a rankings.jsonl, and a problem (file:line: field) for each row that does not fit."""
+    rows, problems = [], list(read.problems)
+    for obj, line in zip(read.rows, read.lines, strict=True):
+        try:
+            rows.append(_ranking_row(obj, read.path, line))
+        except DataError as err:
+            problems.append(str(err))
+    return rows, problems
+
+
+def rm_ranks(scores: Sequence[float]) -> list[int]:
+    """The reward model's ranking of its own scores: 0 = highest; equal scores share the better rank."""
+    return [sum(other > s for other in scores) for s in scores]
+
+
+def ranking_table(rows: Sequence[RankingRow], step: int | None = None) -> pd.DataFrame:
+    """One line per prompt (of `step`, or every step), most disagreement first.
+
+    Sorted by Kendall tau ascending (rows without a tau last), then by pairwise agreement ascending; the
+    "row" column indexes `rows`, for `ranking_detail`.
+    """
+    records = [
+        {
+            "row": i,
+            "step": r.step,
+            "kendall_tau": r.kendall_tau,
+            "agreement": r.pairs_correct / r.pairs if r.pairs and r.pairs_correct is not None else None,
+            "pairs_correct": r.pairs_correct,
+            "pairs": r.pairs,
+            "prompt": r.prompt,
+        }
+        for i, r in enumerate(rows)
+        if step is None or r.step == step
+    ]
+    columns = ["row", "step", "kendall_tau", "agreement", "pairs_correct", "pairs", "prompt"]
+    table = pd.DataFrame.from_records(records, columns=columns)
+    table[["kendall_tau", "agreement"]] = table[["kendall_tau", "agreement"]].astype("float64")
+    return table.sort_values(
+        ["kendall_tau", "agreement"], na_position="last", kind="stable", ignore_index=True
+    )
+
+
+def ranking_detail(row: RankingRow) -> pd.DataFrame:
+    """The K responses of one prompt: labeled rank, RM score, the RM's own rank, and whether the ranks agree."""
+    ranks = rm_ranks(row.scores)
+    return pd.DataFrame(
+        {
+            "labeled_rank": list(row.labeled_rank),
+            "rm_score": list(row.scores),
+            "rm_rank": ranks,
+            "agrees": [a == b for a, b in zip(row.labeled_rank, ranks, strict=True)],
+            "response": list(row.responses),
+        }
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Samples
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _sample_record(run_id: str, obj: Mapping[str, Any], path: str, line: int) -> dict[str, Any]:
+    step = _int(obj.get("step"))
+    if step is None:
+        raise DataError(path, line, "step", "expected an integer")
+    for field in ("prompt", "completion", "mode"):
+        if not isinstance(obj.get(field), str):
+            raise DataError(path, line, field, "expected a string")
+    record = {"run": run_id, "step": step, **{f: obj[f] for f in ("mode", "prompt", "completion")}}
+    record.update({k: _number(obj.get(k)) for k in SAMPLE_SCORES})
+    return record
+
+
+def samples_frame(by_run: Mapping[str, JsonlRows]) -> tuple[pd.DataFrame, list[str]]:
+    """Every run's samples.jsonl as one frame (columns SAMPLE_COLUMNS), and the rows that could not be used.
+
+    Exact repeats of a row (same run, step, mode, prompt, completion and scores) are kept once.
+    """
+    records, problems = [], []
+    for run_id, read in by_run.items():
+        problems.extend(read.problems)
+        for obj, line in zip(read.rows, read.lines, strict=True):
+            try:
+                records.append(_sample_record(run_id, obj, read.path, line))
+            except DataError as err:
+                problems.append(str(err))
+    frame = pd.DataFrame.from_records(records, columns=list(SAMPLE_COLUMNS))
+    # The last step's samples are written twice when it is a multiple of every_n_steps: keep one copy.
+    frame = frame.drop_duplicates(keep="last", ignore_index=True)
+    frame["step"] = frame["step"].astype("int64")
+    frame[list(SAMPLE_SCORES)] = frame[list(SAMPLE_SCORES)].astype("float64")
+    return frame, problems
+
+
+def filter_samples(
+    frame: pd.DataFrame,
+    runs: Iterable[str] | None = None,
+    modes: Iterable[str] | None = None,
+    steps: tuple[int, int] | None = None,
+    text: str = "",
+) -> pd.DataFrame:
+    """Samples of the given runs and modes, steps within [lo, hi], whose prompt or completion contains `text`.
+
+    None keeps everything for that filter; the text match is a case-insensitive substring, not a regex.
+    """
+    keep = pd.Series(True, index=frame.index)
+    if runs is not None:
+        keep &= frame["run"].isin(list(runs))
+    if modes is not None:
+        keep &= frame["mode"].isin(list(modes))
+    if steps is not None:
+        keep &= frame["step"].between(steps[0], steps[1])
+    if text:
+        needle = text.casefold()
+        found = frame["prompt"].str.casefold().str.contains(needle, regex=False)
+        keep &= found | frame["completion"].str.casefold().str.contains(needle, regex=False)
+    return frame[keep]
+
+
+def sample_heading(record: Mapping[str, Any]) -> str:
+    """One line naming a sample and its scores, e.g. "step 30 · sft/a · greedy · score 0.5, kl 0.012"."""
+    parts = [f"step {record['step']}", str(record["run"]), str(record["mode"])]
+    scores = [f"{k} {record[k]:.3g}" for k in SAMPLE_SCORES if _number(record.get(k)) is not None]
+    return " · ".join(parts + ([", ".join(scores)] if scores else []))
+
+
+def prompt_history(frame: pd.DataFrame, prompt: str) -> pd.DataFrame:
+    """Every completion of one prompt, by step, then run, then mode."""
+    rows = frame[frame["prompt"] == prompt]
+    return rows.sort_values(["step", "run", "mode"], kind="stable", ignore_index=True)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Stage directories and reports
+# ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StageDirInfo:
+    """A stage directory found under the runs root (`<stage>/<name>/stage/` with a manifest)."""
+
+    path: str
+    label: str  # "<stage>/<name>" of the run that wrote it
+    stage: str  # from the manifest
+    step: int | None
+    parent: str | None
+    manifest_mtime_ns: int  # with `path`, the cache key of a loaded model
+
+
+def find_stage_dirs(root: str | os.PathLike) -> tuple[list[StageDirInfo], list[str]]:
+    """Stage directories under `root`, sorted by label, and the manifests that could not be read.
+
+    Only the manifest is read (no weights, no file-size checks: loading does those).
+    """
+    found, problems = [], []
+    for manifest_path in sorted(Path(root).glob(f"*/*/{STAGE_DIR}/{MANIFEST}")):
+        manifest, problem = _read_json_object(manifest_path)
+        if problem is not None:
+            problems.append(problem)
+            continue
+        if manifest.get("stage") not in STAGES:
+            problems.append(f"{manifest_path}: field 'stage': expected one of {', '.join(STAGES)}")
+            continue
+        stage_dir = manifest_path.parent
+        found.append(
+            StageDirInfo(
+                path=str(stage_dir),
+                label=f"{stage_dir.parent.parent.name}/{stage_dir.parent.name}",
+                stage=manifest["stage"],
+                step=_int(manifest.get("step")),
+                parent=_text(manifest.get("parent")),
+                manifest_mtime_ns=manifest_path.stat().st_mtime_ns,
+            )
+        )
+    return found, problems
+
+
+def latest_report(root: str | os.PathLike) -> tuple[str, str] | None:
+    """(path, text) of the newest `<root>/eval/*/report.md`, or None when there is none."""
+    reports = [p for p in Path(root).glob("eval/*/report.md") if p.is_file()]
+    if not reports:
+        return None
+    newest = max(reports, key=lambda p: (p.stat().st_mtime_ns, str(p)))
+    try:
+        return str(newest), newest.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None

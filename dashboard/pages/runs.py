@@ -1,0 +1,35 @@
+"""Runs: every run under the runs root with its status, last step, parent and key metrics."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import streamlit as st
+
+from dashboard import loaders, ui
+
+st.title("Runs")
+root = ui.sidebar_runs_root()
+runs = ui.discover_runs()
+if not runs:
+    ui.no_runs_yet()
+    st.stop()
+
+frames = {run.id: ui.metrics_of(run) for run in runs}
+st.dataframe(loaders.runs_table(runs, frames), hide_index=True)
+ui.pick_runs([run.id for run in runs], page="runs", label="Runs to overlay on the Curves page")
+
+failed = [run for run in runs if run.status == "failed" and run.error]
+for run in failed:
+    st.text(f"{run.id} failed: {run.error}")
+ui.show_problems([run.problem for run in runs if run.problem], what="status files")
+
+report = loaders.latest_report(root)
+if report is not None:
+    path, text = report
+    st.subheader("Latest evaluation report")
+    st.text(path)
+    st.code(text, language=None)
+    png = Path(path).with_name("report.png")
+    if png.is_file():
+        st.image(str(png))

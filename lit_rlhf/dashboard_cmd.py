@@ -1,0 +1,73 @@
+"""`python main.py dashboard [--runs runs/] [--port 8501] [--host 127.0.0.1]`: start the Streamlit dashboard.
+
+Builds the `streamlit run dashboard/app.py` command and replaces this process with it. It binds the loopback
+address unless told otherwise (the dashboard can generate with your models and write files), runs headless
+and sends no usage statistics. No torch or Streamlit import here: the command starts instantly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
+APP = Path(__file__).resolve().parent.parent / "dashboard" / "app.py"
+RUNS_ENV = "LIT_RLHF_RUNS"
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="main.py dashboard", description="Start the lit-rlhf Streamlit dashboard."
+    )
+    p.add_argument(
+        "--runs", default="runs", help="runs root holding <stage>/<name>/ run directories (default: runs)"
+    )
+    p.add_argument("--port", type=int, default=8501, help="port to serve on (default: 8501)")
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to bind (default: 127.0.0.1, this machine only; 0.0.0.0 exposes it to the network)",
+    )
+    return p
+
+
+def dashboard_command(argv: list[str]) -> tuple[list[str], dict[str, str]]:
+    """The streamlit command line and environment that `main` runs, from this command's arguments."""
+    args = _parser().parse_args(argv)
+    command = [
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        str(APP),
+        "--server.address",
+        args.host,
+        "--server.port",
+        str(args.port),
+        "--server.headless",
+        "true",
+        "--browser.gatherUsageStats",
+        "false",
+    ]
+    # Absolute, so the runs root means the same folder whatever directory Streamlit resolves paths from.
+    env = {**os.environ, RUNS_ENV: os.path.abspath(args.runs)}
+    return command, env
+
+
+def main(argv: list[str]) -> int:
+    """Entry point of `python main.py dashboard`; on success it does not return (the process becomes streamlit)."""
+    args = _parser().parse_args(argv)
+    command, env = dashboard_command(argv)
+    if not APP.is_file():
+        print(
+            f"error: {APP} not found: the dashboard runs from a source checkout of lit-rlhf", file=sys.stderr
+        )
+        return 2
+    if importlib.util.find_spec("streamlit") is None:
+        print("error: streamlit is not installed (pip install -c constraints.txt -e .)", file=sys.stderr)
+        return 2
+    print(f"[lit-rlhf] dashboard for {env[RUNS_ENV]} on http://{args.host}:{args.port}", flush=True)
+    os.execve(command[0], command, env)
+    return 0  # not reached: execve replaces the process

@@ -1,0 +1,681 @@
+"""`python main.py evaluate`: SFT and PPO stage directories side by side on held-out prompts, as a report.
+
+Lives here: which SFT baseline and reward model a set of checkpoints is compared against (read from their
+manifests), the thin model passes (sample, log-probs of sampled tokens, pretraining loss, reward), the pure
+metric functions, and the report writers (report.json, report.md, report.png).
+Must not live here: the labeler's scoring rule (lit_rlhf.demo.labeler), KL estimators and losses
+(lit_rlhf.rl), training.
+
+One model is in memory at a time, in this order:
+  1. each checkpoint: its completions, the log-probs of its own sampled tokens, its pretraining loss
+  2. the SFT model: its completions (the win-rate baseline), its log-probs of every checkpoint's tokens
+  3. the reward model (if any): the score of every checkpoint's completions
+  4. labeler and pure metrics; then the report files
+Every model samples with the same seeds, so the SFT model evaluated against itself is an exact tie.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import gc
+import hashlib
+import json
+import logging
+import math
+import os
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from lit_rlhf.backbone.generate import Generation, SamplingConfig, generate
+from lit_rlhf.checkpoint.manifest import MANIFEST, Manifest, ManifestError, read_manifest
+from lit_rlhf.data.rows import DataError
+
+log = logging.getLogger(__name__)
+
+POLICY_STAGES = ("sft", "ppo")
+METRICS = (
+    "labeler_score",
+    "win_rate_vs_sft",
+    "win_rate_ci_low",
+    "win_rate_ci_high",
+    "rm_score",
+    "kl",
+    "pretrain_loss",
+    "mean_length",
+)
+# PPODataModule's default ptx_max_length: the alignment tax is measured on rows cut as training cut them.
+PRETRAIN_MAX_LENGTH = 128
+REPORT_FILES = ("report.json", "report.md", "report.png")
+
+
+class EvalError(ValueError):
+    """A request that cannot be evaluated as asked; the message names the path or flag at fault."""
+
+
+@dataclass
+class EvalSettings:
+    """How every checkpoint is evaluated; recorded in the report.
+
+    Attributes:
+        prompts: Held-out prompts JSONL ({"prompt"} rows).
+        limit: At most this many prompts (the first ones).
+        max_new_tokens: Longest response sampled.
+        temperature: Sampling temperature; 0 = greedy.
+        seed: Batch i of the prompts samples with seed + i, for every model alike.
+        batch_size: Prompts per generate call and sequences per forward pass (it also picks the seeds).
+        pretrain: Pretraining text JSONL ({"text"} rows) for the alignment tax; None = no pretrain_loss.
+        pretrain_limit: The last this many rows of ``pretrain`` (PPO-ptx holds the last rows out of training).
+        device: Where the models run.
+    """
+
+    prompts: str
+    limit: int | None = 300
+    max_new_tokens: int = 24
+    temperature: float = 1.0
+    seed: int = 1234
+    batch_size: int = 32
+    pretrain: str | None = None
+    pretrain_limit: int = 256
+    device: str = "cpu"
+
+    def problems(self) -> list[str]:
+        """Every invalid setting (empty when all are valid)."""
+        out = []
+        if self.limit is not None and self.limit < 1:
+            out.append(f"--limit must be >= 1, got {self.limit}")
+        if self.max_new_tokens < 1:
+            out.append(f"--max-new-tokens must be >= 1, got {self.max_new_tokens}")
+        if not self.temperature >= 0:
+            out.append(f"--temperature must be >= 0 (0 = greedy), got {self.temperature}")
+        if self.batch_size < 1:
+            out.append(f"--batch-size must be >= 1, got {self.batch_size}")
+        if self.pretrain_limit < 1:
+            out.append(f"--pretrain-limit must be >= 1, got {self.pretrain_limit}")
+        return out
+
+    def sampling(self) -> SamplingConfig:
+        if self.temperature == 0:
+            return SamplingConfig(max_new_tokens=self.max_new_tokens, do_sample=False)
+        return SamplingConfig(
+            max_new_tokens=self.max_new_tokens, do_sample=True, temperature=self.temperature
+        )
+
+
+@dataclass
+class PolicyPass:
+    """What one checkpoint's own pass measured (all tensors on the CPU).
+
+    Attributes:
+        batches: Its completions, as generated batch by batch.
+        logprobs: Per batch (B, R): log pi of its own response tokens, 0 off the response mask.
+        pretrain_loss: Token-weighted LM loss on the pretraining rows, or None.
+    """
+
+    batches: list[Generation]
+    logprobs: list[Tensor]
+    pretrain_loss: float | None
+
+    @property
+    def texts(self) -> list[str]:
+        return [t for g in self.batches for t in g.texts]
+
+
+# ---- pure: resolving what to compare against ------------------------------------------------------------
+def check_policy_stage(path: str, manifest: Manifest, flag: str) -> None:
+    """Refuse a stage that does not generate text (a reward model), naming the path and the flag."""
+    if manifest.stage in POLICY_STAGES:
+        return
+    hint = "; pass a reward stage directory as --rm" if manifest.stage == "reward" else ""
+    raise EvalError(
+        f"{path}: {flag} takes an sft or ppo stage directory, but {MANIFEST} says stage "
+        f"{manifest.stage!r}{hint}"
+    )
+
+
+def resolve_sft(ckpts: dict[str, Manifest], sft: str | None) -> str:
+    """The win-rate/KL baseline: --sft, else the first sft checkpoint, else the first ppo checkpoint's parent."""
+    if sft is not None:
+        return sft
+    for path, m in ckpts.items():
+        if m.stage == "sft":
+            return path
+    for m in ckpts.values():
+        if m.stage == "ppo" and m.parent:
+            return m.parent
+    raise EvalError(
+        "no SFT baseline: no --ckpt is an sft stage and no ppo manifest names a 'parent'; pass --sft"
+    )
+
+
+def resolve_rm(ckpts: dict[str, Manifest], rm: str | None) -> str | None:
+    """The reward model: --rm, else the first ppo checkpoint's extra.reward_from, else None."""
+    if rm is not None:
+        return rm
+    for m in ckpts.values():
+        if m.stage == "ppo" and m.extra.get("reward_from"):
+            return str(m.extra["reward_from"])
+    return None
+
+
+def _origin(ckpts: dict[str, Manifest], path: str, field: str) -> str:
+    """Which manifest field named `path` (for errors), or '' when the user passed it."""
+    for ckpt, m in ckpts.items():
+        if (m.parent if field == "parent" else m.extra.get("reward_from")) == path:
+            return f" (named by {Path(ckpt) / MANIFEST} field '{field}'; pass it explicitly if it moved)"
+    return ""
+
+
+def read_stage(path: str, origin: str = "") -> Manifest:
+    """read_manifest with a hint for the common mistake of passing a run directory."""
+    if not (Path(path) / MANIFEST).is_file() and (Path(path) / "stage" / MANIFEST).is_file():
+        raise EvalError(
+            f"{path}: a run directory, not a stage directory; did you mean {Path(path) / 'stage'}?"
+        )
+    try:
+        return read_manifest(path)
+    except ManifestError as e:
+        raise EvalError(f"{e}{origin}") from e
+
+
+# ---- pure: metrics -------------------------------------------------------------------------------------
+def is_demo_world(prompts: Sequence[str]) -> bool:
+    """Whether the demo labeler can judge every prompt."""
+    from lit_rlhf.demo.world import parse_prompt
+
+    return all(parse_prompt(p) is not None for p in prompts)
+
+
+def labeler_metrics(
+    prompts: Sequence[str], responses: Sequence[str], baseline: Sequence[str]
+) -> dict[str, float]:
+    """Mean demo-labeler score of `responses`, and their win rate against `baseline` (ties count half).
+
+    The interval is the 95% Wilson score interval of that mean over the prompts (demo.labeler.win_rate).
+    """
+    from lit_rlhf.demo.labeler import Labeler, win_rate
+
+    labeler = Labeler()
+    scores = [labeler.score(p, r) for p, r in zip(prompts, responses, strict=True)]
+    wr = win_rate([labeler.compare(p, a, b) for p, a, b in zip(prompts, responses, baseline, strict=True)])
+    return {
+        "labeler_score": sum(scores) / len(scores),
+        "win_rate_vs_sft": wr.rate,
+        "win_rate_ci_low": wr.ci_low,
+        "win_rate_ci_high": wr.ci_high,
+    }
+
+
+def kl_k1_per_sequence(logp: Tensor, ref_logp: Tensor, response_mask: Tensor) -> list[float]:
+    """sum_t (log pi - log pi_sft) over each row's response tokens (the k1 estimate of KL(pi || pi_sft)).
+
+    Args:
+        logp: (B, R) log pi of the sampled tokens. ref_logp: (B, R) log pi_sft of the same tokens.
+        response_mask: (B, R) 1 on response tokens (EOS included).
+    Returns:
+        B floats.
+    """
+    from lit_rlhf.rl.kl import kl_penalty
+
+    return (kl_penalty(logp, ref_logp, "k1") * response_mask).sum(1).tolist()
+
+
+def response_lengths(batches: Sequence[Generation]) -> list[int]:
+    """Tokens of each response, EOS included (as PPO's ppo/response_length counts them)."""
+    return [int(n) for g in batches for n in g.response_mask.sum(1)]
+
+
+def mean_or_none(values: Sequence[float] | None) -> float | None:
+    """Mean of `values`; None when there are none or the mean is not finite (JSON has no NaN)."""
+    if not values:
+        return None
+    m = sum(values) / len(values)
+    return m if math.isfinite(m) else None
+
+
+def weighted_mean(values: Sequence[float], weights: Sequence[float]) -> float:
+    """sum(v * w) / sum(w): per-batch mean losses back to a per-token mean, whatever the batch sizes."""
+    total = sum(weights)
+    if total <= 0:
+        raise ValueError("weighted_mean needs a positive total weight")
+    return sum(v * w for v, w in zip(values, weights, strict=True)) / total
+
+
+def checkpoint_metrics(
+    labeler: dict[str, float] | None,
+    rm_scores: Sequence[float] | None,
+    kl: Sequence[float],
+    pretrain_loss: float | None,
+    lengths: Sequence[int],
+) -> dict[str, float | None]:
+    """One report row's metrics, every key of METRICS present (None where not measured)."""
+    row: dict[str, float | None] = dict.fromkeys(METRICS)
+    row.update(labeler or {})
+    row["rm_score"] = mean_or_none(rm_scores)
+    row["kl"] = mean_or_none(kl)
+    row["pretrain_loss"] = (
+        pretrain_loss if pretrain_loss is not None and math.isfinite(pretrain_loss) else None
+    )
+    row["mean_length"] = mean_or_none(lengths)
+    return row
+
+
+# ---- model passes (thin wrappers) ----------------------------------------------------------------------
+def _cpu(g: Generation) -> Generation:
+    return dataclasses.replace(
+        g, **{f.name: getattr(g, f.name).cpu() for f in dataclasses.fields(g) if f.name != "texts"}
+    )
+
+
+def _release() -> None:
+    """Return a freed model's memory before the next one loads."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+@torch.no_grad()
+def sample(
+    backbone: Any, prompts: list[str], sampling: SamplingConfig, batch_size: int, seed: int
+) -> list[Generation]:
+    """Completions of `prompts`, batch i seeded with seed + i (as stages.common.generate_batched seeds them)."""
+    return [
+        _cpu(generate(backbone.model, backbone.tokenizer, prompts[i : i + batch_size], sampling, seed + i))
+        for i in range(0, len(prompts), batch_size)
+    ]
+
+
+@torch.no_grad()
+def response_token_logprobs(backbone: Any, batches: Sequence[Generation]) -> list[Tensor]:
+    """log p of each batch's response tokens under `backbone` (its active adapter): per batch (B, R), on CPU."""
+    from lit_rlhf.stages.ppo import response_logprobs
+    from lit_rlhf.stages.roles import position_ids_from_mask
+
+    device = next(backbone.parameters()).device
+    out = []
+    for g in batches:
+        ids, mask = g.input_ids.to(device), g.attention_mask.to(device)
+        logits = backbone(ids, mask, position_ids_from_mask(mask))  # (B, L, V)
+        logp = response_logprobs(logits, ids, g.prompt_ids.shape[1])  # (B, R)
+        out.append((logp * g.response_mask.to(device)).cpu())
+    return out
+
+
+@torch.no_grad()
+def pretrain_loss(backbone: Any, texts: list[str], batch_size: int) -> float:
+    """Mean next-token loss per predicted token on `texts` (each cut to PRETRAIN_MAX_LENGTH tokens)."""
+    from lit_rlhf.data.prompts import collate_lm, encode_texts
+    from lit_rlhf.rl.losses import lm_loss
+    from lit_rlhf.stages.roles import position_ids_from_mask
+
+    tok, device = backbone.tokenizer, next(backbone.parameters()).device
+    rows, _ = encode_texts(texts, tok, PRETRAIN_MAX_LENGTH)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    losses, counts = [], []
+    for i in range(0, len(rows), batch_size):
+        b = {k: v.to(device) for k, v in collate_lm(rows[i : i + batch_size], pad).items()}
+        logits = backbone(b["input_ids"], b["attention_mask"], position_ids_from_mask(b["attention_mask"]))
+        losses.append(float(lm_loss(logits, b["labels"])))
+        counts.append(int((b["labels"][:, 1:] != -100).sum()))  # the tokens lm_loss averaged over
+    return weighted_mean(losses, counts)
+
+
+def load_policy(path: str, device: str) -> Any:
+    """A stage directory's backbone in eval mode, its policy adapter (if any) active."""
+    from lit_rlhf.checkpoint.stage_dir import load_stage_dir
+
+    backbone, _ = load_stage_dir(path, device=device)
+    return backbone.eval()
+
+
+def policy_pass(path: str, prompts: list[str], texts: list[str] | None, s: EvalSettings) -> PolicyPass:
+    """Step 1 for one checkpoint: sample, score its own tokens, measure the pretraining loss."""
+    log.info("evaluate: sampling %d completions from %s", len(prompts), path)
+    backbone = load_policy(path, s.device)
+    batches = sample(backbone, prompts, s.sampling(), s.batch_size, s.seed)
+    logprobs = response_token_logprobs(backbone, batches)
+    ptx = pretrain_loss(backbone, texts, s.batch_size) if texts else None
+    return PolicyPass(batches, logprobs, ptx)
+
+
+def sft_pass(
+    sft: str, runs: dict[str, PolicyPass], prompts: list[str], s: EvalSettings
+) -> tuple[list[str], dict[str, list[float]]]:
+    """Step 2: the SFT completions, and each checkpoint's per-prompt KL to the SFT model on its own tokens."""
+    log.info("evaluate: SFT baseline %s", sft)
+    backbone = load_policy(sft, s.device)
+    baseline = [t for g in sample(backbone, prompts, s.sampling(), s.batch_size, s.seed) for t in g.texts]
+    kl: dict[str, list[float]] = {}
+    for path, run in runs.items():
+        ref = response_token_logprobs(backbone, run.batches)
+        kl[path] = [
+            v
+            for g, lp, rp in zip(run.batches, run.logprobs, ref, strict=True)
+            for v in kl_k1_per_sequence(lp, rp, g.response_mask)
+        ]
+    return baseline, kl
+
+
+def rm_pass(
+    rm: str, runs: dict[str, PolicyPass], prompts: list[str], s: EvalSettings
+) -> dict[str, list[float]]:
+    """Step 3: the reward model's score (bias applied) of every checkpoint's completions."""
+    from lit_rlhf.stages.reward import RewardScorer
+
+    log.info("evaluate: reward model %s", rm)
+    try:
+        scorer = RewardScorer(rm, device=s.device)
+    except ValueError as e:
+        raise EvalError(str(e)) from e
+    return {path: scorer.score(prompts, run.texts, s.batch_size) for path, run in runs.items()}
+
+
+# ---- orchestration -------------------------------------------------------------------------------------
+def _vocab_fingerprint(path: str, manifest: Manifest) -> str:
+    from lit_rlhf.backbone.build import load_tokenizer
+
+    trust = bool(manifest.backbone.get("trust_remote_code", False))
+    tok = load_tokenizer(str(Path(path) / manifest.tokenizer), trust_remote_code=trust)
+    return hashlib.sha256(json.dumps(sorted(tok.get_vocab().items())).encode()).hexdigest()
+
+
+def check_same_tokenizer(manifests: dict[str, Manifest], sft: str, sft_manifest: Manifest) -> None:
+    """KL compares log-probs of the same token ids: every checkpoint must share the SFT model's vocabulary."""
+    want = _vocab_fingerprint(sft, sft_manifest)
+    for path, m in manifests.items():
+        if _vocab_fingerprint(path, m) != want:
+            raise EvalError(f"{path}: its tokenizer's vocabulary differs from the SFT baseline {sft}'s")
+
+
+def _read_inputs(s: EvalSettings) -> tuple[list[str], list[str] | None]:
+    from lit_rlhf.data.rows import read_rows
+    from lit_rlhf.stages.common import read_prompts
+
+    prompts = read_prompts(s.prompts, limit=s.limit)
+    if s.pretrain is None:
+        return prompts, None
+    # The LAST rows: PPODataModule holds them out of ptx training (ptx_holdout), so the loss is a real held-out
+    # alignment-tax figure for PPO-ptx, not a training loss.
+    rows, _ = read_rows(s.pretrain, "text")
+    return prompts, [r.text for r in rows[-s.pretrain_limit :]]
+
+
+def _resolve(
+    ckpts: Sequence[str], sft: str | None, rm: str | None
+) -> tuple[dict[str, Manifest], str, Manifest, str | None]:
+    """Read every manifest up front: a wrong directory fails before any model loads."""
+    if len(set(ckpts)) != len(ckpts):
+        raise EvalError(
+            f"--ckpt lists a directory twice: {sorted(c for c in set(ckpts) if ckpts.count(c) > 1)}"
+        )
+    manifests = {str(c): read_stage(str(c)) for c in ckpts}
+    for path, m in manifests.items():
+        check_policy_stage(path, m, "--ckpt")
+    sft_path = resolve_sft(manifests, sft)
+    sft_manifest = read_stage(sft_path, "" if sft else _origin(manifests, sft_path, "parent"))
+    check_policy_stage(sft_path, sft_manifest, "--sft")
+    check_same_tokenizer(manifests, sft_path, sft_manifest)
+    rm_path = resolve_rm(manifests, rm)
+    if rm_path is not None:
+        rm_manifest = read_stage(rm_path, "" if rm else _origin(manifests, rm_path, "reward_from"))
+        if "reward" not in rm_manifest.heads:
+            raise EvalError(
+                f"{rm_path}: stage {rm_manifest.stage!r} has no reward head; --rm takes a reward stage"
+            )
+    return manifests, sft_path, sft_manifest, rm_path
+
+
+def _notes(demo: bool, prompts: list[str], rm: str | None, s: EvalSettings) -> list[str]:
+    from lit_rlhf.demo.world import parse_prompt
+
+    notes = []
+    if not demo:
+        bad = [p for p in prompts if parse_prompt(p) is None]
+        notes.append(
+            f"labeler_score and win_rate_vs_sft are null: {len(bad)} of {len(prompts)} prompts are not "
+            f"demo-world prompts (first: {bad[0]!r}); the demo labeler judges only those"
+        )
+    if rm is None:
+        notes.append("rm_score is null: no --rm, and no ppo manifest names extra.reward_from")
+    if s.pretrain is None:
+        notes.append("pretrain_loss is null: no --pretrain")
+    return notes
+
+
+def evaluate_checkpoints(
+    ckpts: Sequence[str], settings: EvalSettings, sft: str | None = None, rm: str | None = None
+) -> dict[str, Any]:
+    """Evaluate each checkpoint on the held-out prompts; returns the report (see write_report)."""
+    if settings.problems():
+        raise EvalError("; ".join(settings.problems()))
+    if not ckpts:
+        raise EvalError("give at least one --ckpt")
+    manifests, sft_path, sft_manifest, rm_path = _resolve(ckpts, sft, rm)
+    prompts, texts = _read_inputs(settings)
+    runs: dict[str, PolicyPass] = {}
+    for path in manifests:  # 1
+        runs[path] = policy_pass(path, prompts, texts, settings)
+        _release()
+    baseline, kl = sft_pass(sft_path, runs, prompts, settings)  # 2
+    _release()
+    rewards = rm_pass(rm_path, runs, prompts, settings) if rm_path else {}  # 3
+    _release()
+    demo = is_demo_world(prompts)  # 4
+    rows = {
+        path: _row(manifests[path], run, prompts, baseline if demo else None, kl[path], rewards.get(path))
+        for path, run in runs.items()
+    }
+    return {
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "prompts": {"path": str(settings.prompts), "count": len(prompts), "demo_world": demo},
+        "settings": {
+            **dataclasses.asdict(settings),
+            "sft": sft_path,
+            "sft_stage": sft_manifest.stage,
+            "rm": rm_path,
+            "pretrain_rows": len(texts) if texts else 0,
+            "pretrain_max_length": PRETRAIN_MAX_LENGTH,
+        },
+        "notes": _notes(demo, prompts, rm_path, settings),
+        "checkpoints": rows,
+    }
+
+
+def _row(
+    manifest: Manifest,
+    run: PolicyPass,
+    prompts: list[str],
+    baseline: list[str] | None,
+    kl: list[float],
+    rm_scores: list[float] | None,
+) -> dict[str, Any]:
+    """One checkpoint's report entry; the labeler figures only when there is a (demo-world) baseline."""
+    labeler = labeler_metrics(prompts, run.texts, baseline) if baseline is not None else None
+    lengths = response_lengths(run.batches)
+    metrics = checkpoint_metrics(labeler, rm_scores, kl, run.pretrain_loss, lengths)
+    return {"stage": manifest.stage, "step": manifest.step, **metrics}
+
+
+# ---- the report files ----------------------------------------------------------------------------------
+METHOD = """\
+## How the figures are computed
+
+- Every model answers each held-out prompt once, sampled at the temperature above (0 = greedy); prompt batch i
+  is sampled with seed + i for every model, so the SFT model evaluated against itself is an exact tie.
+- **labeler_score**: mean demo-labeler score in [0, 1] (demo-world prompts only).
+- **win_rate_vs_sft**: the labeler compares the checkpoint's response with the SFT baseline's on each prompt:
+  1 if it scores higher, 0.5 on a tie (scores equal to 1e-6), 0 if lower; the win rate is the mean outcome.
+  **CI**: the 95% Wilson score interval of that mean over the n prompts (ties counted as half a win).
+- **rm_score**: mean reward of the reward model above (its stored bias applied).
+- **kl**: mean over prompts of sum_t (log pi(y_t) - log pi_sft(y_t)) over the checkpoint's own sampled response
+  tokens, EOS included (the k1 estimate of KL(pi || pi_sft) in nats, as the PPO penalty uses). Log-probs are of
+  the model's own distribution (temperature 1) whatever the sampling temperature.
+- **pretrain_loss**: next-token loss per token on the first pretraining rows (each cut to the length above):
+  the alignment tax is its rise over the SFT row.
+- **mean_length**: mean response length in tokens, EOS included.
+"""
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "n/a"
+    return f"{v:.4f}" if isinstance(v, float) else str(v)
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    """report.md: one table row per checkpoint, then the settings, notes and how each figure is computed."""
+    head = ["checkpoint", "stage", "step", "labeler_score", "win_rate_vs_sft", "95% CI", *METRICS[4:]]
+    lines = ["# Evaluation report", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for path, row in report["checkpoints"].items():
+        ci = (
+            "n/a"
+            if row["win_rate_ci_low"] is None
+            else f"[{row['win_rate_ci_low']:.3f}, {row['win_rate_ci_high']:.3f}]"
+        )
+        cells = [f"`{path}`", row["stage"], str(row["step"]), _fmt(row["labeler_score"])]
+        cells += [_fmt(row["win_rate_vs_sft"]), ci, *(_fmt(row[k]) for k in METRICS[4:])]
+        lines.append("| " + " | ".join(cells) + " |")
+    p = report["prompts"]
+    lines += [
+        "",
+        f"Created {report['created']} on {p['count']} prompts of `{p['path']}`.",
+        "",
+        "## Settings",
+        "",
+    ]
+    lines += [f"- {k}: `{v}`" for k, v in report["settings"].items()]
+    if report["notes"]:
+        lines += ["", "## Notes", "", *(f"- {n}" for n in report["notes"])]
+    return "\n".join([*lines, "", METHOD])
+
+
+def short_label(path: str) -> str:
+    """A chart label: the last two path parts, skipping a trailing `stage` (runs/ppo/x/stage -> ppo/x)."""
+    parts = [p for p in Path(path).parts if p not in ("/", "")]
+    if parts and parts[-1] == "stage":
+        parts = parts[:-1]
+    return "/".join(parts[-2:]) or path
+
+
+def plot_report(report: dict[str, Any], path: Path) -> None:
+    """report.png: labeler score and win rate (95% CI error bars) per checkpoint; n/a bars are left empty."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    rows = list(report["checkpoints"].items())
+    fig = Figure(figsize=(max(4.0, 1.6 * len(rows) + 2), 3.6))
+    FigureCanvasAgg(fig)  # Agg, without pyplot's global state
+    ax = fig.add_subplot()
+    xs = range(len(rows))
+    score = [r["labeler_score"] or 0.0 for _, r in rows]
+    rate = [r["win_rate_vs_sft"] or 0.0 for _, r in rows]
+    err = [
+        [(r["win_rate_vs_sft"] or 0) - (r["win_rate_ci_low"] or 0) for _, r in rows],
+        [(r["win_rate_ci_high"] or 0) - (r["win_rate_vs_sft"] or 0) for _, r in rows],
+    ]
+    ax.bar([x - 0.2 for x in xs], score, 0.4, label="labeler score")
+    ax.bar([x + 0.2 for x in xs], rate, 0.4, yerr=err, capsize=4, label="win rate vs SFT (95% CI)")
+    for x, (_, r) in zip(xs, rows, strict=True):
+        if r["labeler_score"] is None:
+            ax.text(x, 0.02, "n/a", ha="center")
+    ax.axhline(0.5, color="grey", linewidth=0.8, linestyle="--")
+    ax.set_xticks(list(xs), [short_label(p) for p, _ in rows], rotation=15, ha="right")
+    ax.set_ylim(0, 1.05)
+    ax.legend(loc="upper left", fontsize="small")
+    ax.set_title(f"{report['prompts']['count']} held-out prompts")
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    fig.savefig(tmp, format="png", dpi=100)
+    os.replace(tmp, path)
+
+
+def write_report(report: dict[str, Any], out: str | os.PathLike) -> dict[str, Path]:
+    """Write report.png, report.md and report.json (last: it marks a complete report) into `out`, atomically."""
+    from lit_rlhf.runs import write_json_atomic
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {name: out / name for name in REPORT_FILES}
+    plot_report(report, paths["report.png"])
+    tmp = out / f".report.md.tmp-{os.getpid()}"
+    tmp.write_text(render_markdown(report), encoding="utf-8")
+    os.replace(tmp, paths["report.md"])
+    write_json_atomic(paths["report.json"], report)
+    return paths
+
+
+# ---- command line --------------------------------------------------------------------------------------
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="main.py evaluate",
+        description="Compare SFT/PPO stage directories on held-out prompts: labeler score, win rate vs SFT "
+        "with a 95% CI, reward, KL to SFT, pretraining loss (alignment tax), response length.",
+    )
+    p.add_argument(
+        "--ckpt",
+        nargs="+",
+        action="extend",
+        required=True,
+        help="sft or ppo stage directories (runs/<stage>/<name>/stage); repeat or list several",
+    )
+    p.add_argument("--prompts", required=True, help="held-out prompts JSONL ({'prompt': ...} rows)")
+    p.add_argument(
+        "--sft", default=None, help="SFT baseline (default: the sft --ckpt, else a ppo one's parent)"
+    )
+    p.add_argument(
+        "--rm", default=None, help="reward stage directory (default: a ppo manifest's reward_from)"
+    )
+    p.add_argument(
+        "--pretrain", default=None, help="pretraining text JSONL ({'text': ...}) for the alignment tax"
+    )
+    p.add_argument(
+        "--pretrain-limit",
+        type=int,
+        default=256,
+        help="use its last N rows, the ones PPO-ptx holds out (default: 256)",
+    )
+    p.add_argument("--limit", type=int, default=300, help="use the first N prompts (default: 300)")
+    p.add_argument("--max-new-tokens", type=int, default=24)
+    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature; 0 = greedy")
+    p.add_argument("--seed", type=int, default=1234, help="the same for every checkpoint")
+    p.add_argument("--batch-size", type=int, default=32, help="prompts per generate call / forward pass")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--out", default=None, help="report directory (default: runs/eval/<name>)")
+    p.add_argument("--name", default="default", help="report name, for the default --out")
+    return p
+
+
+def cli_main(argv: list[str]) -> int:
+    """`python main.py evaluate ...`: evaluate, write the report, print the table and where it is."""
+    a = _parser().parse_args(argv)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(message)s")
+    settings = EvalSettings(
+        prompts=a.prompts,
+        limit=a.limit,
+        max_new_tokens=a.max_new_tokens,
+        temperature=a.temperature,
+        seed=a.seed,
+        batch_size=a.batch_size,
+        pretrain=a.pretrain,
+        pretrain_limit=a.pretrain_limit,
+        device=a.device,
+    )
+    try:
+        report = evaluate_checkpoints(a.ckpt, settings, sft=a.sft, rm=a.rm)
+    except (EvalError, DataError, ManifestError) as e:  # each names the file or flag at fault
+        print(f"main.py evaluate: error: {e}", file=sys.stderr)
+        return 2
+    paths = write_report(report, a.out or Path("runs") / "eval" / a.name)
+    print(render_markdown(report).split("\n## Settings")[0])
+    print(
+        f"\n[lit-rlhf] evaluation report: {paths['report.md']} (also {paths['report.json']}, {paths['report.png']})"
+    )
+    return 0

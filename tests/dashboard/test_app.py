@@ -1,0 +1,201 @@
+"""Every dashboard page under streamlit.testing's AppTest against the hand-written run directory."""
+
+from __future__ import annotations
+
+import base64
+import os
+import subprocess
+import sys
+
+import pandas as pd
+import pyarrow as pa
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from dashboard import loaders
+
+from .helpers import REPO, SFT_PROMPT, XSS_IMG, XSS_SCRIPT, status, write_json, write_jsonl
+
+APP = str(REPO / "dashboard" / "app.py")
+PAGES = ["pages/runs.py", "pages/curves.py", "pages/rankings.py", "pages/samples.py", "pages/compare.py"]
+
+
+def open_page(root, page: str, **state) -> AppTest:
+    """The app with LIT_RLHF_RUNS=root, switched to `page`, run once (state seeded first)."""
+    at = AppTest.from_file(APP, default_timeout=30)
+    for key, value in state.items():
+        at.session_state[key] = value
+    at.run()
+    if page != PAGES[0]:
+        at.switch_page(page).run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+@pytest.fixture(autouse=True)
+def _runs_env(monkeypatch, runs_root):
+    monkeypatch.setenv("LIT_RLHF_RUNS", str(runs_root))
+
+
+def texts(at: AppTest) -> list[str]:
+    return [t.value for t in at.text]
+
+
+def chart_frames(at: AppTest) -> list[pd.DataFrame]:
+    """The data behind each vega-lite chart on the page."""
+    charts = at.get("vega_lite_chart")
+    return [pa.ipc.open_stream(c.proto.datasets[0].data.data).read_pandas() for c in charts]
+
+
+def test_runs_page_lists_runs_and_shows_the_report_as_text(runs_root):
+    at = open_page(runs_root, PAGES[0])
+    table = at.dataframe[0].value
+    assert table["run"].tolist() == ["sft/alpha", "reward/rm", "ppo/live"]
+    assert table["status"].tolist() == ["finished", "finished", "running"]
+    assert table["step"].tolist() == [20, 30, 4]
+    assert at.sidebar.text_input[0].value == str(runs_root)
+    report = at.code[-1].value
+    assert "win rate 0.61" in report and XSS_IMG in report
+    assert not at.markdown.values or all(XSS_IMG not in m for m in at.markdown.values)
+
+
+def test_runs_selection_is_shared_with_curves(runs_root):
+    at = open_page(runs_root, PAGES[0])
+    at.multiselect[0].set_value(["reward/rm"]).run()
+    assert at.session_state["selected_runs"] == ["reward/rm"]
+    at.switch_page(PAGES[1]).run()
+    assert at.multiselect[0].value == ["reward/rm"]
+    assert [s.value for s in at.subheader] == ["reward/"]
+
+
+def test_curves_overlay_runs_by_prefix_and_smoothing_changes_the_lines(runs_root):
+    at = open_page(runs_root, PAGES[1], selected_runs=["sft/alpha", "ppo/live"])
+    assert [s.value for s in at.subheader] == ["sft/", "ppo/", "other"]
+    keys = texts(at)
+    assert keys == [
+        "sft/exact_match",
+        "sft/loss",
+        "sft/lr",
+        "sft/val_loss",
+        "ppo/kl",
+        "ppo/kl_coef",
+        "ppo/reward_mean",
+        "epoch",
+    ]
+    loss = chart_frames(at)[keys.index("sft/loss")]
+    assert loss.to_dict("list") == {"step": [10, 20], "run": ["sft/alpha"] * 2, "value": [2.0, 1.0]}
+    at.slider[0].set_value(0.5).run()
+    smoothed = chart_frames(at)[keys.index("sft/loss")]
+    assert smoothed["value"].tolist() == [2.0, 1.5]  # 0.5 * 2 + 0.5 * 1
+
+
+def test_curves_follow_toggle_is_enabled_only_with_a_running_run(runs_root):
+    at = open_page(runs_root, PAGES[1], selected_runs=["sft/alpha"])
+    assert at.toggle[0].disabled
+    at = open_page(runs_root, PAGES[1], selected_runs=["ppo/live"])
+    assert not at.toggle[0].disabled
+    at.toggle[0].set_value(True).run()
+    assert not at.exception
+
+
+def test_curves_sees_rows_appended_since_the_last_rerun(runs_root):
+    at = open_page(runs_root, PAGES[1], selected_runs=["ppo/live"])
+    before = chart_frames(at)[texts(at).index("ppo/reward_mean")]
+    with open(runs_root / "ppo" / "live" / "metrics.jsonl", "a", encoding="utf-8") as f:
+        f.write('ard_mean": 0.5}\n')  # completes the half-written step-6 row
+    at.button[0].click().run()
+    after = chart_frames(at)[texts(at).index("ppo/reward_mean")]
+    assert (before["step"].tolist(), after["step"].tolist()) == ([2, 4], [2, 4, 6])
+    assert after["value"].tolist() == [0.1, 0.3, 0.5]
+
+
+def test_rankings_page_worst_prompt_first_with_responses_as_text(runs_root):
+    at = open_page(runs_root, PAGES[2])
+    table = at.dataframe[0].value
+    assert table["prompt"].tolist() == ["add 1 2 =", "copy a b =", "same ="]  # latest step, 30
+    assert at.code[0].value == "add 1 2 ="
+    assert [c.value for c in at.code[1:]] == ["3", "4", XSS_SCRIPT]  # by labeled rank
+    detail = at.dataframe[1].value
+    assert detail["rm_rank"].tolist() == [2, 0, 1]
+    accuracy = chart_frames(at)[0]
+    assert sorted(set(accuracy["metric"])) == [
+        "reward/accuracy",
+        "reward/val_accuracy",
+        "reward/val_kendall_tau",
+    ]
+    at.number_input[0].set_value(2).run()
+    assert at.code[0].value == "copy a b ="
+    at.select_slider[0].set_value(20).run()
+    assert at.dataframe[0].value["prompt"].tolist() == ["count a a ="]
+
+
+def test_samples_page_shows_payloads_as_text_and_filters(runs_root):
+    at = open_page(runs_root, PAGES[3])
+    assert texts(at)[0] == "5 of 5 samples"
+    assert at.selectbox[0].value == SFT_PROMPT
+    assert XSS_SCRIPT in texts(at)
+    assert "step 20 · sft/alpha · greedy · score 0.5" in texts(at)
+    at.text_input[0].set_value("onerror").run()
+    assert texts(at)[0] == "1 of 5 samples"
+    assert at.selectbox[0].value == XSS_IMG
+    assert texts(at)[-1] == "x y"
+    at.text_input[0].set_value("").run()
+    at.multiselect[1].set_value(["rollout"]).run()
+    assert at.dataframe[0].value["completion"].tolist() == ["a b c"]
+
+
+def test_compare_page_lists_stage_dirs_and_needs_two(runs_root):
+    at = open_page(runs_root, PAGES[4])
+    assert at.multiselect[0].options == ["reward/rm  [reward, step 30]", "sft/alpha  [sft, step 20]"]
+    assert at.button[0].disabled  # no prompt yet
+    assert "Choose at least two stage directories and type a prompt." in texts(at)
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_every_page_says_what_to_do_without_runs(page, tmp_path, monkeypatch):
+    monkeypatch.setenv("LIT_RLHF_RUNS", str(tmp_path / "empty"))
+    at = open_page(tmp_path, page)
+    shown = [c.value for c in at.code] + [i.value for i in at.info]
+    assert any(loaders.FIRST_RUN_COMMAND in s or "reward" in s for s in shown)
+
+
+def test_pages_other_than_compare_never_import_torch(runs_root):
+    code = f"""
+import sys
+from streamlit.testing.v1 import AppTest
+at = AppTest.from_file({APP!r}, default_timeout=60).run()
+for page in {PAGES[1:4]!r}:
+    at.switch_page(page).run()
+    assert not at.exception, page
+heavy = [m for m in ("torch", "transformers", "lightning") if m in sys.modules]
+assert not heavy, heavy
+"""
+    env = {**os.environ, "LIT_RLHF_RUNS": str(runs_root), "PYTHONPATH": str(REPO)}
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_the_sidebar_runs_root_switches_folders(runs_root, tmp_path):
+    at = open_page(runs_root, PAGES[0])
+    at.sidebar.text_input[0].set_value(str(tmp_path / "elsewhere")).run()
+    assert [c.value for c in at.code] == [loaders.FIRST_RUN_COMMAND]
+    assert texts(at)[-1].startswith(f"Runs root: {tmp_path / 'elsewhere'}")
+    at.sidebar.text_input[0].set_value(str(runs_root)).run()
+    assert at.dataframe[0].value["run"].tolist() == ["sft/alpha", "reward/rm", "ppo/live"]
+
+
+def test_curves_metric_choice_follows_the_runs_chosen(runs_root):
+    write_json(runs_root / "sft" / "beta" / "status.json", status("sft", "beta", "finished", 2))
+    write_jsonl(runs_root / "sft" / "beta" / "metrics.jsonl", [{"step": 1, "sft/extra": 1.0}])
+    at = open_page(runs_root, PAGES[1], selected_runs=["sft/alpha", "sft/beta"])
+    at.multiselect[1].set_value(["sft/loss"]).run()
+    assert texts(at) == ["sft/loss", "epoch"]
+    at.multiselect[0].set_value(["sft/beta"]).run()  # a different set of sft metrics: all shown again
+    assert texts(at) == ["sft/extra"]
+
+
+def test_runs_page_shows_the_report_figure_next_to_its_text(runs_root):
+    png = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAQAAAC1HAwCAAAAC0lEQVR42mNkYAAAAAYAAjCB0C8AAAAASUVORK5CYII="
+    assert len(open_page(runs_root, PAGES[0]).get("image")) == 0
+    (runs_root / "eval" / "final" / "report.png").write_bytes(base64.b64decode(png))
+    assert len(open_page(runs_root, PAGES[0]).get("image")) == 1

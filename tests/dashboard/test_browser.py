@@ -1,0 +1,159 @@
+"""The one real-browser test: the dashboard served as `python main.py dashboard` serves it, in Chromium.
+
+Every page is visited and its content checked; the injection payloads in the run files must show as text
+and never run (the script payload would set window.__xss). Needs Debian's chromium (/usr/bin/chromium) and
+Playwright for Python; it skips, saying which, only when one of them is missing.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from dashboard.loaders import FIRST_RUN_COMMAND
+from lit_rlhf.dashboard_cmd import dashboard_command
+
+from .helpers import SFT_PROMPT, XSS_IMG, XSS_SCRIPT
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+START_TIMEOUT_S = 60
+TIMEOUT_MS = 20_000
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_until_serving(proc: subprocess.Popen, port: int, log: Path) -> None:
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"the dashboard exited with {proc.returncode}:\n{log.read_text()}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.25)
+    pytest.fail(f"the dashboard did not answer within {START_TIMEOUT_S} s:\n{log.read_text()}")
+
+
+@pytest.fixture
+def served(runs_root, tmp_path):
+    """The dashboard on a free loopback port over the fixture runs; yields its base URL."""
+    port = _free_port()
+    command, env = dashboard_command(["--runs", str(runs_root), "--port", str(port)])
+    log = tmp_path / "streamlit.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            command, env=env, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    try:
+        _wait_until_serving(proc, port, log)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)  # its own session: streamlit and anything it started
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+
+
+def _no_injection_ran(page) -> None:
+    assert page.evaluate("() => window.__xss") is None
+    assert page.locator('img[src="x"]').count() == 0
+
+
+def shown(locator):
+    """The first visible match (Streamlit keeps hidden copies of some text, e.g. for accessibility)."""
+    return locator.filter(visible=True).first
+
+
+def _visit(page, url: str, title: str) -> None:
+    page.goto(url)
+    page.get_by_role("heading", name=title, exact=True).wait_for()
+
+
+@pytest.fixture
+def sync_api():
+    """Playwright's sync API, or a skip naming what is missing (checked before the server starts)."""
+    if not Path(CHROMIUM).is_file():
+        pytest.skip(f"Debian chromium is not installed at {CHROMIUM} (apt-get install -y chromium)")
+    return pytest.importorskip(
+        "playwright.sync_api",
+        reason="playwright is not installed (pip install -c constraints.txt playwright)",
+    )
+
+
+def test_every_page_in_chromium_shows_payloads_as_text(sync_api, served, tmp_path):
+    expect = sync_api.expect
+    expect.set_options(timeout=TIMEOUT_MS)  # 2 busy cores: Streamlit reruns can take seconds
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.set_default_timeout(TIMEOUT_MS)
+
+            _visit(page, served + "/", "Runs")
+            report = page.locator("code").filter(has_text="win rate 0.61")
+            expect(report).to_contain_text(XSS_IMG)
+            expect(shown(page.get_by_text("ppo/live", exact=True))).to_be_visible()  # a run-picker chip
+            _no_injection_ran(page)
+
+            _visit(page, served + "/curves", "Curves")
+            page.get_by_role("heading", name="sft/", exact=True).wait_for()
+            page.locator(".vega-embed").first.wait_for()
+            expect(shown(page.get_by_text("ppo/reward_mean", exact=True))).to_be_visible()
+
+            _visit(page, served + "/rankings", "Rankings")
+            page.get_by_role("heading", name="Prompts, most disagreement first").wait_for()
+            expect(shown(page.locator("code").filter(has_text=XSS_SCRIPT))).to_be_visible()
+            _no_injection_ran(page)
+
+            _visit(page, served + "/samples", "Samples")
+            expect(shown(page.get_by_text(XSS_SCRIPT, exact=True))).to_be_visible()
+            expect(page.get_by_role("combobox", name="Prompt")).to_have_value(SFT_PROMPT)
+            _no_injection_ran(page)
+            search = page.get_by_label("Search prompts and completions")
+            search.fill("onerror")
+            search.press("Enter")
+            page.get_by_text("1 of 5 samples", exact=True).wait_for()
+            expect(page.get_by_role("combobox", name="Prompt")).to_have_value(XSS_IMG)  # as text
+            expect(shown(page.get_by_text("x y", exact=True))).to_be_visible()
+            _no_injection_ran(page)
+
+            _visit(page, served + "/compare", "Compare")
+            page.get_by_text("Choose at least two stage directories and type a prompt.").wait_for()
+            expect(shown(page.get_by_text("sft/alpha  [sft, step 20]"))).to_be_visible()
+            _no_injection_ran(page)
+
+            # The sidebar's runs root: an edit sticks, shows the empty state, and survives a page switch.
+            root = page.get_by_role("textbox", name="Runs root")
+            root.fill(str(tmp_path / "no-runs"))
+            root.press("Enter")
+            expect(page.locator("code").filter(has_text="configs/demo/sft.yaml")).to_be_visible()
+            page.get_by_role("link", name="Runs", exact=True).click()
+            expect(page.locator("code").filter(has_text=FIRST_RUN_COMMAND)).to_be_visible()
+            expect(page.get_by_role("textbox", name="Runs root")).to_have_value(str(tmp_path / "no-runs"))
+        finally:
+            browser.close()

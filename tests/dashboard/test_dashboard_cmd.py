@@ -1,0 +1,54 @@
+"""lit_rlhf.dashboard_cmd: the streamlit command line `python main.py dashboard` runs."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+
+from lit_rlhf import dashboard_cmd
+
+from .helpers import REPO
+
+
+def _flag(command: list[str], name: str) -> str:
+    return command[command.index(name) + 1]
+
+
+def test_defaults_bind_loopback_headless_without_usage_stats(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    command, env = dashboard_cmd.dashboard_command([])
+    assert command[:5] == [sys.executable, "-m", "streamlit", "run", str(REPO / "dashboard" / "app.py")]
+    assert _flag(command, "--server.address") == "127.0.0.1"
+    assert _flag(command, "--server.port") == "8501"
+    assert _flag(command, "--server.headless") == "true"
+    assert _flag(command, "--browser.gatherUsageStats") == "false"
+    assert env["LIT_RLHF_RUNS"] == str(tmp_path / "runs")
+
+
+def test_flags_reach_the_command_and_the_environment(tmp_path):
+    command, env = dashboard_cmd.dashboard_command(
+        ["--runs", str(tmp_path / "r"), "--port", "9999", "--host", "0.0.0.0"]
+    )
+    assert _flag(command, "--server.address") == "0.0.0.0"
+    assert _flag(command, "--server.port") == "9999"
+    assert env["LIT_RLHF_RUNS"] == str(tmp_path / "r")
+    assert env["PATH"] == os.environ["PATH"]  # the rest of the environment is passed on
+
+
+def test_main_execs_streamlit(monkeypatch, tmp_path, capsys):
+    calls = []
+    monkeypatch.setattr(dashboard_cmd.os, "execve", lambda *args: calls.append(args))
+    dashboard_cmd.main(["--runs", str(tmp_path), "--port", "8600"])
+    ((path, argv, env),) = calls
+    assert path == sys.executable and argv[1:4] == ["-m", "streamlit", "run"]
+    assert _flag(argv, "--server.port") == "8600"
+    assert env["LIT_RLHF_RUNS"] == str(tmp_path)
+    assert "http://127.0.0.1:8600" in capsys.readouterr().out
+
+
+def test_bad_port_is_a_usage_error():
+    with pytest.raises(SystemExit) as exit_info:
+        dashboard_cmd.dashboard_command(["--port", "http"])
+    assert exit_info.value.code == 2
