@@ -166,7 +166,7 @@ def lightning_cli(args: list[str] | None, run: bool = True):
             out = getattr(self.model, "stage_dir_written", None)
             if out is not None and self.trainer.is_global_zero:
                 print(f"\n[lit-rlhf] {self.model.STAGE} stage directory written: {out}")
-                print(f"[lit-rlhf] run directory: {self.trainer.log_dir}")
+                print(f"[lit-rlhf] run directory: {out.parent}")
 
     return LitRLHFCLI(
         args=args,

@@ -39,6 +39,15 @@ METRICS, SAMPLES, STATUS, RANKINGS, STAGE_DIR = (
 )
 
 
+def run_dir(trainer: Any) -> Path | None:
+    """The run directory of a trainer's RunLogger, found without communication.
+
+    Not `trainer.log_dir`: under DDP that property broadcasts from rank 0, so calling it on rank 0 alone (as
+    rank-zero-only writers do) deadlocks.
+    """
+    return next((Path(lg.log_dir) for lg in trainer.loggers if isinstance(lg, RunLogger)), None)
+
+
 def write_json_atomic(path: Path, obj: Any) -> None:
     """Write JSON to a temporary sibling, then rename over `path`."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
@@ -115,10 +124,11 @@ class RunStatus(Callback):
         self.state: dict[str, Any] = {}
 
     def _write(self, trainer: Any, **fields: Any) -> None:
-        if not trainer.is_global_zero or trainer.log_dir is None:
+        root = run_dir(trainer)
+        if not trainer.is_global_zero or root is None:
             return
         self.state.update(fields, step=int(trainer.global_step), updated=round(time.time(), 3))
-        path = Path(trainer.log_dir) / STATUS
+        path = root / STATUS
         path.parent.mkdir(parents=True, exist_ok=True)
         write_json_atomic(path, self.state)
 

@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = {"sft": ROOT / "configs/tiny/sft.yaml", "reward": ROOT / "configs/tiny/rm.yaml"}
 WORLD = 2
 MAX_STEPS = {"sft": 12, "reward": 8}  # the tiny configs' own values, repeated on the command line
-STALL_S, TIMEOUT_S = 30, 120  # a healthy tiny DDP fit takes ~10 s here and writes something every second
+STALL_S, TIMEOUT_S = 30, 90  # a healthy tiny DDP fit takes 9-15 s here and writes something every second
 SMALL_DEMO = {"n_train": 256, "n_val": 48, "n_rl": 16, "n_eval": 16, "n_pretrain": 32}
 
 
@@ -45,15 +45,8 @@ def run_name(devices: int) -> str:
 def fit_args(stage: str, out: Path, sft_stage: Path | None, devices: int) -> list[str]:
     """The `main.py fit` arguments of the tiny `stage` run over the data in `out/data`."""
     d = out / "data"
-    args = [
-        "fit",
-        "--config",
-        str(CONFIGS[stage]),
-        "--run.root",
-        str(out / "runs"),
-        "--run.name",
-        run_name(devices),
-    ]
+    args = ["fit", "--config", str(CONFIGS[stage]), "--run.root", str(out / "runs")]
+    args += ["--run.name", run_name(devices)]
     args += ["--trainer.max_steps", str(MAX_STEPS[stage]), "--trainer.devices", str(devices)]
     if devices > 1:
         args += ["--trainer.strategy", "ddp"]
@@ -324,11 +317,14 @@ def orchestrate(stage: str, out: Path) -> dict[str, Any]:
         return {**report, "error": {"single-process sft": single_sft}}
     n_val = collect(out, sft_stage)
     report["fit"] = fit("reward", out, WORLD, sft_stage)
-    # The accuracy comparison needs a fixed reward stage; a single-process one keeps it independent of the fit.
-    single_rm = fit("reward", out, 1, sft_stage)
-    if single_rm["stage_error"] is not None:
-        return {**report, "error": {"single-process reward": single_rm}}
-    report["validation"] = reward_validation(out, out / "runs" / "reward" / run_name(1) / "stage", n_val)
+    # The accuracy comparison needs one fixed reward stage: the DDP run's, or a single-process one without it.
+    rm_devices = WORLD if report["fit"]["stage_error"] is None else 1
+    if rm_devices == 1:
+        single_rm = fit("reward", out, 1, sft_stage)
+        if single_rm["stage_error"] is not None:
+            return {**report, "error": {"single-process reward": single_rm}}
+    rm_stage = out / "runs" / "reward" / run_name(rm_devices) / "stage"
+    report["validation"] = {"rm_stage": str(rm_stage), **reward_validation(out, rm_stage, n_val)}
     return report
 
 

@@ -15,6 +15,17 @@ import torch
 # Two cores shared with other processes: torch with 2 threads sometimes slows 10x (shared/PLATFORM.md).
 torch.set_num_threads(int(os.environ.get("LIT_RLHF_TEST_THREADS", "1")))
 warnings.filterwarnings("ignore", message=".*MatMul8bitLt.*")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing may be downloaded; fail fast instead of retrying
+
+
+def _no_progress_bars() -> None:
+    # Loading bars add nothing to test logs, and tqdm's cross-process lock is a hazard in tests that fork.
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
+_no_progress_bars()
 
 WORDS = [*"abcdefgh", "=", "x", "y"]
 

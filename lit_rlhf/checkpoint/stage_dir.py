@@ -44,6 +44,9 @@ def atomic_dir(out: str | os.PathLike) -> Iterator[Path]:
             shutil.rmtree(old, ignore_errors=True)
         else:
             tmp.rename(out)
+        # a writer killed earlier left its hidden temporary copy behind; the complete `out` supersedes it
+        for stale in out.parent.glob(f".{out.name}.tmp-*"):
+            shutil.rmtree(stale, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

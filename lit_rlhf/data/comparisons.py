@@ -17,6 +17,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
+from lit_rlhf.data.distributed import eval_sampler
 from lit_rlhf.data.rows import Comparison, DataError, ReadReport, read_rows, split_source
 from lit_rlhf.data.sft import TRUNCATIONS, Truncation, tokenize_example
 
@@ -189,7 +190,9 @@ class ComparisonDataModule(L.LightningDataModule):
             100 * tie_share(encoded),
         )
         if not encoded:
-            raise ValueError(f"{path}: no usable comparisons ({report.summary()})")
+            raise DataError(
+                path, None, None, f"no comparison fits max_length {self.max_length}: {report.summary()}"
+            )
         return encoded
 
     def _loader(self, items: list[EncodedComparison], shuffle: bool) -> DataLoader:
@@ -202,6 +205,7 @@ class ComparisonDataModule(L.LightningDataModule):
             items,
             batch_size=self.batch_size,
             shuffle=shuffle,
+            sampler=None if shuffle else eval_sampler(items, self.trainer),
             generator=torch.Generator().manual_seed(self.seed) if shuffle else None,
             collate_fn=functools.partial(collate_comparisons, pad_id=pad),
             num_workers=self.num_workers,

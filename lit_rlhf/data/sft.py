@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
+from lit_rlhf.data.distributed import eval_sampler
 from lit_rlhf.data.rows import DataError, Demonstration, ReadReport, read_rows, split_source
 
 logger = logging.getLogger(__name__)
@@ -372,10 +373,12 @@ class SFTDataModule(L.LightningDataModule):
         if pad_id is None:
             # Padding is masked out of attention and labels, so any id works; eos is always present.
             pad_id = _eos_id(self.tokenizer)
+        sampler = None if shuffle else eval_sampler(self._data[split], self.trainer)
         return DataLoader(
             self._data[split],
             batch_size=self.batch_size,
             shuffle=shuffle,
+            sampler=sampler,
             generator=torch.Generator().manual_seed(self.seed) if shuffle else None,
             collate_fn=functools.partial(collate, pad_id=pad_id),
             num_workers=self.num_workers,

@@ -42,6 +42,7 @@ from lit_rlhf.rl.rewards import (
     truncation_penalty,
 )
 from lit_rlhf.rl.stats import explained_variance
+from lit_rlhf.runs import run_dir
 from lit_rlhf.stages.guards import NumericalGuard, ppo_flags
 
 
@@ -391,7 +392,7 @@ class PPOModule(L.LightningModule):
         rewards = self.roles.reward(ro.input_ids[:k], ro.attention_mask[:k])
         for i in range(min(k, len(prompts))):
             append_jsonl(
-                Path(self.trainer.log_dir) / "samples.jsonl",
+                run_dir(self.trainer) / "samples.jsonl",
                 {
                     "step": self.log_step,
                     "prompt": prompts[i],
@@ -534,15 +535,15 @@ class PPOModule(L.LightningModule):
             metrics["kl"] = float(cm["ppo/kl"])
         metrics["kl_coef"] = float(self.kl_ctl.value)
         self.final_metrics = {k: v for k, v in metrics.items() if math.isfinite(v)}
-        run_dir = Path(self.trainer.log_dir)
-        config = run_dir / "config.yaml"
+        root = run_dir(self.trainer)
+        config = root / "config.yaml"
         roles = self.roles
         net = roles._net("policy")
         if roles.is_shared:
             kwargs = {"adapters": [POLICY, CRITIC], "heads": {"value": {"adapter": CRITIC, "bias": 0.0}}}
         else:
             kwargs = {"adapters": [], "heads": {}}
-        out = run_dir / "stage"
+        out = root / "stage"
         save_stage_dir(
             out,
             net,

@@ -22,6 +22,7 @@ from torchmetrics.functional.regression import kendall_rank_corrcoef
 from lit_rlhf.backbone.config import LoraSettings, Quantization
 from lit_rlhf.data.io import append_jsonl
 from lit_rlhf.rl.losses import kwise_ranking_loss
+from lit_rlhf.runs import run_dir
 from lit_rlhf.stages.common import OptimConfig, build_optimizer
 from lit_rlhf.stages.guards import NumericalGuard
 
@@ -300,7 +301,7 @@ class RewardModule(L.LightningModule):
         for k, v in metrics.items():
             self.log(k, v, prog_bar=k == "reward/val_accuracy")
         if self.trainer.is_global_zero and self.trainer.loggers and not self.trainer.sanity_checking:
-            path = Path(self.trainer.log_dir) / "rankings.jsonl"
+            path = run_dir(self.trainer) / "rankings.jsonl"
             for row in self._table:
                 append_jsonl(path, {"step": max(self.global_step - 1, 0), **row})
         self._table = []
@@ -349,10 +350,10 @@ class RewardModule(L.LightningModule):
             metrics["train_comparisons"] = float(len(dm.data.get("train", [])))
             metrics["train_tied_pair_share"] = tie_share(dm.data.get("train", []))
         self.final_metrics = metrics
-        run_dir = Path(self.trainer.log_dir)
-        config = run_dir / "config.yaml"
+        root = run_dir(self.trainer)
+        config = root / "config.yaml"
         adapters = [REWARD] if self.reward_adapter else []
-        out = run_dir / "stage"
+        out = root / "stage"
         save_stage_dir(
             out,
             self.net,

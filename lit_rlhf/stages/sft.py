@@ -15,6 +15,7 @@ from lit_rlhf.backbone.config import BackboneConfig, coerce_backbone
 from lit_rlhf.backbone.generate import SamplingConfig
 from lit_rlhf.data.io import append_jsonl
 from lit_rlhf.rl.losses import lm_loss
+from lit_rlhf.runs import run_dir
 from lit_rlhf.stages.common import (
     OptimConfig,
     SampleConfig,
@@ -194,7 +195,7 @@ class SFTModule(L.LightningModule):
             judged = [scorer.judge(p, t) if scorer else {} for p, t in zip(prompts, texts, strict=True)]
             for p, t, j in zip(prompts, texts, judged, strict=True):
                 append_jsonl(
-                    Path(self.trainer.log_dir) / "samples.jsonl",
+                    run_dir(self.trainer) / "samples.jsonl",
                     {"step": self.log_step, "prompt": p, "completion": t, "mode": mode, **j},
                 )
             for k, v in summarize_judgements(judged).items():
@@ -235,9 +236,9 @@ class SFTModule(L.LightningModule):
         metrics.update(held_out)
         if held_out and self.logger is not None:
             self.logger.log_metrics({f"sft/eval_{k}": v for k, v in held_out.items()}, step=self.log_step)
-        run_dir = Path(self.trainer.log_dir)
-        config = run_dir / "config.yaml"
-        out = run_dir / "stage"
+        root = run_dir(self.trainer)
+        config = root / "config.yaml"
+        out = root / "stage"
         save_stage_dir(
             out,
             self.net,

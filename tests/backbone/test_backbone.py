@@ -157,3 +157,29 @@ def test_scalar_head_reads_last_real_token(tiny_dir):
     assert s_right.shape == (2,)
     torch.testing.assert_close(s_right[1], s_alone[0])
     torch.testing.assert_close(s_left, s_right, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("lora", [True, False])
+def test_gradient_checkpointing_gives_the_same_gradients(tiny_dir, lora):
+    grads = []
+    for ckpt in (False, True):
+        cfg = BackboneConfig(
+            name_or_path=str(tiny_dir / "llama"),
+            gradient_checkpointing=ckpt,
+            lora=LoraSettings(r=4, alpha=8, dropout=0.0) if lora else None,
+        )
+        bb = Backbone.build(cfg)
+        if lora:
+            torch.manual_seed(0)  # peft draws LoRA A from the global RNG
+            bb.add_adapter("policy")
+            with torch.no_grad():
+                for p in bb.adapter_parameters("policy"):
+                    p.add_(0.1 * torch.randn_like(p))
+        bb.train()
+        assert bb.hf_model.is_gradient_checkpointing is ckpt
+        ids, mask = _batch(bb)
+        _loss(bb, ids, mask).backward()
+        grads.append({n: p.grad.clone() for n, p in bb.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys() and grads[0]
+    for n in grads[0]:
+        torch.testing.assert_close(grads[0][n], grads[1][n], rtol=1e-4, atol=1e-6)
