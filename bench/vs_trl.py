@@ -1,0 +1,955 @@
+"""lit-rlhf side by side with TRL: SFT tokens/s, reward-model comparisons/s, one online RL step, peak RSS.
+
+Run by hand, not a test (see bench/README.md). Needs the ``bench`` extra (TRL); lit-rlhf itself does not:
+
+    /work/venv/bin/python bench/vs_trl.py                                  # every measurement, ~2 min
+    /work/venv/bin/python bench/vs_trl.py --only lit-sft,trl-sft --sft-steps 20 --warmup 5
+
+The parent writes one shared work directory: demo data, K=4 rankings of the demo prompts made by the demo
+labeler, a randomly initialised demo GPT-2 saved with ``save_pretrained`` (+ the demo tokenizer), and the SFT
+and reward stage directories that PPO starts from. It then re-invokes this script with ``--one NAME`` once
+per measurement, so each peak RSS belongs to one framework and one stage alone. Both sides get the same
+model, data, batch sizes, sequence lengths, fp32 on CPU and thread count; what differs is said in each
+run's ``setup`` and in the README. Rows go to ``--out`` as JSON (written atomically), the table and the ratios
+to stdout and to a markdown file next to it.
+
+What lives here: the benchmark driver only. Neither lit-rlhf's nor TRL's training code is changed; TRL's
+trainers are subclassed only to record each step's work and loss (and GRPO's generation time and length).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from sft_throughput import peak_rss_mb, write_json_atomic  # noqa: E402  (a sibling script, not a package)
+
+MAX_LENGTH = 64  # the demo model's n_positions: every sequence on both sides fits it
+DEMO_MODEL = {"model_type": "gpt2", "n_layer": 4, "n_embd": 256, "n_head": 4, "n_positions": 64}
+LORA = {"r": 16, "alpha": 32, "dropout": 0.0}  # configs/demo/rm.yaml; PPO inherits the reward model's
+K = 4  # responses per ranked prompt
+GROUP = 2  # GRPO completions per prompt: the smallest group GRPO accepts
+SFT_LR, RM_LR, RL_LR = 5e-4, 1e-3, 1e-4  # the demo configs' rates; they do not change the step cost
+KL_COEF = 0.1
+RUN_TIMEOUT_S = 900
+ERROR_CHARS = 600
+DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "vs_trl.json"
+
+# name -> (stage, framework). Each lit/trl pair below is compared in RATIOS.
+RUNS: dict[str, tuple[str, str]] = {
+    "lit-sft": ("sft", "lit-rlhf"),
+    "trl-sft": ("sft", "trl"),
+    "lit-rm": ("reward", "lit-rlhf"),
+    "trl-rm": ("reward", "trl"),
+    "lit-ppo": ("rl", "lit-rlhf"),
+    "trl-grpo": ("rl", "trl"),
+    "trl-grpo-half": ("rl", "trl"),
+}
+# (ratio name, lit run, trl run, target for lit rate / trl rate). RL rates are RL steps per second.
+RATIOS: tuple[tuple[str, str, str, float], ...] = (
+    ("SFT tokens/s", "lit-sft", "trl-sft", 1.0),
+    ("RM comparisons/s (K=4)", "lit-rm", "trl-rm", 3.0),
+    ("RL steps/s, equal prompts", "lit-ppo", "trl-grpo", 1.0),
+    ("RL steps/s, equal completions", "lit-ppo", "trl-grpo-half", 1.0),
+)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Pure helpers
+# ---------------------------------------------------------------------------------------------------------
+
+
+def rate_stats(step_times: list[float], work: list[float], warmup: int) -> dict[str, float]:
+    """Work per second and step times over the steps after `warmup`.
+
+    Args:
+        step_times: (N,) seconds of each step, end of the previous step to the end of this one.
+        work: (N,) units done by each step (tokens, ranked pairs, or 1 for an RL step).
+        warmup: leading steps left out (allocator growth, lazy kernel choice, first-call caches).
+    """
+    timed = step_times[warmup:]
+    if not timed:
+        raise ValueError(f"no timed steps: {len(step_times)} steps recorded, warm-up {warmup}")
+    seconds = sum(timed)
+    return {
+        "rate": sum(work[warmup:]) / seconds,
+        "work_per_step": sum(work[warmup:]) / len(timed),
+        "step_time_ms": 1000.0 * seconds / len(timed),
+        # Robust to a neighbour process taking the cores for a step or two; the mean is not.
+        "median_step_time_ms": 1000.0 * sorted(timed)[len(timed) // 2],
+        "timed_steps": len(timed),
+    }
+
+
+def ranked_pairs(ranks: list[int], group: list[int]) -> int:
+    """Pairs of responses to the same prompt with unequal rank: what a K-wise batch learns from.
+
+    Args:
+        ranks: (N,) labeled rank per response (0 = best). group: (N,) prompt index per response.
+    """
+    n = len(ranks)
+    return sum(1 for i in range(n) for j in range(n) if group[i] == group[j] and ranks[i] < ranks[j])
+
+
+def group_steps(step_times: list[float], per_group: int) -> list[float]:
+    """Sum consecutive optimizer-step times into RL-step times, `per_group` optimizer steps each.
+
+    A trailing partial group (a run cut short) is dropped.
+    """
+    whole = len(step_times) // per_group
+    return [sum(step_times[g * per_group : (g + 1) * per_group]) for g in range(whole)]
+
+
+def ratio_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each RATIOS entry evaluated on the measured rows; None where either side is missing or failed."""
+    by_name = {r["name"]: r for r in rows}
+
+    def ratio(lit: str, trl: str, key: str) -> float | None:
+        a, b = by_name.get(lit, {}).get(key), by_name.get(trl, {}).get(key)
+        return round(a / b, 2) if a and b else None
+
+    out = []
+    for label, lit, trl, target in RATIOS:
+        value = ratio(lit, trl, "rate")
+        out.append(
+            {
+                "comparison": label,
+                "lit": lit,
+                "trl": trl,
+                "ratio": value,
+                "work_per_step_ratio": ratio(lit, trl, "work_per_step"),
+                # TRL / lit: above 1 means a lit-rlhf step takes less time
+                "step_time_ratio_trl_over_lit": ratio(trl, lit, "step_time_ms"),
+                "median_step_time_ratio_trl_over_lit": ratio(trl, lit, "median_step_time_ms"),
+                "target": target,
+                "met": None if value is None else value >= target,
+                "rss_ratio_lit_over_trl": ratio(lit, trl, "peak_rss_mb"),
+            }
+        )
+    return out
+
+
+def _version(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def versions() -> dict[str, str | None]:
+    """The library versions both sides run on."""
+    names = ("lit-rlhf", "trl", "transformers", "accelerate", "datasets", "peft", "torch", "lightning")
+    return {name: _version(name) for name in names} | {"python": platform.python_version()}
+
+
+def environment(threads: int) -> dict[str, Any]:
+    """Host facts recorded with every row; other processes share the cores, so the load says how busy."""
+    return {
+        "host_cpu_count": os.cpu_count(),
+        "threads": threads,
+        "load_avg_1m": round(os.getloadavg()[0], 2),
+        "date": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+
+
+def empty_row(name: str, error: str | None = None) -> dict[str, Any]:
+    """A row with every measured field present and null (a failed run keeps the same columns)."""
+    stage, framework = RUNS[name]
+    keys = ("rate", "work_per_step", "step_time_ms", "median_step_time_ms", "timed_steps", "peak_rss_mb")
+    extra = ("rss_delta_mb", "trainable_params", "final_loss", "unit", "mean_response_tokens")
+    extra += ("prompts_per_step", "completions_per_step", "generation_ms", "setup")
+    return {
+        "name": name,
+        "stage": stage,
+        "framework": framework,
+        **dict.fromkeys(keys + extra),
+        "error": error,
+    }
+
+
+def _fmt(value: Any, digits: int = 0) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    """The rows as a GitHub markdown table; a failed row shows its error in the last column."""
+    head = (
+        "| run | framework | rate | unit | work/step | step ms (mean) | step ms (median) | peak RSS MiB "
+        "| RSS delta MiB | trainable | final loss | response tokens | generation ms | load 1m | error |"
+    )
+    lines = [head, "|" + "---|" * 15]
+    for r in rows:
+        error = (r.get("error") or "").replace("|", "\\|").replace("\n", " ")[:120]
+        cells = [r["name"], r["framework"], _fmt(r["rate"], 2), _fmt(r["unit"]), _fmt(r["work_per_step"], 1)]
+        cells += [_fmt(r["step_time_ms"], 1), _fmt(r["median_step_time_ms"], 1), _fmt(r["peak_rss_mb"])]
+        cells += [_fmt(r["rss_delta_mb"]), _fmt(r["trainable_params"]), _fmt(r["final_loss"], 3)]
+        cells += [_fmt(r.get("mean_response_tokens"), 1), _fmt(r.get("generation_ms"), 0)]
+        cells += [_fmt(r.get("load_avg_1m"), 2), error]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def markdown_ratios(ratios: list[dict[str, Any]]) -> str:
+    """The ratios against their targets as a markdown table."""
+    head = (
+        "| comparison | rate lit-rlhf ÷ TRL | target | met | work/step lit ÷ TRL | step time TRL ÷ lit "
+        "(mean) | (median) | peak RSS lit ÷ TRL |"
+    )
+    lines = [head, "|" + "---|" * 8]
+    for r in ratios:
+        ratio = "-" if r["ratio"] is None else f"{r['ratio']:.2f}x"
+        cells = [r["comparison"], ratio, f">= {r['target']:.1f}x", _fmt(r["met"])]
+        cells += [_fmt(r["work_per_step_ratio"], 2), _fmt(r["step_time_ratio_trl_over_lit"], 2)]
+        cells += [_fmt(r["median_step_time_ratio_trl_over_lit"], 2), _fmt(r["rss_ratio_lit_over_trl"], 2)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write `text` via a temp file in the same directory and os.replace."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.chmod(tmp, 0o644)  # mkstemp makes files private; results are meant to be shared
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Shared inputs: data, rankings, base model, stage directories
+# ---------------------------------------------------------------------------------------------------------
+
+
+def candidate_responses(answer: str, rng: random.Random) -> list[str]:
+    """K distinct responses of graded quality to a demo task whose canonical answer is `answer`.
+
+    Drawn from: the answer; the answer with one, two or three filler words; one answer word swapped for
+    another word; the banned word inserted. The demo labeler ranks them (ties possible, e.g. a swap in a
+    one-word answer and the banned word both score 0), as comparison collection would.
+    """
+    words = answer.split()
+    swapped = list(words)
+    i = rng.randrange(len(swapped))
+    swapped[i] = rng.choice([w for w in "abcdefghijkl0123456789" if w != swapped[i]])
+    banned = list(words)
+    banned.insert(rng.randint(0, len(banned)), "dang")
+    pool = [answer, f"ok {answer}", f"sure : {answer}", f"here : {answer} done", " ".join(swapped)]
+    pool.append(" ".join(banned))
+    return rng.sample(pool, K)
+
+
+def write_rankings(prompts_path: Path, out: Path, n: int, seed: int = 0) -> int:
+    """K=4 labeler-ranked comparisons of the first `n` demo prompts in `prompts_path`; returns rows written.
+
+    Prompts whose K responses all tie are left out, as collect_comparisons does.
+    """
+    from lit_rlhf.data.io import write_jsonl
+    from lit_rlhf.demo.labeler import Labeler
+    from lit_rlhf.demo.world import parse_prompt
+
+    labeler, rng, rows = Labeler(seed=seed), random.Random(seed), []
+    for line in prompts_path.read_text().splitlines()[:n]:
+        prompt = json.loads(line)["prompt"]
+        responses = candidate_responses(parse_prompt(prompt).answer, rng)
+        ranking = labeler.rank(prompt, responses)
+        if len(set(ranking)) > 1:
+            rows.append({"prompt": prompt, "responses": responses, "ranking": ranking})
+    return write_jsonl(out, rows)
+
+
+def build_stage_dirs(base: Path, workdir: Path) -> None:
+    """The SFT stage (the base's full weights) and a reward stage (LoRA adapter + head) on it.
+
+    Built like tests/stages/test_ppo.py `_stages`: the reward adapter is perturbed so that the critic and
+    the policy differ; nothing is trained, as neither framework's speed depends on what the weights say.
+    """
+    import torch
+
+    from lit_rlhf.backbone.build import Backbone
+    from lit_rlhf.backbone.config import BackboneConfig
+    from lit_rlhf.checkpoint.stage_dir import load_stage_dir, save_stage_dir
+
+    torch.manual_seed(0)
+    sft = Backbone.build(BackboneConfig(name_or_path=str(base)))
+    save_stage_dir(workdir / "sft", sft, stage="sft")
+    rm, _ = load_stage_dir(workdir / "sft", backbone_overrides={"lora": dict(LORA)})
+    rm.add_adapter("reward")
+    with torch.no_grad():
+        for p in rm.adapter_parameters("reward"):
+            p.add_(0.1 * torch.randn_like(p))
+    rm.add_head("reward")
+    save_stage_dir(workdir / "rm", rm, stage="reward", heads={"reward": {"adapter": "reward", "bias": 0.0}})
+
+
+def prepare_workdir(workdir: Path, args: argparse.Namespace) -> dict[str, int]:
+    """Write every shared input once; return the sizes of what was written."""
+    from lit_rlhf.backbone.build import Backbone
+    from lit_rlhf.backbone.config import BackboneConfig
+    from lit_rlhf.demo.datagen import write_demo_data
+
+    n_sft = args.sft_steps * args.batch_size
+    n_rank = (args.rm_steps + 1) * args.rm_prompts * 2  # spare rows: rows that tie completely are dropped
+    n_rl = (args.rl_steps + 1) * args.rl_prompts
+    paths = write_demo_data(
+        workdir / "data", seed=0, n_train=max(n_sft, n_rank), n_val=16, n_rl=n_rl, n_eval=16, n_pretrain=16
+    )
+    cfg = BackboneConfig(model_config=dict(DEMO_MODEL), tokenizer=str(paths["tokenizer"]))
+    net = Backbone.build(cfg)
+    net.model.save_pretrained(workdir / "base")
+    net.tokenizer.save_pretrained(workdir / "base")
+    rankings = write_rankings(paths["sft_train"], workdir / "data" / "rankings.jsonl", n_rank)
+    build_stage_dirs(workdir / "base", workdir)
+    return {"sft_rows": max(n_sft, n_rank), "ranked_prompts": rankings, "rl_prompts": n_rl}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Parent: one subprocess per measurement
+# ---------------------------------------------------------------------------------------------------------
+
+
+def run_subprocess(name: str, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    """Run one measurement in a fresh interpreter and return its row (an error row if it died)."""
+    row_path = workdir / f"row-{name}.json"
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--one", name, "--workdir", str(workdir)]
+    cmd += ["--row-out", str(row_path), *_shared_flags(args)]
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "TOKENIZERS_PARALLELISM": "false"}
+    # TRL and transformers otherwise look for a network and a telemetry endpoint on start.
+    env |= {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1"}
+    try:
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        return empty_row(name, f"timed out after {RUN_TIMEOUT_S} s")
+    if row_path.is_file():
+        return json.loads(row_path.read_text())
+    tail = (proc.stderr or proc.stdout).strip()[-ERROR_CHARS:]
+    return empty_row(name, f"subprocess exited {proc.returncode}: {tail}")
+
+
+def _shared_flags(args: argparse.Namespace) -> list[str]:
+    keys = ("sft_steps", "rm_steps", "rl_steps", "warmup", "rl_warmup", "batch_size", "rm_prompts")
+    keys += ("rl_prompts", "max_new_tokens", "threads")
+    return [f for k in keys for f in (f"--{k.replace('_', '-')}", str(getattr(args, k)))]
+
+
+def run_all(args: argparse.Namespace) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """Every requested measurement in turn, each in its own subprocess, on one shared work directory."""
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="vs_trl_") as tmp:
+        workdir = Path(tmp)
+        print(f"preparing data, rankings, base model and stage directories in {workdir} ...", flush=True)
+        sizes = prepare_workdir(workdir, args)
+        for name in args.only:
+            print(f"running {name} (load {os.getloadavg()[0]:.2f}) ...", flush=True)
+            row = run_subprocess(name, args, workdir)
+            status = (
+                row["error"] or f"{row['rate']:,.2f} {row['unit']}/s, peak RSS {row['peak_rss_mb']:,.0f} MiB"
+            )
+            print(f"  {status}", flush=True)
+            rows.append(row)
+    return rows, sizes
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Children: timing hooks
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _lightning_timer(work_of, metrics: tuple[str, ...] = ()):
+    """A Lightning callback recording each batch's seconds (end of the previous to end of this) and work.
+
+    Defined lazily so the parent never imports lightning. `work_of(batch)` gives the batch's work units.
+    Each of `metrics` (logged metric names) is read after every batch into `values[name]`.
+    """
+    import lightning as L
+
+    class StepTimer(L.Callback):
+        def __init__(self) -> None:
+            self.step_times: list[float] = []
+            self.work: list[float] = []
+            self.values: dict[str, list[float]] = {m: [] for m in metrics}
+            self._last: float | None = None
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+            if self._last is None:  # the first step is timed from its own start
+                self._last = time.perf_counter()
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            now = time.perf_counter()
+            self.step_times.append(now - self._last)
+            self._last = now
+            self.work.append(float(work_of(batch)))
+            for m in metrics:
+                self.values[m].append(float(trainer.callback_metrics.get(m, float("nan"))))
+
+    return StepTimer()
+
+
+def _hf_timer():
+    """A transformers TrainerCallback recording each optimizer step's seconds, timed like StepTimer."""
+    from transformers import TrainerCallback
+
+    class StepTimer(TrainerCallback):
+        def __init__(self) -> None:
+            self.step_times: list[float] = []
+            self._last: float | None = None
+
+        def on_step_begin(self, args, state, control, **kwargs) -> None:
+            if self._last is None:
+                self._last = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs) -> None:
+            now = time.perf_counter()
+            self.step_times.append(now - self._last)
+            self._last = now
+
+    return StepTimer()
+
+
+def _recording(trainer_cls, work_of):
+    """`trainer_cls` that also records, per training step, `work_of(inputs)` and the loss."""
+
+    class Recording(trainer_cls):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.bench_work: list[float] = []
+            self.bench_losses: list[float] = []
+
+        def training_step(self, model, inputs, num_items_in_batch=None):
+            self.bench_work.append(float(work_of(inputs)))
+            loss = super().training_step(model, inputs, num_items_in_batch)
+            self.bench_losses.append(float(loss))
+            return loss
+
+    return Recording
+
+
+def _grpo_recording(grpo_cls):
+    """`grpo_cls` that keeps each generation's mean completion length (tokens, eos included) and seconds.
+
+    GRPOTrainer clears its metric lists whenever it logs; the last log comes at the end of training.
+    `_generate` is TRL's private generation step (sampling only, no scoring), timed like lit-rlhf's gen_time.
+    """
+
+    class GRPORecording(grpo_cls):
+        bench_lengths: list[float] = []
+        bench_generation_s: list[float] = []
+
+        def _generate(self, *args: Any, **kwargs: Any) -> Any:
+            start = time.perf_counter()
+            out = super()._generate(*args, **kwargs)
+            self.bench_generation_s = [*self.bench_generation_s, time.perf_counter() - start]
+            return out
+
+        def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+            self.bench_lengths = self.bench_lengths + self._metrics["train"]["completions/mean_length"]
+            super().log(logs, start_time)
+
+    return GRPORecording
+
+
+def _lightning_trainer(max_steps: int, timer, clip: float | None):
+    import lightning as L
+
+    return L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        precision="32-true",
+        max_steps=max_steps,
+        gradient_clip_val=clip,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        callbacks=[timer],
+    )
+
+
+def _hf_args(config_cls, workdir: Path, **kw):
+    """TRL config with the settings every TRL run shares: fp32 on CPU, no checkpointing, nothing saved."""
+    return config_cls(
+        output_dir=str(workdir / "trl_out"),
+        use_cpu=True,
+        bf16=False,
+        fp16=False,
+        activation_checkpointing=False,  # TRL turns it on by default; lit-rlhf's demo configs do not use it
+        report_to="none",
+        save_strategy="no",
+        eval_strategy="no",
+        logging_steps=10**6,  # TRL still computes its per-step metrics; only printing is skipped
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        dataloader_pin_memory=False,
+        max_grad_norm=1.0,
+        seed=0,
+        **kw,
+    )
+
+
+def _trainable(module) -> int:
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+
+def _lora_targets(base: Path) -> list[str]:
+    from transformers import AutoModelForCausalLM
+
+    from lit_rlhf.backbone.build import detect_lora_targets
+
+    return detect_lora_targets(AutoModelForCausalLM.from_pretrained(base))
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Children: the seven measurements. Each returns (row fields, the step record for rate_stats).
+# ---------------------------------------------------------------------------------------------------------
+
+
+def lit_sft(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    """SFTModule (full fine-tune) + SFTDataModule, loss on response + eos only; unit: non-pad tokens."""
+    from lit_rlhf.backbone.config import BackboneConfig
+    from lit_rlhf.data.sft import SFTDataModule
+    from lit_rlhf.stages.common import OptimConfig
+    from lit_rlhf.stages.sft import SFTModule
+
+    module = SFTModule(
+        backbone=BackboneConfig(name_or_path=str(workdir / "base")), optim=OptimConfig(lr=SFT_LR)
+    )
+    data = SFTDataModule(
+        str(workdir / "data" / "sft_train.jsonl"), batch_size=args.batch_size, max_length=MAX_LENGTH
+    )
+    timer = _lightning_timer(lambda b: b["attention_mask"].sum())
+    trainer = _lightning_trainer(args.sft_steps, timer, clip=1.0)
+    baseline = peak_rss_mb()
+    trainer.fit(module, datamodule=data)
+    stats = rate_stats(timer.step_times, timer.work, args.warmup)
+    loss = float(trainer.callback_metrics["sft/loss"])
+    return _finish(stats, baseline, "tokens", _trainable(module), loss, f"batch {args.batch_size}")
+
+
+def trl_sft(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    """SFTTrainer on the same demonstrations as prompt-completion rows; completion-only loss."""
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    rows = _read_jsonl(workdir / "data" / "sft_train.jsonl")
+    # The demo language is space-separated words: the leading space keeps prompt + completion the same
+    # tokens lit-rlhf gets by tokenizing the two apart (checked by --check-tokens).
+    ds = Dataset.from_list([{"prompt": r["prompt"], "completion": " " + r["response"]} for r in rows])
+    cfg = _hf_args(
+        SFTConfig,
+        workdir,
+        max_steps=args.sft_steps,
+        per_device_train_batch_size=args.batch_size,
+        learning_rate=SFT_LR,
+        max_length=MAX_LENGTH,
+        completion_only_loss=True,
+        packing=False,
+    )
+    model = AutoModelForCausalLM.from_pretrained(workdir / "base")
+    tok = AutoTokenizer.from_pretrained(workdir / "base")
+    timer = _hf_timer()
+    trainer_cls = _recording(SFTTrainer, lambda b: b["attention_mask"].sum())
+    trainer = trainer_cls(model=model, args=cfg, train_dataset=ds, processing_class=tok, callbacks=[timer])
+    baseline = peak_rss_mb()
+    trainer.train()
+    stats = rate_stats(timer.step_times, trainer.bench_work, args.warmup)
+    loss = trainer.bench_losses[-1]
+    return _finish(stats, baseline, "tokens", _trainable(model), loss, f"batch {args.batch_size}")
+
+
+def lit_rm(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    """RewardModule on K=4 rankings, a prompt's K responses in one batch; unit: ranked pairs."""
+    from lit_rlhf.backbone.config import LoraSettings
+    from lit_rlhf.data.comparisons import ComparisonDataModule
+    from lit_rlhf.stages.common import OptimConfig
+    from lit_rlhf.stages.reward import RewardModule
+
+    module = RewardModule(
+        init_from=str(workdir / "sft"),
+        lora=LoraSettings(**LORA),
+        center_coef=0.001,
+        max_length=MAX_LENGTH,
+        optim=OptimConfig(lr=RM_LR, warmup_steps=20),
+    )
+    data = ComparisonDataModule(
+        str(workdir / "data" / "rankings.jsonl"), batch_size=args.rm_prompts, max_length=MAX_LENGTH
+    )
+    timer = _lightning_timer(lambda b: ranked_pairs(b["ranks"].tolist(), b["group"].tolist()))
+    trainer = _lightning_trainer(args.rm_steps, timer, clip=1.0)
+    baseline = peak_rss_mb()
+    trainer.fit(module, datamodule=data)
+    stats = rate_stats(timer.step_times, timer.work, args.warmup)
+    loss = float(trainer.callback_metrics["reward/loss"])
+    setup = f"{args.rm_prompts} prompts x K={K} = {args.rm_prompts * K} sequences/step"
+    return _finish(stats, baseline, "comparisons", _trainable(module), loss, setup)
+
+
+def trl_rm(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    """RewardTrainer on the same rankings expanded to (chosen, rejected) pairs; same sequences per step."""
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from trl import RewardConfig, RewardTrainer
+
+    from lit_rlhf.data.rows import Comparison
+
+    pairs = []
+    for r in _read_jsonl(workdir / "data" / "rankings.jsonl"):
+        c = Comparison(r["prompt"], tuple(r["responses"]), tuple(r["ranking"]))
+        for i, j in c.pairs():
+            pairs.append(
+                {"prompt": c.prompt, "chosen": " " + c.responses[i], "rejected": " " + c.responses[j]}
+            )
+    pairs_per_step = args.rm_prompts * K // 2  # as many sequences per forward as the K-wise batch
+    cfg = _hf_args(
+        RewardConfig,
+        workdir,
+        max_steps=args.rm_steps,
+        per_device_train_batch_size=pairs_per_step,
+        learning_rate=RM_LR,
+        warmup_steps=20,
+        max_length=MAX_LENGTH,
+        center_rewards_coefficient=0.001,
+        disable_dropout=False,  # lit-rlhf's RewardModule trains with the model's dropout, as configured
+    )
+    model = AutoModelForSequenceClassification.from_pretrained(workdir / "base", num_labels=1)
+    tok = AutoTokenizer.from_pretrained(workdir / "base")
+    peft_cfg = LoraConfig(
+        r=LORA["r"],
+        lora_alpha=LORA["alpha"],
+        lora_dropout=LORA["dropout"],
+        target_modules=_lora_targets(workdir / "base"),
+        task_type="SEQ_CLS",  # trains the score head too, as lit-rlhf trains its reward head
+    )
+    timer = _hf_timer()
+    trainer_cls = _recording(RewardTrainer, lambda b: b["input_ids"].shape[0] // 2)
+    trainer = trainer_cls(
+        model=model,
+        args=cfg,
+        train_dataset=Dataset.from_list(pairs),
+        processing_class=tok,
+        peft_config=peft_cfg,
+        callbacks=[timer],
+    )
+    baseline = peak_rss_mb()
+    trainer.train()
+    stats = rate_stats(timer.step_times, trainer.bench_work, args.warmup)
+    setup = f"{pairs_per_step} pairs = {2 * pairs_per_step} sequences/step"
+    return _finish(stats, baseline, "comparisons", _trainable(trainer.model), trainer.bench_losses[-1], setup)
+
+
+def lit_ppo(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    """PPOModule from the SFT + reward stage dirs: one training step = one PPO iteration (an RL step)."""
+    from lit_rlhf.backbone.generate import SamplingConfig
+    from lit_rlhf.data.prompts import PPODataModule
+    from lit_rlhf.stages.ppo import EvalConfig, KLConfig, PPOConfig, PPOModule
+
+    minibatch, epochs = args.rl_prompts // 2, 2
+    module = PPOModule(
+        str(workdir / "sft"),
+        str(workdir / "rm"),
+        ptx_coef=0.0,
+        lr=RL_LR,
+        kl=KLConfig(init_coef=KL_COEF),
+        ppo=PPOConfig(ppo_epochs=epochs, minibatch_size=minibatch),
+        sampling=SamplingConfig(max_new_tokens=args.max_new_tokens, do_sample=True, temperature=1.0),
+        eval=EvalConfig(prompts=None, samples_per_step=0),
+    )
+    data = PPODataModule(str(workdir / "data" / "rl_prompts.jsonl"), batch_size=args.rl_prompts)
+    # work unit: one RL step; gen_share is generation seconds / training_step seconds
+    timer = _lightning_timer(lambda b: 1, metrics=("ppo/response_length", "ppo/gen_share"))
+    updates = epochs * (args.rl_prompts // minibatch)
+    trainer = _lightning_trainer(args.rl_steps * updates, timer, clip=None)  # PPO clips its own gradients
+    baseline = peak_rss_mb()
+    trainer.fit(module, datamodule=data)
+    stats = rate_stats(timer.step_times, timer.work, args.rl_warmup)
+    loss = float(trainer.callback_metrics["ppo/policy_loss"])
+    setup = (
+        f"{args.rl_prompts} prompts x 1 = {args.rl_prompts} completions, {args.max_new_tokens} new tokens, "
+        f"{updates} updates of {minibatch}; policy+critic LoRA, reference = adapters off, RM on the same base"
+    )
+    roles = module.roles
+    trainable = sum(p.numel() for p in [*roles.policy_parameters(), *roles.critic_parameters()])
+    row = _finish(stats, baseline, "RL steps", trainable, loss, setup)
+    row |= {"prompts_per_step": args.rl_prompts, "completions_per_step": args.rl_prompts}
+    lengths, shares = timer.values["ppo/response_length"], timer.values["ppo/gen_share"]
+    gen_s = [share * t for share, t in zip(shares, timer.step_times, strict=True)][args.rl_warmup :]
+    row["mean_response_tokens"] = round(sum(lengths) / len(lengths), 2)
+    return row | {"generation_ms": round(1000 * sum(gen_s) / len(gen_s), 1)}
+
+
+def trl_grpo(args: argparse.Namespace, workdir: Path, prompts: int) -> dict[str, Any]:
+    """GRPOTrainer with a LoRA policy on the SFT weights; the reward function calls lit-rlhf's RewardScorer.
+
+    One RL step = one generation batch of `prompts` x GROUP completions, then 4 optimizer steps over it
+    (2 minibatches x num_iterations 2), the same number of updates as the PPO iteration.
+    """
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import GRPOConfig, GRPOTrainer
+
+    from lit_rlhf.stages.reward import RewardScorer
+
+    scorer = RewardScorer(workdir / "rm")
+
+    def lit_reward_model(prompts: list[str], completions: list[str], **_: Any) -> list[float]:
+        return scorer.score(prompts, completions)
+
+    completions = prompts * GROUP
+    minibatches, iterations = 2, 2
+    cfg = _hf_args(
+        GRPOConfig,
+        workdir,
+        max_steps=args.rl_steps * minibatches * iterations,
+        per_device_train_batch_size=completions // minibatches,
+        steps_per_generation=minibatches,
+        num_iterations=iterations,
+        num_generations=GROUP,
+        max_completion_length=args.max_new_tokens,
+        temperature=1.0,
+        learning_rate=RL_LR,
+        beta=KL_COEF,
+        disable_dropout=True,  # lit-rlhf's PPO runs every role in eval mode
+    )
+    rl_prompts = [r["prompt"] for r in _read_jsonl(workdir / "data" / "rl_prompts.jsonl")]
+    policy = AutoModelForCausalLM.from_pretrained(workdir / "base")  # == the SFT stage's weights
+    tok = AutoTokenizer.from_pretrained(workdir / "base")
+    peft_cfg = LoraConfig(
+        r=LORA["r"],
+        lora_alpha=LORA["alpha"],
+        lora_dropout=LORA["dropout"],
+        target_modules=_lora_targets(workdir / "base"),
+        task_type="CAUSAL_LM",
+    )
+    timer = _hf_timer()
+    trainer = _grpo_recording(GRPOTrainer)(
+        model=policy,
+        reward_funcs=lit_reward_model,
+        args=cfg,
+        train_dataset=Dataset.from_list([{"prompt": p} for p in rl_prompts]),
+        processing_class=tok,
+        peft_config=peft_cfg,
+        callbacks=[timer],
+    )
+    baseline = peak_rss_mb()
+    out = trainer.train()
+    steps = group_steps(timer.step_times, minibatches * iterations)
+    stats = rate_stats(steps, [1.0] * len(steps), args.rl_warmup)
+    lengths = trainer.bench_lengths
+    setup = (
+        f"{prompts} prompts x {GROUP} = {completions} completions, {args.max_new_tokens} new tokens, "
+        f"{minibatches * iterations} updates of {completions // minibatches}; LoRA policy, beta {KL_COEF} "
+        "(reference = adapter off), no critic, RM = RewardScorer (a second copy of the base)"
+    )
+    row = _finish(stats, baseline, "RL steps", _trainable(trainer.model), float(out.training_loss), setup)
+    row |= {"prompts_per_step": prompts, "completions_per_step": completions}
+    row["mean_response_tokens"] = round(sum(lengths) / len(lengths), 2) if lengths else None
+    gen_s = trainer.bench_generation_s[args.rl_warmup :]  # one generation per RL step
+    return row | {"generation_ms": round(1000 * sum(gen_s) / len(gen_s), 1) if gen_s else None}
+
+
+def _finish(
+    stats: dict[str, float], baseline: float, unit: str, trainable: int, loss: float, setup: str
+) -> dict[str, Any]:
+    peak = peak_rss_mb()
+    row = {k: float(f"{v:.4g}") if isinstance(v, float) else v for k, v in stats.items()}
+    row.update(peak_rss_mb=round(peak, 1), rss_delta_mb=round(peak - baseline, 1), unit=unit, setup=setup)
+    row.update(trainable_params=trainable, final_loss=round(loss, 4))
+    return row
+
+
+CHILDREN = {
+    "lit-sft": lit_sft,
+    "trl-sft": trl_sft,
+    "lit-rm": lit_rm,
+    "trl-rm": trl_rm,
+    "lit-ppo": lit_ppo,
+    "trl-grpo": lambda args, workdir: trl_grpo(args, workdir, args.rl_prompts),
+    "trl-grpo-half": lambda args, workdir: trl_grpo(args, workdir, args.rl_prompts // GROUP),
+}
+
+
+def _warm_imports(framework: str) -> None:
+    # Import the whole stack before the baseline, so the RSS delta measures model, data and training,
+    # not library code. Each side imports only what it runs with.
+    import peft  # noqa: F401
+    from transformers import GPT2LMHeadModel  # noqa: F401
+
+    import lit_rlhf.backbone.build  # noqa: F401
+
+    if framework == "trl":
+        import datasets  # noqa: F401
+        import trl  # noqa: F401
+        from trl import GRPOTrainer, RewardTrainer, SFTTrainer  # noqa: F401
+    else:
+        import lightning  # noqa: F401
+
+
+def run_child(args: argparse.Namespace) -> None:
+    """`--one NAME`: measure, and write the row (or the error) to --row-out."""
+    import logging
+
+    import torch
+
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    torch.set_num_threads(args.threads)
+    env = environment(args.threads)  # the load when this run starts
+    try:
+        _warm_imports(RUNS[args.one][1])
+        torch.manual_seed(0)
+        random.seed(0)
+        row = empty_row(args.one) | CHILDREN[args.one](args, Path(args.workdir))
+    except Exception as exc:  # one side failing must not sink the other measurements
+        traceback.print_exc()
+        row = empty_row(args.one, f"{type(exc).__name__}: {exc}"[:ERROR_CHARS])
+    row.update(env, **versions())
+    write_json_atomic(Path(args.row_out), row)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Token parity check: both sides must train on the same ids
+# ---------------------------------------------------------------------------------------------------------
+
+
+def check_tokens(workdir: Path, n: int = 5) -> list[str]:
+    """Compare the first `n` SFT examples as lit-rlhf and TRL tokenize them; return the mismatches."""
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    from lit_rlhf.data.sft import tokenize_example
+
+    tok = AutoTokenizer.from_pretrained(workdir / "base")
+    rows = _read_jsonl(workdir / "data" / "sft_train.jsonl")[:n]
+    ds = Dataset.from_list([{"prompt": r["prompt"], "completion": " " + r["response"]} for r in rows])
+    cfg = _hf_args(SFTConfig, workdir, max_steps=1, max_length=MAX_LENGTH, completion_only_loss=True)
+    trainer = SFTTrainer(
+        model=AutoModelForCausalLM.from_pretrained(workdir / "base"), args=cfg, train_dataset=ds,
+        processing_class=tok,
+    )  # fmt: skip
+    problems = []
+    for r, t in zip(rows, trainer.train_dataset, strict=True):
+        ours = tokenize_example(r["prompt"], r["response"], tok, MAX_LENGTH, "error")
+        if ours.input_ids != list(t["input_ids"]) or ours.labels != list(t["labels"]):
+            problems.append(f"{r['prompt']!r}: lit-rlhf {ours} TRL {dict(t)}")
+    return problems
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _csv(text: str) -> list[str]:
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    bad = [t for t in items if t not in RUNS]
+    if bad or not items:
+        raise argparse.ArgumentTypeError(f"choose from {', '.join(RUNS)}; got {text!r}")
+    return items
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--sft-steps", type=int, default=40, help="SFT optimizer steps, warm-up included")
+    p.add_argument("--rm-steps", type=int, default=30, help="reward-model optimizer steps, warm-up included")
+    p.add_argument("--rl-steps", type=int, default=5, help="RL steps (generation + scoring + update)")
+    p.add_argument("--warmup", type=int, default=6, help="SFT/RM steps left out of the timing")
+    p.add_argument("--rl-warmup", type=int, default=1, help="RL steps left out of the timing")
+    p.add_argument("--batch-size", type=int, default=32, help="SFT rows per step")
+    p.add_argument("--rm-prompts", type=int, default=16, help="ranked prompts per RM step (x K sequences)")
+    p.add_argument("--rl-prompts", type=int, default=32, help="prompts per RL step")
+    p.add_argument("--max-new-tokens", type=int, default=16)
+    p.add_argument("--threads", type=int, default=1, help="torch.set_num_threads in every run (see README)")
+    p.add_argument("--only", type=_csv, default=list(RUNS), help="comma-separated subset of the runs")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON results file (+ .md beside it)")
+    p.add_argument("--check-tokens", action="store_true", help="only compare SFT tokenization, then exit")
+    # Internal: the parent re-invokes this script with these to measure one run in a fresh process.
+    p.add_argument("--one", choices=list(RUNS), help=argparse.SUPPRESS)
+    p.add_argument("--workdir", help=argparse.SUPPRESS)
+    p.add_argument("--row-out", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    problems = []
+    if min(args.sft_steps, args.rm_steps) <= args.warmup or args.rl_steps <= args.rl_warmup:
+        problems.append("each of --sft-steps/--rm-steps (--rl-steps) must exceed --warmup (--rl-warmup)")
+    if args.rl_prompts % (2 * GROUP):
+        problems.append(f"--rl-prompts must be a multiple of {2 * GROUP}")
+    if args.one is not None and None in (args.workdir, args.row_out):
+        problems.append("--one needs --workdir and --row-out")
+    if problems:
+        p.error("; ".join(problems))
+    return args
+
+
+def report(rows: list[dict[str, Any]], sizes: dict[str, int], args: argparse.Namespace) -> str:
+    """The markdown written beside the JSON: versions, settings, the table and the ratios."""
+    first = next((r for r in rows if r.get("torch")), {})
+    vers = ", ".join(f"{k} {first.get(k)}" for k in versions())
+    return "\n\n".join(
+        [
+            f"# lit-rlhf vs TRL ({datetime.now(UTC):%Y-%m-%d %H:%M} UTC)",
+            f"Versions: {vers}. Host: {os.cpu_count()} CPUs, {args.threads} threads, fp32.",
+            f"Data: {sizes}.",
+            markdown_table(rows),
+            markdown_ratios(ratio_rows(rows)),
+        ]
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.one is not None:
+        run_child(args)
+        return
+    if args.check_tokens:
+        with tempfile.TemporaryDirectory(prefix="vs_trl_") as tmp:
+            prepare_workdir(Path(tmp), args)
+            problems = check_tokens(Path(tmp))
+        print("\n".join(problems) or "SFT tokenization: identical ids and labels")
+        sys.exit(1 if problems else 0)
+    started = time.perf_counter()
+    rows, sizes = run_all(args)
+    ratios = ratio_rows(rows)
+    internal = ("one", "workdir", "row_out", "check_tokens")
+    settings = {k: v for k, v in vars(args).items() if k not in internal} | {"out": str(args.out)}
+    write_json_atomic(
+        args.out,
+        {"rows": rows, "ratios": ratios, "data": sizes, "settings": settings},
+    )
+    text = report(rows, sizes, args)
+    write_text_atomic(args.out.with_suffix(".md"), text + "\n")
+    print("\n" + text)
+    print(f"\nwrote {args.out} and {args.out.with_suffix('.md')} ({time.perf_counter() - started:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()
