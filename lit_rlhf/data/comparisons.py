@@ -18,6 +18,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from lit_rlhf.data.distributed import eval_sampler
+from lit_rlhf.data.padding import pad_right
 from lit_rlhf.data.rows import Comparison, DataError, ReadReport, read_rows, split_source
 from lit_rlhf.data.sft import TRUNCATIONS, Truncation, tokenize_example
 
@@ -80,12 +81,7 @@ def collate_comparisons(items: list[EncodedComparison], pad_id: int) -> dict[str
         prompt within the batch; and the text lists ``prompts`` (P,) and ``responses`` (P, K_i) for tables.
     """
     seqs = [ids for item in items for ids in item.input_ids]
-    t = max(len(s) for s in seqs)
-    input_ids = torch.full((len(seqs), t), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), t), dtype=torch.long)
-    for n, s in enumerate(seqs):
-        input_ids[n, : len(s)] = torch.tensor(s)
-        mask[n, : len(s)] = 1
+    input_ids, mask = pad_right(seqs, pad_id)
     ranks = torch.tensor([r for item in items for r in item.ranking], dtype=torch.long)
     group = torch.tensor([g for g, item in enumerate(items) for _ in item.ranking], dtype=torch.long)
     return {

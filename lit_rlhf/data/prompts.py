@@ -16,6 +16,7 @@ from lightning.pytorch.utilities import CombinedLoader
 from torch import Tensor
 from torch.utils.data import DataLoader
 
+from lit_rlhf.data.padding import pad_right
 from lit_rlhf.data.rows import ReadReport, read_rows
 
 logger = logging.getLogger(__name__)
@@ -33,12 +34,7 @@ def encode_texts(texts: list[str], tokenizer: Any, max_length: int) -> tuple[lis
 
 def collate_lm(rows: list[list[int]], pad_id: int) -> dict[str, Tensor]:
     """Right-pad LM rows: input_ids, attention_mask and labels (B, T); labels are -100 on padding."""
-    t = max(len(r) for r in rows)
-    ids = torch.full((len(rows), t), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), t), dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, : len(r)] = torch.tensor(r)
-        mask[i, : len(r)] = 1
+    ids, mask = pad_right(rows, pad_id)
     return {"input_ids": ids, "attention_mask": mask, "labels": ids.masked_fill(mask == 0, -100)}
 
 

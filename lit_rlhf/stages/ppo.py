@@ -27,6 +27,7 @@ from torch import Tensor
 from lit_rlhf.backbone.config import LoraSettings, Quantization
 from lit_rlhf.backbone.generate import Generation, SamplingConfig, generate
 from lit_rlhf.data.io import append_jsonl
+from lit_rlhf.data.padding import pad_right
 from lit_rlhf.rl.advantages import gae
 from lit_rlhf.rl.kl import kl_penalty
 from lit_rlhf.rl.kl_control import AdaptiveKLController, FixedKLController
@@ -485,19 +486,12 @@ class PPOModule(L.LightningModule):
                 tok(r, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
                 for r in responses[i : i + 64]
             ]
-            r = max(len(x) for x in resp)
-            rids = torch.full(
-                (len(resp), r), tok.pad_token_id, dtype=torch.long, device=self._target_device()
-            )
-            rmask = torch.zeros((len(resp), r), device=self._target_device())
-            for j, x in enumerate(resp):
-                rids[j, : len(x)] = torch.tensor(x)
-                rmask[j, : len(x)] = 1
-            ids, mask = torch.cat([pids, rids], 1), torch.cat([pmask, rmask.long()], 1)
+            rids, rmask = (t.to(self.device) for t in pad_right(resp, tok.pad_token_id))
+            ids, mask = torch.cat([pids, rids], 1), torch.cat([pmask, rmask], 1)
             p = pids.shape[1]
             logp = response_logprobs(self.roles.logits("policy", ids, mask), ids, p)
             ref = response_logprobs(self.roles.logits("reference", ids, mask), ids, p)
-            total += float((kl_penalty(logp, ref, "k1") * rmask).sum())
+            total += float((kl_penalty(logp, ref, "k1") * rmask.float()).sum())
         self.roles.train(was)
         return total / len(prompts)
 

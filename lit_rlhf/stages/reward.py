@@ -21,6 +21,7 @@ from torchmetrics.functional.regression import kendall_rank_corrcoef
 
 from lit_rlhf.backbone.config import LoraSettings, Quantization
 from lit_rlhf.data.io import append_jsonl
+from lit_rlhf.data.padding import pad_right
 from lit_rlhf.rl.losses import kwise_ranking_loss
 from lit_rlhf.runs import run_dir
 from lit_rlhf.stages.common import OptimConfig, build_optimizer
@@ -61,13 +62,7 @@ def tokenize_pairs(
             + [tokenizer.eos_token_id]
         )
         rows.append(ids[-max_length:])
-    t = max(len(x) for x in rows)
-    pad = tokenizer.pad_token_id
-    input_ids = torch.full((len(rows), t), pad, dtype=torch.long)
-    mask = torch.zeros((len(rows), t), dtype=torch.long)
-    for i, ids in enumerate(rows):
-        input_ids[i, : len(ids)] = torch.tensor(ids)
-        mask[i, : len(ids)] = 1
+    input_ids, mask = pad_right(rows, tokenizer.pad_token_id)
     return {"input_ids": input_ids, "attention_mask": mask}
 
 
