@@ -46,3 +46,20 @@ def test_tiny_pipeline_runs_then_skips(tmp_path):
     again = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr[-2000:]
     assert again.stdout.count("skipped") == 7 and "everything was already done" in again.stdout
+
+
+def test_interrupted_stage_resumes_from_its_last_checkpoint(tmp_path, monkeypatch):
+    """A stage with checkpoints/last.ckpt but no stage directory is re-run with --ckpt_path; a finished one is not."""
+    from lit_rlhf.pipeline import Pipeline
+
+    cfg = PipelineConfig(name="x", runs_root=str(tmp_path / "runs"))
+    pipe = Pipeline(cfg)
+    calls: list[list[str]] = []
+    monkeypatch.setattr(pipe, "_run", lambda label, args: calls.append(args))
+    ckpt = tmp_path / "runs/sft/x/checkpoints/last.ckpt"
+    ckpt.parent.mkdir(parents=True)
+    ckpt.write_bytes(b"lightning checkpoint")
+    pipe._fit("sft", "configs/demo/sft.yaml", ["--data.init_args.train_path", "t.jsonl"])
+    assert calls[-1][-2:] == ["--ckpt_path", str(ckpt)]
+    pipe._fit("reward", "configs/demo/rm.yaml", [])  # never started: no resume flag
+    assert "--ckpt_path" not in calls[-1] and calls[-1][:3] == ["fit", "--config", "configs/demo/rm.yaml"]
