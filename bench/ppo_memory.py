@@ -41,7 +41,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from sft_throughput import environment, peak_rss_mb, write_json_atomic
+from sft_throughput import environment, fmt_cell, peak_rss_mb, write_json_atomic
 
 MODES = ("baseline", "sft", "ppo-shared", "ppo-separate")
 TRAINING_MODES = MODES[1:]
@@ -159,16 +159,7 @@ def empty_row(mode: str, error: str | None = None) -> dict[str, Any]:
     }
 
 
-def _fmt(value: Any, digits: int = 0) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, bool):
-        return "PASS" if value else "FAIL"
-    if isinstance(value, float):
-        return f"{value:,.{digits}f}"
-    if isinstance(value, int):
-        return f"{value:,}"
-    return str(value)
+_fmt = fmt_cell
 
 
 def markdown_tables(rows: list[dict[str, Any]], checks: list[dict[str, Any]]) -> str:

@@ -37,7 +37,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from sft_throughput import environment, peak_rss_mb, write_json_atomic
+from sft_throughput import environment, fmt_cell, peak_rss_mb, write_json_atomic
 
 LAYOUTS = ("kwise", "pairs")
 MAX_LENGTH = 64  # the demo model's n_positions
@@ -183,16 +183,7 @@ def empty_row(k: int, layout: str, error: str | None = None) -> dict[str, Any]:
     }
 
 
-def _fmt(value: Any, digits: int = 0) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, bool):
-        return "PASS" if value else "FAIL"
-    if isinstance(value, float):
-        return f"{value:,.{digits}f}"
-    if isinstance(value, int):
-        return f"{value:,}"
-    return str(value)
+_fmt = fmt_cell
 
 
 def markdown_tables(rows: list[dict[str, Any]], checks: list[dict[str, Any]]) -> str:

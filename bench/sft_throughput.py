@@ -133,14 +133,21 @@ def empty_row(mode: str, precision: str, error: str | None = None) -> dict[str, 
     }
 
 
-def _fmt(value: Any, digits: int = 0) -> str:
+def fmt_cell(value: Any, digits: int = 0, yes: str = "PASS", no: str = "FAIL") -> str:
+    """One markdown table cell, shared by every bench script: None as '-', thousands separators, and a
+    verdict word for booleans."""
     if value is None:
         return "-"
+    if isinstance(value, bool):
+        return yes if value else no
     if isinstance(value, float):
         return f"{value:,.{digits}f}"
-    if isinstance(value, int) and not isinstance(value, bool):
+    if isinstance(value, int):
         return f"{value:,}"
     return str(value)
+
+
+_fmt = fmt_cell
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:

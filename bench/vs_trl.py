@@ -20,6 +20,7 @@ trainers are subclassed only to record each step's work and loss (and GRPO's gen
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -35,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sft_throughput import peak_rss_mb, write_json_atomic  # noqa: E402  (a sibling script, not a package)
+from sft_throughput import fmt_cell, peak_rss_mb, write_json_atomic  # noqa: E402  (a sibling script, not a package)
 
 MAX_LENGTH = 64  # the demo model's n_positions: every sequence on both sides fits it
 DEMO_MODEL = {"model_type": "gpt2", "n_layer": 4, "n_embd": 256, "n_head": 4, "n_positions": 64}
@@ -180,16 +181,7 @@ def empty_row(name: str, error: str | None = None) -> dict[str, Any]:
     }
 
 
-def _fmt(value: Any, digits: int = 0) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, float):
-        return f"{value:,.{digits}f}"
-    if isinstance(value, int):
-        return f"{value:,}"
-    return str(value)
+_fmt = functools.partial(fmt_cell, yes="yes", no="no")
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
