@@ -124,6 +124,7 @@ def lightning_cli(args: list[str] | None, run: bool = True):
     from lightning.pytorch.cli import LightningCLI
 
     from lit_rlhf.runs import RunLogger, RunStatus
+    from lit_rlhf.seeding import BatchSeeds
 
     class LitRLHFCLI(LightningCLI):
         """LightningCLI whose runs always write the run directory the dashboard reads."""
@@ -153,6 +154,7 @@ def lightning_cli(args: list[str] | None, run: bool = True):
             callbacks = [self._get(self.config_init, c) for c in self._parser(self.subcommand).callback_keys]
             callbacks += [
                 RunStatus(stage, config["run"]["name"]),
+                BatchSeeds(),  # exact resume: batch k's randomness depends on (seed, rank, k) only
                 ModelCheckpoint(
                     dirpath=run_dir / "checkpoints",
                     save_last=True,

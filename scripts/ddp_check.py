@@ -2,6 +2,7 @@
 
     python scripts/ddp_check.py --stage sft --out DIR
     python scripts/ddp_check.py --stage reward --out DIR
+    python scripts/ddp_check.py --stage ppo --out DIR
 
 Writes DIR/ddp_<stage>.json, which tests/reliability/test_ddp.py reads. Under pytest, Lightning's ``ddp``
 strategy re-launches pytest itself in the child process, hence a standalone script.
@@ -15,6 +16,10 @@ For the reward stage the validation accuracy of one finished reward stage direct
 with 2 processes. Lightning gives validation a DistributedSampler, which pads the set with copies of its
 first items until it divides evenly, so with an odd number of comparisons one is counted twice. The script
 predicts that padded figure from per-comparison results of the 1-process run and reports all three.
+
+For PPO (SFT and reward stages trained on one process first) each rank writes what it ended with: the KL
+coefficient, the score-normalisation moments, a checksum of its trainable weights and the prompts of its first
+rollout. Rollouts are per rank (different prompts); everything steered by statistics must agree across ranks.
 """
 
 from __future__ import annotations
@@ -30,11 +35,15 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = {"sft": ROOT / "configs/tiny/sft.yaml", "reward": ROOT / "configs/tiny/rm.yaml"}
+CONFIGS = {
+    "sft": ROOT / "configs/tiny/sft.yaml",
+    "reward": ROOT / "configs/tiny/rm.yaml",
+    "ppo": ROOT / "configs/tiny/ppo.yaml",
+}
 WORLD = 2
-MAX_STEPS = {"sft": 12, "reward": 8}  # the tiny configs' own values, repeated on the command line
+MAX_STEPS = {"sft": 12, "reward": 8, "ppo": 8}  # the tiny configs' own values, repeated on the command line
 STALL_S, TIMEOUT_S = 30, 90  # a healthy tiny DDP fit takes 9-15 s here and writes something every second
-SMALL_DEMO = {"n_train": 256, "n_val": 48, "n_rl": 16, "n_eval": 16, "n_pretrain": 32}
+SMALL_DEMO = {"n_train": 256, "n_val": 48, "n_rl": 32, "n_eval": 16, "n_pretrain": 48}
 
 
 def run_name(devices: int) -> str:
@@ -57,6 +66,15 @@ def fit_args(stage: str, out: Path, sft_stage: Path | None, devices: int) -> lis
             *("--data.init_args.train_path", str(d / "sft_train.jsonl")),
             *("--data.init_args.val_path", str(d / "sft_val.jsonl")),
         ]
+    if stage == "ppo":
+        return args + [
+            *("--model.init_args.policy_from", str(sft_stage)),
+            *("--model.init_args.reward_from", str(out / "runs" / "reward" / run_name(1) / "stage")),
+            *("--model.init_args.eval.prompts", str(d / "eval_prompts.jsonl")),
+            *("--model.init_args.ppo.normalize_scores", "true"),
+            *("--data.init_args.prompts_path", str(d / "rl_prompts.jsonl")),
+            *("--data.init_args.pretrain_path", str(d / "pretrain.jsonl")),
+        ]
     return args + [
         *("--model.init_args.init_from", str(sft_stage)),
         *("--model.init_args.bias_from", str(d / "sft_val.jsonl")),
@@ -72,11 +90,39 @@ def phase_fit(stage: str, out: Path, sft_stage: Path | None, devices: int) -> No
     """
     import torch.distributed as dist
 
-    from lit_rlhf.cli import main
+    from lit_rlhf.cli import lightning_cli
 
-    main(fit_args(stage, out, sft_stage, devices))
+    cli = lightning_cli(fit_args(stage, out, sft_stage, devices))
+    if stage == "ppo":
+        write_rank_state(cli, out / f"ppo_rank{cli.trainer.global_rank}_{devices}.json")
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def write_rank_state(cli, path: Path) -> None:
+    """What this PPO rank ended with: the figures every rank must share, and its own first prompts."""
+    import torch
+
+    from lit_rlhf.runs import write_json_atomic
+
+    module, data = cli.model, cli.datamodule
+    params = [p for p in module.parameters() if p.requires_grad]
+    data.consumed = 0  # the first batch this rank trained on
+    first = next(iter(data.train_dataloader()))["prompts"]
+    write_json_atomic(
+        path,
+        {
+            "rank": cli.trainer.global_rank,
+            "rollouts_done": module.rollouts_done,
+            "global_step": cli.trainer.global_step,
+            "kl_coef": module.kl_ctl.value,
+            "score_moments": module.score_moments.state_dict(),
+            "trainable_checksum": float(
+                sum(torch.sum(p.detach().double() * (i + 1)) for i, p in enumerate(params))
+            ),
+            "first_prompts": first,
+        },
+    )
 
 
 def _stored_reward_module(stage_dir: Path, max_length: int):
@@ -303,6 +349,24 @@ def reward_validation(out: Path, rm_stage: Path, n_val: int) -> dict[str, Any]:
     }
 
 
+def ppo_check(out: Path) -> dict[str, Any]:
+    """SFT and reward stages on one process, then PPO on two; what each PPO rank ended with."""
+    sft = fit("sft", out, 1)
+    sft_stage = out / "runs" / "sft" / run_name(1) / "stage"
+    if sft["stage_error"] is not None:
+        return {"error": {"single-process sft": sft}}
+    collect(out, sft_stage)
+    rm = fit("reward", out, 1, sft_stage)
+    if rm["stage_error"] is not None:
+        return {"error": {"single-process reward": rm}}
+    report: dict[str, Any] = {"fit": fit("ppo", out, WORLD, sft_stage)}
+    ranks = [out / f"ppo_rank{r}_{WORLD}.json" for r in range(WORLD)]
+    report["ranks"] = [json.loads(p.read_text()) if p.is_file() else None for p in ranks]
+    rows = [json.loads(x) for x in (out / "runs/ppo/ddp/metrics.jsonl").read_text().splitlines() if x.strip()]
+    report["kl_coef_rows"] = [r["ppo/kl_coef"] for r in rows if "ppo/kl_coef" in r]
+    return report
+
+
 def orchestrate(stage: str, out: Path) -> dict[str, Any]:
     """The whole check of one stage: data, the DDP fit and (reward) the 1-vs-2-process validation."""
     out.mkdir(parents=True, exist_ok=True)
@@ -311,6 +375,8 @@ def orchestrate(stage: str, out: Path) -> dict[str, Any]:
     if stage == "sft":
         report["fit"] = fit("sft", out, WORLD)
         return report
+    if stage == "ppo":
+        return {**report, **ppo_check(out)}
     single_sft = fit("sft", out, 1)
     sft_stage = out / "runs" / "sft" / run_name(1) / "stage"
     if single_sft["stage_error"] is not None:
@@ -330,7 +396,7 @@ def orchestrate(stage: str, out: Path) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--stage", choices=("sft", "reward"), default="sft")
+    p.add_argument("--stage", choices=("sft", "reward", "ppo"), default="sft")
     p.add_argument("--out", type=Path, default=Path("ddp_check"))
     p.add_argument("--sft-stage", type=Path, default=None, help=argparse.SUPPRESS)
     p.add_argument("--phase", choices=("fit", "validate"), default=None, help=argparse.SUPPRESS)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import random
 from typing import Any, Literal, NamedTuple
 
 import lightning as L
@@ -19,8 +18,10 @@ from torch.utils.data import DataLoader
 
 from lit_rlhf.data.distributed import eval_sampler
 from lit_rlhf.data.padding import pad_right
+from lit_rlhf.data.resumable import BatchPlan, PositionedBatches, ResumablePosition, Source, positioned_loader
 from lit_rlhf.data.rows import Comparison, DataError, ReadReport, read_rows, split_source
 from lit_rlhf.data.sft import TRUNCATIONS, Truncation, tokenize_example
+from lit_rlhf.data.special_tokens import SPECIAL_TOKEN_POLICIES, SpecialTokens, screen_special_tokens
 
 logger = logging.getLogger(__name__)
 
@@ -104,7 +105,7 @@ def tie_share(rows: list[Comparison] | list[EncodedComparison]) -> float:
     return tied / total if total else 0.0
 
 
-class ComparisonDataModule(L.LightningDataModule):
+class ComparisonDataModule(ResumablePosition, L.LightningDataModule):
     """Ranked comparisons (.jsonl/.parquet) -> batches of whole prompts for the reward model.
 
     Args:
@@ -118,6 +119,8 @@ class ComparisonDataModule(L.LightningDataModule):
         truncation: over-long sequences: ``error``, ``skip`` (the whole comparison) or ``truncate``.
         seed: seeds the shuffle.
         tokenizer: None takes the LightningModule's at setup.
+        special_tokens: ``error`` rejects responses holding a special token as text (raised, or counted under
+            ``skip``); ``allow`` tokenizes them as tokens.
     """
 
     def __init__(
@@ -132,6 +135,7 @@ class ComparisonDataModule(L.LightningDataModule):
         num_workers: int = 0,
         seed: int = 0,
         tokenizer: Any = None,
+        special_tokens: SpecialTokens = "error",
     ) -> None:
         super().__init__()
         problems = []
@@ -141,13 +145,15 @@ class ComparisonDataModule(L.LightningDataModule):
             problems.append(f"layout must be 'kwise' or 'pairs', got {layout!r}")
         if truncation not in TRUNCATIONS:
             problems.append(f"truncation must be one of {TRUNCATIONS}, got {truncation!r}")
+        if special_tokens not in SPECIAL_TOKEN_POLICIES:
+            problems.append(f"special_tokens must be 'error' or 'allow', got {special_tokens!r}")
         if problems:
             raise ValueError("ComparisonDataModule: " + "; ".join(problems))
         self.save_hyperparameters(ignore=["tokenizer"])
         self.train_path, self.val_path = train_path, val_path
         self.batch_size, self.max_length, self.layout = batch_size, max_length, layout
         self.on_error, self.truncation, self.num_workers, self.seed = on_error, truncation, num_workers, seed
-        self.tokenizer = tokenizer
+        self.tokenizer, self.special_tokens = tokenizer, special_tokens
         self.reports: dict[str, ReadReport] = {}
         self.data: dict[str, list[EncodedComparison]] = {}
 
@@ -165,6 +171,7 @@ class ComparisonDataModule(L.LightningDataModule):
 
     def _load(self, split: str, path: str) -> list[EncodedComparison]:
         rows, report = read_rows(path, "comparison", on_error=self.on_error)
+        rows = screen_special_tokens(rows, self.tokenizer, report, self.on_error, self.special_tokens)
         encoded = []
         for row in rows:
             enc, n_truncated = encode_comparison(row, self.tokenizer, self.max_length, self.truncation)
@@ -191,31 +198,32 @@ class ComparisonDataModule(L.LightningDataModule):
             )
         return encoded
 
-    def _loader(self, items: list[EncodedComparison], shuffle: bool) -> DataLoader:
-        pad = (
-            self.tokenizer.pad_token_id
-            if self.tokenizer.pad_token_id is not None
-            else self.tokenizer.eos_token_id
-        )
-        return DataLoader(
-            items,
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            sampler=None if shuffle else eval_sampler(items, self.trainer),
-            generator=torch.Generator().manual_seed(self.seed) if shuffle else None,
-            collate_fn=functools.partial(collate_comparisons, pad_id=pad),
-            num_workers=self.num_workers,
+    def _collate(self) -> functools.partial:
+        pad = self.tokenizer.pad_token_id
+        return functools.partial(
+            collate_comparisons, pad_id=pad if pad is not None else self.tokenizer.eos_token_id
         )
 
     def train_dataloader(self) -> DataLoader:
         items = self.data["train"]
         if self.layout == "pairs":
             items = expand_to_pairs(items)
-            random.Random(self.seed).shuffle(items)
-        return self._loader(items, shuffle=True)
+        world, rank = self.world()
+        plan = BatchPlan(len(items), self.batch_size, self.seed, world_size=world, rank=rank)
+        batches = PositionedBatches({"": Source(items, plan, self._collate())}, self.resume_position)
+        return positioned_loader(batches, self.num_workers)
 
     def val_dataloader(self) -> DataLoader | list:
-        return self._loader(self.data["val"], shuffle=False) if self.val_path else []
+        if not self.val_path:
+            return []
+        items = self.data["val"]
+        return DataLoader(
+            items,
+            batch_size=self.batch_size,
+            sampler=eval_sampler(items, self.trainer),
+            collate_fn=self._collate(),
+            num_workers=self.num_workers,
+        )
 
     def demonstrations(self) -> list[tuple[str, str]]:
         """(prompt, best response) of the training comparisons: a fallback set for the reward bias."""

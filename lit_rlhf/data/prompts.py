@@ -1,22 +1,23 @@
 """PPO data: batches of prompts for rollouts, plus pretraining text for the ptx term and the alignment-tax metric.
 
-Each training batch is ``{"prompts": [str] * B, "ptx": {input_ids, attention_mask, labels} or absent}``. The two
-streams are combined with Lightning's CombinedLoader in ``max_size_cycle`` mode, so the shorter one cycles.
+Each training batch is ``{"prompts": [str] * B, "ptx": {input_ids, attention_mask, labels} or absent}``. The prompts
+define the epoch; the pretraining stream cycles with epochs of its own. Both are functions of the batch's global
+position (``resumable``), so a resumed run continues with the prompts and pretraining rows it would have seen.
 The last ``ptx_holdout`` pretraining rows never train: they measure the pretraining LM loss (alignment tax).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any, Literal
 
 import lightning as L
-import torch
-from lightning.pytorch.utilities import CombinedLoader
 from torch import Tensor
 from torch.utils.data import DataLoader
 
 from lit_rlhf.data.padding import pad_right
+from lit_rlhf.data.resumable import BatchPlan, PositionedBatches, ResumablePosition, Source, positioned_loader
 from lit_rlhf.data.rows import ReadReport, read_rows
 
 logger = logging.getLogger(__name__)
@@ -42,7 +43,7 @@ def _as_list(batch: list[str]) -> list[str]:
     return list(batch)
 
 
-class PPODataModule(L.LightningDataModule):
+class PPODataModule(ResumablePosition, L.LightningDataModule):
     """Prompts for PPO rollouts and, optionally, pretraining text for PPO-ptx.
 
     Args:
@@ -54,6 +55,8 @@ class PPODataModule(L.LightningDataModule):
         ptx_holdout: last rows of the pretraining file kept out of training to measure the alignment tax.
         on_error: ``raise`` at the first bad row, or ``skip`` (counted and reported).
         seed: seeds the shuffles.
+
+    Under DDP each rank takes its own ``batch_size`` prompts (and pretraining rows) of every global step.
     """
 
     def __init__(
@@ -109,29 +112,32 @@ class PPODataModule(L.LightningDataModule):
         t = self.tokenizer
         return t.pad_token_id if t.pad_token_id is not None else t.eos_token_id
 
-    def train_dataloader(self) -> CombinedLoader:
-        g = torch.Generator().manual_seed(self.seed)
-        loaders = {
-            "prompts": DataLoader(
-                self.prompts,
-                batch_size=self.batch_size,
-                shuffle=True,
-                generator=g,
-                collate_fn=_as_list,
-                drop_last=len(self.prompts) >= self.batch_size,
-            )
-        }
+    def train_dataloader(self) -> DataLoader:
+        world, rank = self.world()
+        per_step = self.batch_size * world
+        plan = BatchPlan(
+            len(self.prompts),
+            self.batch_size,
+            self.seed,
+            drop_last=len(self.prompts) >= per_step,
+            world_size=world,
+            rank=rank,
+        )
+        sources = {"prompts": Source(self.prompts, plan, _as_list)}
         if self.ptx_train:
-            pad = self._pad()
-            loaders["ptx"] = DataLoader(
-                self.ptx_train,
-                batch_size=self.ptx_batch_size,
-                shuffle=True,
-                generator=torch.Generator().manual_seed(self.seed + 1),
-                collate_fn=lambda rows: collate_lm(rows, pad),
-                drop_last=True,
+            per_step = self.ptx_batch_size * world
+            ptx_plan = BatchPlan(
+                len(self.ptx_train),
+                self.ptx_batch_size,
+                self.seed + 1,
+                drop_last=len(self.ptx_train) >= per_step,
+                world_size=world,
+                rank=rank,
             )
-        return CombinedLoader(loaders, mode="max_size_cycle")
+            sources["ptx"] = Source(
+                self.ptx_train, ptx_plan, functools.partial(collate_lm, pad_id=self._pad())
+            )
+        return positioned_loader(PositionedBatches(sources, self.resume_position))
 
     def ptx_eval_batches(self, batch_size: int = 64) -> list[dict[str, Tensor]]:
         """The held-out pretraining rows as LM batches (for the alignment-tax metric)."""

@@ -464,7 +464,7 @@ def read_rows(
         except DataError as err:
             if on_error == "raise":
                 raise
-            _log_skip(report, err)
+            record_skip(report, err)
             continue
         if limit is not None and len(rows) >= limit:
             break
@@ -473,7 +473,8 @@ def read_rows(
     return rows, report
 
 
-def _log_skip(report: ReadReport, err: DataError) -> None:
+def record_skip(report: ReadReport, err: DataError) -> None:
+    """Count a skipped row in `report` and log it (the first 20 per file at WARNING, the rest at DEBUG)."""
     report.skipped.append(err)
     n = len(report.skipped)
     if n <= _MAX_LOGGED_SKIPS:

@@ -19,7 +19,9 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from lit_rlhf.data.distributed import eval_sampler
+from lit_rlhf.data.resumable import BatchPlan, PositionedBatches, ResumablePosition, Source, positioned_loader
 from lit_rlhf.data.rows import DataError, Demonstration, ReadReport, read_rows, split_source
+from lit_rlhf.data.special_tokens import SPECIAL_TOKEN_POLICIES, SpecialTokens, screen_special_tokens
 
 logger = logging.getLogger(__name__)
 
@@ -277,12 +279,12 @@ def build_examples(
     return examples
 
 
-class SFTDataModule(L.LightningDataModule):
+class SFTDataModule(ResumablePosition, L.LightningDataModule):
     """Demonstrations (.jsonl/.parquet) -> tokenized, prompt-masked batches for supervised fine-tuning.
 
     The tokenizer is taken from the LightningModule at setup (it loads it lazily) unless one is given.
     After setup, `reports` holds a ReadReport per split ("train", "val") with the rows skipped for bad
-    data or length and the number truncated.
+    data or length and the number truncated. Training batches resume mid-epoch (see `resumable`).
     """
 
     def __init__(
@@ -297,6 +299,7 @@ class SFTDataModule(L.LightningDataModule):
         num_workers: int = 0,
         seed: int = 0,
         tokenizer: Any = None,
+        special_tokens: SpecialTokens = "error",
     ) -> None:
         """
         Args:
@@ -310,6 +313,8 @@ class SFTDataModule(L.LightningDataModule):
             num_workers: DataLoader worker processes.
             seed: seeds the training shuffle.
             tokenizer: a Hugging Face tokenizer; None takes the LightningModule's at setup.
+            special_tokens: "error" rejects responses and chat message contents that hold a special token as
+                text (a row error: raised, or counted under on_error="skip"); "allow" tokenizes them as tokens.
         """
         super().__init__()
         problems = []
@@ -323,6 +328,8 @@ class SFTDataModule(L.LightningDataModule):
             problems.append(f"truncation must be 'error', 'skip' or 'truncate', got {truncation!r}")
         if num_workers < 0:
             problems.append(f"num_workers must be >= 0, got {num_workers}")
+        if special_tokens not in SPECIAL_TOKEN_POLICIES:
+            problems.append(f"special_tokens must be 'error' or 'allow', got {special_tokens!r}")
         if problems:
             raise ValueError("SFTDataModule: " + "; ".join(problems))
         self.save_hyperparameters(ignore=["tokenizer"])
@@ -330,7 +337,7 @@ class SFTDataModule(L.LightningDataModule):
         self.batch_size, self.max_length, self.packing = batch_size, max_length, packing
         self.on_error, self.truncation = on_error, truncation
         self.num_workers, self.seed = num_workers, seed
-        self.tokenizer = tokenizer
+        self.tokenizer, self.special_tokens = tokenizer, special_tokens
         self.reports: dict[str, ReadReport] = {}
         self._data: dict[str, list[Example] | list[PackedExample]] = {}
         self._val_prompts: list[str] | None = None
@@ -355,6 +362,7 @@ class SFTDataModule(L.LightningDataModule):
 
     def _load(self, split: str, path: str) -> list[Example] | list[PackedExample]:
         rows, report = read_rows(path, "demonstration", on_error=self.on_error)
+        rows = screen_special_tokens(rows, self.tokenizer, report, self.on_error, self.special_tokens)
         examples = build_examples(rows, self.tokenizer, self.max_length, self.truncation, report)
         self.reports[split] = report
         logger.info("%s: %s", split, report.summary())
@@ -366,31 +374,34 @@ class SFTDataModule(L.LightningDataModule):
             self._val_prompts = [_prompt_response(row, self.tokenizer)[0] for row in rows]
         return pack(examples, self.max_length) if self.packing else examples
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+    def _pad_id(self) -> int:
+        pad_id = self.tokenizer.pad_token_id
+        # Padding is masked out of attention and labels, so any id works; eos is always present.
+        return _eos_id(self.tokenizer) if pad_id is None else pad_id
+
+    def _require(self, split: str) -> list[Example] | list[PackedExample]:
         if split not in self._data:
             raise RuntimeError(f"SFTDataModule.{split}_dataloader() called before setup()")
-        pad_id = self.tokenizer.pad_token_id
-        if pad_id is None:
-            # Padding is masked out of attention and labels, so any id works; eos is always present.
-            pad_id = _eos_id(self.tokenizer)
-        sampler = None if shuffle else eval_sampler(self._data[split], self.trainer)
-        return DataLoader(
-            self._data[split],
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            sampler=sampler,
-            generator=torch.Generator().manual_seed(self.seed) if shuffle else None,
-            collate_fn=functools.partial(collate, pad_id=pad_id),
-            num_workers=self.num_workers,
-        )
+        return self._data[split]
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
+        rows = self._require("train")
+        world, rank = self.world()
+        plan = BatchPlan(len(rows), self.batch_size, self.seed, world_size=world, rank=rank)
+        source = Source(rows, plan, functools.partial(collate, pad_id=self._pad_id()))
+        return positioned_loader(PositionedBatches({"": source}, self.resume_position), self.num_workers)
 
     def val_dataloader(self) -> DataLoader | list:
         if self.val_path is None:
             return []
-        return self._loader("val", shuffle=False)
+        rows = self._require("val")
+        return DataLoader(
+            rows,
+            batch_size=self.batch_size,
+            sampler=eval_sampler(rows, self.trainer),
+            collate_fn=functools.partial(collate, pad_id=self._pad_id()),
+            num_workers=self.num_workers,
+        )
 
     def val_prompts(self, n: int) -> list[str]:
         """The first n validation prompts, rendered as the model sees them (for sample logging)."""

@@ -7,8 +7,12 @@ they hold NaN or inf. Nothing here knows about rewards or policies.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
+
+AllReduce = Callable[[Tensor], Tensor]  # sums a tensor over all processes (data parallelism)
 
 
 def _valid(x: Tensor, mask: Tensor) -> Tensor:
@@ -74,7 +78,31 @@ def masked_var(x: Tensor, mask: Tensor, unbiased: bool = True) -> Tensor:
     return var * (n / (n - 1)) if unbiased else var
 
 
-def whiten(x: Tensor, mask: Tensor, shift_mean: bool = True, eps: float = 1e-8) -> Tensor:
+def global_moments(x: Tensor, mask: Tensor, all_reduce: AllReduce) -> tuple[Tensor, Tensor]:
+    """Mean and unbiased variance of the valid entries of ``x`` on ALL processes together.
+
+    Two passes, each one ``all_reduce`` (a sum over processes): sum and count, then the squared deviations
+    from the global mean. With ``all_reduce`` the identity it equals ``masked_mean`` and ``masked_var``.
+
+    Returns:
+        ``(mean, var)``, scalar tensors ``()``, the same on every process.
+
+    Raises:
+        ValueError: fewer than 2 valid entries over all processes.
+    """
+    valid = _valid(x, mask)
+    sums = all_reduce(torch.stack([masked_sum(x, valid), valid.sum().to(x.dtype)]))  # (2,)
+    n = sums[1]
+    if float(n) < 2:
+        raise ValueError(f"global_moments needs at least 2 valid entries over all processes, got {int(n)}")
+    mean = sums[0] / n
+    var = all_reduce(masked_sum((x - mean).square(), valid)) / (n - 1)
+    return mean, var
+
+
+def whiten(
+    x: Tensor, mask: Tensor, shift_mean: bool = True, eps: float = 1e-8, all_reduce: AllReduce | None = None
+) -> Tensor:
     """Standardise ``x`` with the mean and (unbiased) variance of its valid entries.
 
     Used on PPO advantages (mean 0, std 1 over the batch's valid tokens) and, with ``shift_mean=False``, on
@@ -85,13 +113,18 @@ def whiten(x: Tensor, mask: Tensor, shift_mean: bool = True, eps: float = 1e-8) 
         mask: broadcastable to ``x``; needs at least 2 valid entries.
         shift_mean: if False, add the mean back so only the scale changes.
         eps: added to the variance before the square root.
+        all_reduce: under data parallelism, a sum over processes: the moments are then those of every
+            process's valid entries together (``global_moments``), so all ranks whiten alike.
 
     Returns:
         Same shape as ``x``; invalid positions are 0.
     """
     valid = _valid(x, mask)
-    mean = masked_mean(x, valid)
-    out = (x - mean) * torch.rsqrt(masked_var(x, valid) + eps)
+    if all_reduce is None:
+        mean, var = masked_mean(x, valid), masked_var(x, valid)
+    else:
+        mean, var = global_moments(x, valid, all_reduce)
+    out = (x - mean) * torch.rsqrt(var + eps)
     if not shift_mean:
         out = out + mean
     return torch.where(valid, out, torch.zeros((), dtype=out.dtype, device=out.device))

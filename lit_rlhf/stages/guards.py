@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import Tensor, nn
@@ -45,9 +45,15 @@ class NumericalGuard:
         self.skipped = 0
         self.consecutive = 0
 
-    def loss_ok(self, loss: Tensor, step: int) -> bool:
-        """Record whether the loss is finite; False means: skip this update."""
-        return self._record(bool(torch.isfinite(loss).all()), step, "loss")
+    def loss_ok(self, loss: Tensor, step: int, all_ranks: Callable[[bool], bool] | None = None) -> bool:
+        """Record whether the loss is finite; False means: skip this update.
+
+        Under data parallelism pass `all_ranks` (True only when every process says True, e.g. Lightning's
+        ``strategy.reduce_boolean_decision``): a rank that skipped its backward alone would leave the others
+        waiting in the gradient all-reduce forever. Gradients need no such vote: they are all-reduced already.
+        """
+        ok = bool(torch.isfinite(loss).all())
+        return self._record(all_ranks(ok) if all_ranks is not None else ok, step, "loss")
 
     def grads_ok(self, params: list[nn.Parameter], step: int) -> bool:
         """Check gradients; on a non-finite one, drop all of them (skip the update) and record it.

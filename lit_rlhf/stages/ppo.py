@@ -9,6 +9,11 @@ One training step = one rollout batch, in numbered steps:
      clipped value loss, one optimizer step per minibatch (manual optimization)
   6. update the KL controller; log; every N steps evaluate against the SFT model on held-out prompts
 The math lives in lit_rlhf.rl; this module only orchestrates.
+
+Under data parallelism (DDP) every rank rolls out its own prompts, and everything that steers the run is global:
+score normalisation moments and advantage whitening use all ranks' rollouts, the KL controller moves on the mean
+KL of all of them (so beta stays the same everywhere), a non-finite loss skips the update on every rank, and the
+logged statistics are over all ranks' sequences.
 """
 
 from __future__ import annotations
@@ -264,22 +269,28 @@ class PPOModule(L.LightningModule):
         scores = truncation_penalty(raw, gen.ended, cfg.truncation_penalty)  # 3. shape
         scores = clip_scores(scores, cfg.score_clip)
         if cfg.normalize_scores:
-            self.score_moments.update(scores)
+            self.score_moments.update(
+                self._gather(scores)
+            )  # every rank's scores: the same moments everywhere
             scores = normalize_scores(scores, self.score_moments)
         parts = shape_rewards(scores, logp, ref_logp, rmask, self.kl_ctl.value, self.kl_cfg.estimator)
         adv, returns = gae(parts.rewards, values, rmask, cfg.gamma, cfg.lam)  # 4. advantages
         if cfg.whiten_advantages:
-            adv = whiten(adv, rmask)
-        n_tokens = rmask.sum()
+            adv = whiten(adv, rmask, all_reduce=self._sum_over_ranks if self._world > 1 else None)
+        # per-sequence figures of all ranks: (W*B, 5) -> exact global means and std
+        every = self._gather(
+            torch.stack([raw, parts.rewards.sum(1), parts.kl.sum(1), rmask.sum(1), gen.ended.float()], 1)
+        )
         stats = {
-            "rm_score": raw.mean(),
-            "reward_mean": parts.rewards.sum(1).mean(),
-            "reward_std": parts.rewards.sum(1).std(),
-            "kl": parts.kl.sum(1).mean(),
+            "rm_score": every[:, 0].mean(),
+            "reward_mean": every[:, 1].mean(),
+            "reward_std": every[:, 1].std(),
+            "kl": every[:, 2].mean(),
             "kl_coef": torch.tensor(self.kl_ctl.value),
-            "response_length": rmask.sum(1).mean(),
-            "ended_frac": gen.ended.float().mean(),
-            "gen_tokens_per_s": n_tokens / max(gen_time, 1e-9),
+            "response_length": every[:, 3].mean(),
+            "ended_frac": every[:, 4].mean(),
+            # the whole job's generation throughput: every rank generates at the same time
+            "gen_tokens_per_s": self._sum_over_ranks(rmask.sum() / max(gen_time, 1e-9)),
             "gen_time": torch.tensor(gen_time),
         }
         return Rollout(ids, mask, rmask, logp, ref_logp, values, adv, returns), gen, stats
@@ -306,7 +317,7 @@ class PPOModule(L.LightningModule):
         opt = self.optimizers()
         opt.zero_grad()
         params = [q for g in opt.param_groups for q in g["params"]]
-        if self.guard.loss_ok(loss, self.global_step):
+        if self.guard.loss_ok(loss, self.global_step, self.trainer.strategy.reduce_boolean_decision):
             self.manual_backward(loss)
             if self.guard.grads_ok(params, self.global_step):
                 if cfg.max_grad_norm > 0:
@@ -353,10 +364,10 @@ class PPOModule(L.LightningModule):
         updates = [
             self.ppo_update(index_record(ro, idx), chunk) for idx, chunk in zip(plan, chunks, strict=True)
         ]  # 5
-        self.kl_ctl.update(float(stats["kl"]), n_steps=len(prompts))  # 6
-        for k in updates[0]:
-            stats[k] = torch.stack([u[k] for u in updates]).mean()
-        stats["explained_variance"] = explained_variance(ro.values, ro.returns, ro.response_mask)
+        self.kl_ctl.update(float(stats["kl"]), n_steps=len(prompts) * self._world)  # 6: global KL and batch
+        local = {k: torch.stack([u[k] for u in updates]).mean() for k in updates[0]}
+        local["explained_variance"] = explained_variance(ro.values, ro.returns, ro.response_mask)
+        stats.update(self._mean_over_ranks(local))
         stats["gen_share"] = stats.pop("gen_time") / (time.perf_counter() - t0)
         stats["step_time"] = torch.tensor(time.perf_counter() - t0)
         stats["skipped_updates"] = torch.tensor(float(self.guard.skipped))
@@ -384,6 +395,32 @@ class PPOModule(L.LightningModule):
         n = self.eval_cfg.every_n_steps
         if n and self.rollouts_done % n == 0:
             self.evaluate()
+
+    # ---- data parallelism ---------------------------------------------------------------------------------
+    @property
+    def _world(self) -> int:
+        return int(self.trainer.world_size) if self._trainer is not None else 1
+
+    def _sum_over_ranks(self, x: Tensor) -> Tensor:
+        """``x`` summed over all processes (``x`` itself on one)."""
+        if self._world == 1:
+            return x
+        return self.trainer.strategy.reduce(x.clone(), reduce_op="sum")
+
+    def _gather(self, x: Tensor) -> Tensor:
+        """Rows of every process, rank order: ``(B, ...)`` -> ``(W*B, ...)`` (``x`` itself on one)."""
+        if self._world == 1:
+            return x
+        gathered = self.trainer.strategy.all_gather(x.contiguous())  # (W, B, ...)
+        return gathered.reshape(-1, *x.shape[1:])
+
+    def _mean_over_ranks(self, stats: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Each scalar averaged over processes, in one all-reduce."""
+        if self._world == 1 or not stats:
+            return stats
+        keys = sorted(stats)
+        total = self._sum_over_ranks(torch.stack([stats[k].float().reshape(()) for k in keys]))
+        return {k: v / self._world for k, v in zip(keys, total, strict=True)}
 
     def _write_samples(self, prompts: list[str], gen: Generation, ro: Rollout) -> None:
         k = self.eval_cfg.samples_per_step

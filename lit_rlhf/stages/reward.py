@@ -221,7 +221,7 @@ class RewardModule(L.LightningModule):
         out = kwise_ranking_loss(scores, batch["ranks"], batch["group"])
         loss = out.loss + self.center_coef * scores.pow(2).mean()
         n_prompts = len(batch["prompts"])
-        if not self.guard.loss_ok(loss, self.global_step):
+        if not self.guard.loss_ok(loss, self.global_step, self.trainer.strategy.reduce_boolean_decision):
             self.log("reward/skipped_updates", float(self.guard.skipped), batch_size=n_prompts)
             return None  # Lightning skips backward and the optimizer step
         self.log("reward/loss", out.loss, prog_bar=True, batch_size=n_prompts)

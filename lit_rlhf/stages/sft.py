@@ -132,7 +132,7 @@ class SFTModule(L.LightningModule):
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor | None:
         loss = self._loss(batch)
-        if not self.guard.loss_ok(loss, self.global_step):
+        if not self.guard.loss_ok(loss, self.global_step, self.trainer.strategy.reduce_boolean_decision):
             self.log("sft/skipped_updates", float(self.guard.skipped), on_step=True)
             return None  # Lightning skips backward and the optimizer step
         now = time.perf_counter()

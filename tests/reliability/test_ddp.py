@@ -63,3 +63,25 @@ def test_ddp_reward_fit_finishes_with_a_loadable_stage_dir(reward_report):
 def test_ddp_val_accuracy_equals_single_process(reward_report):
     val = reward_report["validation"]
     assert val["accuracy_2proc"] == pytest.approx(val["accuracy_1proc"])
+
+
+@pytest.fixture(scope="module")
+def ppo_report(tmp_path_factory) -> dict[str, Any]:
+    return _ddp_check("ppo", tmp_path_factory.mktemp("ddp_ppo"))
+
+
+def test_ddp_ppo_fit_finishes_with_a_loadable_stage_dir(ppo_report):
+    _assert_fit_finished(ppo_report["fit"])
+
+
+def test_ddp_ppo_rollouts_are_per_rank_and_statistics_global(ppo_report):
+    r0, r1 = ppo_report["ranks"]
+    assert (r0["rank"], r1["rank"]) == (0, 1)
+    assert not set(r0["first_prompts"]) & set(r1["first_prompts"])  # each rank rolled out its own prompts
+    # the KL controller moved on the mean KL of both ranks: the same beta everywhere, away from its start
+    assert r0["kl_coef"] == r1["kl_coef"] != pytest.approx(0.05)
+    # score moments saw every rank's scores: 2 rollouts x 8 prompts x 2 ranks, identical on both
+    assert r0["score_moments"] == r1["score_moments"]
+    assert r0["score_moments"]["count"] == r0["rollouts_done"] * 8 * 2
+    # gradients were all-reduced: both ranks hold the same trainable weights after 8 updates
+    assert r0["trainable_checksum"] == pytest.approx(r1["trainable_checksum"], rel=1e-9)

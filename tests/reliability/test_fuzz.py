@@ -375,8 +375,13 @@ def test_sft_data_module_over_long_and_bad_rows(demo_tokenizer, fuzz_dir, capsys
         lengths = [None if isinstance(x, bytes) else _length(tok, *_texts(x, tok)) for x in items]
 
         def load():
-            dm = SFTDataModule(
-                str(path), max_length=limit, on_error=on_error, truncation=truncation, tokenizer=tok
+            dm = SFTDataModule(  # "[EOS]" text is in VOCAB: here it counts as a token (screening: below)
+                str(path),
+                max_length=limit,
+                on_error=on_error,
+                truncation=truncation,
+                tokenizer=tok,
+                special_tokens="allow",
             )
             dm.setup("fit")
             return dm._data["train"], dm.reports["train"]
@@ -406,7 +411,12 @@ COMPARISON_FILES = st.lists(st.one_of(comparison_rows(), st.sampled_from(BAD_LIN
 
 def _load_comparisons(path: Path, tok, limit: int, truncation: str, on_error: str):
     dm = ComparisonDataModule(
-        str(path), max_length=limit, on_error=on_error, truncation=truncation, tokenizer=tok
+        str(path),
+        max_length=limit,
+        on_error=on_error,
+        truncation=truncation,
+        tokenizer=tok,
+        special_tokens="allow",
     )
     dm.setup("fit")
     return dm.data["train"], dm.reports["train"]
@@ -462,3 +472,105 @@ def test_overlength_error_names_the_row_line(demo_tokenizer, tmp_path):
         dm.setup("fit")
     # [BOS] sort a b c = -> 6 prompt tokens; a b c [EOS] -> 4 response tokens
     assert str(err.value).startswith(f"{path}:3: example is 10 tokens (prompt 6 + response with eos 4)")
+
+
+# ---- special tokens written as text -------------------------------------------------------------------------
+SPECIAL_TEXT = st.sampled_from(["[EOS]", "[BOS]", "[PAD]", "[UNK]"])
+CLEAN_WORDS = st.lists(st.sampled_from([w for w in VOCAB if w != "[EOS]"]), min_size=1, max_size=40).map(
+    " ".join
+)
+
+
+@st.composite
+def with_special_text(draw) -> tuple[dict[str, Any], str | None]:
+    """A demonstration or comparison row; maybe a special token spliced into a response or message content.
+
+    Returns the row and the field the screen must name (None: clean, or only the raw prompt holds one).
+    """
+    kind = draw(st.sampled_from(["plain", "chat", "comparison"]))
+    words = draw(st.lists(CLEAN_WORDS, min_size=3, max_size=3))
+    token, where, at = draw(SPECIAL_TEXT), draw(st.integers(0, 3)), draw(st.integers(0, 200))
+
+    def splice(text: str) -> str:
+        cut = min(at, len(text))
+        return text[:cut] + token + text[cut:]
+
+    if kind == "plain":
+        row: dict[str, Any] = {"prompt": words[0], "response": words[1]}
+        fields = {0: ("prompt", None), 1: ("response", "response")}
+    elif kind == "chat":
+        row = {
+            "messages": [{"role": "user", "content": words[0]}, {"role": "assistant", "content": words[1]}]
+        }
+        fields = {0: ("messages.0", "messages[0].content"), 1: ("messages.1", "messages[1].content")}
+    else:
+        row = {"prompt": words[0], "responses": [words[1], words[2]], "ranking": [0, 1]}
+        fields = {0: ("prompt", None), 1: ("responses.1", "responses[1]")}
+    if where not in fields:  # clean row
+        return row, None
+    key, named = fields[where]
+    if key.startswith("messages."):
+        msg = row["messages"][int(key[-1])]
+        msg["content"] = splice(msg["content"])
+    elif key == "responses.1":
+        row["responses"][1] = splice(row["responses"][1])
+    else:
+        row[key] = splice(row[key])
+    return row, named
+
+
+def test_special_token_text_in_responses_is_a_located_error_or_a_counted_skip(
+    demo_tokenizer, fuzz_dir, capsys
+):
+    """Over generated files: every response / message content holding "[EOS]" etc. as text is rejected with its
+    line and field (raise), or skipped and counted (skip); raw prompts may hold them; clean rows load."""
+    path, tok, count = fuzz_dir / "special.jsonl", demo_tokenizer, COUNTS["special-token text"]
+
+    @FUZZ
+    @given(
+        items=st.lists(with_special_text(), min_size=1, max_size=6),
+        on_error=st.sampled_from(["raise", "skip"]),
+    )
+    def check(items, on_error):
+        comparisons = ["responses" in row for row, _ in items]
+        items = [
+            (row, named)
+            for (row, named), is_cmp in zip(items, comparisons, strict=True)
+            if is_cmp == comparisons[0]
+        ]
+        _write_rows(path, [row for row, _ in items])
+        bad = [(i, named) for i, (_, named) in enumerate(items, 1) if named is not None]
+        module = ComparisonDataModule if comparisons[0] else SFTDataModule
+        dm = module(str(path), max_length=512, on_error=on_error, tokenizer=tok)
+        try:
+            dm.setup("fit")
+        except DataError as err:
+            if on_error == "raise":
+                assert (err.line, err.field) == bad[0] and "as text" in str(err), str(err)
+                assert str(err).startswith(
+                    f"{path}:{bad[0][0]}: field '{bad[0][1]}': holds the special token"
+                )
+                count["raised with line and field"] += 1
+                return
+            assert len(bad) == len(items) and err.line is None  # skip: nothing left
+            count["skip: nothing left"] += 1
+            return
+        report = dm.reports["train"]
+        assert [(e.line, e.field) for e in report.skipped] == bad
+        assert report.kept == len(items) - len(bad) and report.read == len(items)
+        count["loaded, some skipped" if bad else "loaded"] += 1
+
+    check()
+    _print_counts(capsys, "special-token text")
+
+
+def test_special_tokens_allow_keeps_the_row_and_reads_the_token(demo_tokenizer, tmp_path):
+    path = tmp_path / "sft.jsonl"
+    _write_rows(path, [{"prompt": "copy a b =", "response": "a [EOS] b"}])
+    with pytest.raises(DataError, match=r"sft\.jsonl:1: field 'response': holds the special token '\[EOS\]'"):
+        SFTDataModule(str(path), max_length=64, tokenizer=demo_tokenizer).setup("fit")
+    dm = SFTDataModule(str(path), max_length=64, tokenizer=demo_tokenizer, special_tokens="allow")
+    dm.setup("fit")
+    (example,) = dm._data["train"]
+    eos = demo_tokenizer.eos_token_id
+    assert example.input_ids.count(eos) == 2  # the one written as text, and the one SFT appends

@@ -53,6 +53,32 @@ def _resume(cmd: list[str], run_dir: Path, tmp_path: Path, n_before: int) -> lis
     return read_jsonl(run_dir / "metrics.jsonl")[n_before:]
 
 
+TIMING = ("time", "per_s", "gen_share")  # wall-clock figures differ between any two runs
+
+
+def _comparable(row: dict) -> dict[str, float]:
+    return {k: v for k, v in row.items() if isinstance(v, int | float) and not any(t in k for t in TIMING)}
+
+
+def _assert_same_as_uninterrupted(resumed: list[dict], reference: list[dict]) -> int:
+    """Every row the resumed run wrote equals the uninterrupted run's row of that step; returns rows compared."""
+    ref = {(r.get("step"), frozenset(_comparable(r))): _comparable(r) for r in reference}
+    for row in resumed:
+        values = _comparable(row)
+        key = (row.get("step"), frozenset(values))
+        assert key in ref, (
+            f"no row with step {row.get('step')} and keys {sorted(values)} in the uninterrupted run"
+        )
+        assert values == pytest.approx(ref[key], rel=1e-5, abs=1e-6), f"step {row.get('step')}"
+    return len(resumed)
+
+
+def _reference(cmd: list[str], tmp_path: Path) -> list[dict]:
+    """The same command run without interruption (its own run name): its metrics rows."""
+    run([*cmd, "--run.name", "uninterrupted"], cwd=tmp_path)
+    return read_jsonl(next((tmp_path / "runs").glob("*/uninterrupted")) / "metrics.jsonl")
+
+
 def _assert_finished(run_dir: Path, max_steps: int) -> None:
     st = status(run_dir)
     assert (st["status"], st["step"], st["stage_dir"]) == ("finished", max_steps, str(run_dir / "stage"))
@@ -71,8 +97,11 @@ def test_sft_resumes_after_sigkill_mid_training(demo_data, tmp_path):
     assert min(_steps(after)) >= SFT_EVERY - 1  # resumed from a checkpoint, not from step 0
     assert max(_steps(after)) >= max(_steps(before))
     assert max(_steps(after)) == SFT_STEPS - 1  # rows carry the 0-based step (optimizer steps done - 1)
+    # mid-epoch (512 rows / 8 = 64 batches an epoch): same batches, dropout masks and losses as without the kill
+    n = _assert_same_as_uninterrupted(after, _reference(cmd, tmp_path))
     print(
         f"\nSFT: killed after row step {max(_steps(before))}; resumed rows {min(_steps(after))}..{max(_steps(after))}"
+        f", {n} rows equal to the uninterrupted run's"
     )
 
 
@@ -117,8 +146,10 @@ def test_ppo_resumes_after_sigkill_with_the_saved_kl_controller(tiny_stages, tmp
     assert first["ppo/kl_coef"] == pytest.approx(after_kill["kl_ctl"]["value"])
     assert first["ppo/rollouts"] == after_kill["rollouts_done"] + 1
     assert max(_steps(after)) >= max(_steps(before))
+    # prompts, pretraining rows, sampled responses and every loss continue as in the uninterrupted run
+    n = _assert_same_as_uninterrupted(after, _reference(cmd, tmp_path))
     print(
-        f"\nPPO: killed after row step {max(_steps(before))}, last.ckpt rollouts_done "
+        f"\n{n} resumed rows equal to the uninterrupted run's. PPO: killed after row step {max(_steps(before))}, last.ckpt rollouts_done "
         f"{after_kill['rollouts_done']} kl_coef {after_kill['kl_ctl']['value']:.9f}; first resumed row: "
         f"rollouts {first['ppo/rollouts']:.0f} kl_coef {first['ppo/kl_coef']:.9f}"
     )

@@ -1,10 +1,12 @@
+import threading
+
 import pytest
 import torch
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from torch.testing import assert_close
 
-from lit_rlhf.rl.masked import masked_mean, masked_sum, masked_var, whiten
+from lit_rlhf.rl.masked import global_moments, masked_mean, masked_sum, masked_var, whiten
 
 # Valid entries are 1, 2 and 4; everything else is junk that must never leak into a result.
 X = torch.tensor([[1.0, 2.0, float("nan")], [4.0, 100.0, float("inf")]])
@@ -60,6 +62,45 @@ def test_whiten_uses_only_valid_entries_and_zeroes_the_rest():
     assert_close(whiten(x, mask), torch.tensor([[-1.0, 0.0, 0.0], [1.0, 0.0, 0.0]]))
     # Without the shift the mean 3 is added back: -1+3, 0+3, 1+3.
     assert_close(whiten(x, mask, shift_mean=False), torch.tensor([[2.0, 3.0, 0.0], [4.0, 0.0, 0.0]]))
+
+
+def _two_ranks(fn, parts):
+    """Run fn(part, all_reduce) on two threads whose all_reduce sums the argument over both (a fake gloo)."""
+    barrier, slots, out = threading.Barrier(2), [None, None], [None, None]
+
+    def all_reduce_of(rank):
+        def all_reduce(t):
+            slots[rank] = t.clone()
+            barrier.wait()
+            total = slots[0] + slots[1]
+            barrier.wait()  # both have read before either writes the next round
+            return total
+
+        return all_reduce
+
+    def work(rank):
+        out[rank] = fn(*parts[rank], all_reduce_of(rank))
+
+    threads = [threading.Thread(target=work, args=(r,)) for r in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return out
+
+
+def test_whiten_across_ranks_equals_whiten_of_the_whole_batch():
+    # two ranks with different row counts and padding: together they are the 3-row batch below
+    x0, m0 = torch.tensor([[1.0, 2.0, 9.0]]), torch.tensor([[1, 1, 0]])
+    x1, m1 = torch.tensor([[4.0, 0.0, 0.0], [3.0, 5.0, 6.0]]), torch.tensor([[1, 0, 0], [1, 1, 1]])
+    whole = whiten(torch.cat([x0, x1]), torch.cat([m0, m1]))
+    w0, w1 = _two_ranks(lambda x, m, ar: whiten(x, m, all_reduce=ar), [(x0, m0), (x1, m1)])
+    assert_close(torch.cat([w0, w1]), whole)
+    # valid values 1,2,4,3,5,6: mean 3.5, unbiased variance 17.5 / 5 = 3.5 on both ranks
+    (mean0, var0), (mean1, var1) = _two_ranks(global_moments, [(x0, m0), (x1, m1)])
+    assert float(mean0) == float(mean1) == 3.5
+    assert float(var0) == pytest.approx(3.5) and float(var1) == pytest.approx(3.5)
+    assert_close(whiten(x0, m0, all_reduce=lambda t: t), whiten(x0, m0))  # one process: the plain form
 
 
 def test_whiten_eps_bounds_the_scale_of_a_constant_input():
