@@ -137,3 +137,24 @@ def summarize_judgements(judged: list[dict[str, Any]]) -> dict[str, float]:
         "labeler_score": sum(j["score"] for j in scored) / len(scored),
         "exact_match": sum(j["exact_match"] for j in scored) / len(scored),
     }
+
+
+def check_strategy(strategy: Any, stage: str) -> None:
+    """Refuse, before any weights load, strategies that shard the parameters themselves.
+
+    Rank zero generates (samples, held-out evaluation, PPO rollouts run on every rank but through the local
+    module) and writes the stage directory from its own module: both need every parameter whole on every rank,
+    which DDP and DeepSpeed ZeRO stages 1-2 keep and FSDP, ModelParallelStrategy and ZeRO-3 do not. Failing
+    here beats a hang or a stage directory of shards at the end of a long run.
+    """
+    from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
+
+    sharded = isinstance(strategy, FSDPStrategy | ModelParallelStrategy) or bool(
+        getattr(strategy, "zero_stage_3", False)
+    )
+    if sharded:
+        raise ValueError(
+            f"{stage}: strategy {type(strategy).__name__} shards parameters across ranks, which lit-rlhf does not "
+            "support yet (rank-zero generation and stage-directory writing need whole parameters). Use "
+            "strategy: ddp, or deepspeed_stage_2 (optimizer state and gradients sharded; see docs/backbone.md)"
+        )

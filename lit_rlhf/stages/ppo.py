@@ -223,6 +223,11 @@ class PPOModule(L.LightningModule):
         # inside configure_model self.device can still be cpu; the strategy knows where the model will live
         return self.trainer.strategy.root_device if self._trainer is not None else self.device
 
+    def setup(self, stage: str) -> None:
+        from lit_rlhf.stages.common import check_strategy
+
+        check_strategy(self.trainer.strategy, self.STAGE)
+
     def configure_model(self) -> None:
         if self.roles is not None:
             return

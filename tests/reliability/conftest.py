@@ -29,4 +29,10 @@ def tiny_stages(demo_data, tmp_path_factory) -> dict[str, Path]:
         *("--data.init_args.val_path", str(root / "cmp_val.jsonl")),
     ]
     run(fit_command("configs/tiny/rm.yaml", root / "runs", *rm), cwd=root)
-    return {"sft": sft, "reward": root / "runs/reward/tiny/stage", "demo": demo_data}
+    return {
+        "sft": sft,
+        "reward": root / "runs/reward/tiny/stage",
+        "demo": demo_data,
+        "cmp_train": root / "cmp_train.jsonl",
+        "cmp_val": root / "cmp_val.jsonl",
+    }

@@ -364,6 +364,23 @@ def _check_module(path: Path, load, expected, count: Counter) -> Any:
     return data
 
 
+def _load_module(module, path: Path, tok, limit: int, truncation: str, on_error: str):
+    """Set up an SFT or comparison data module on `path`; its (train items, report).
+
+    "[EOS]" is in VOCAB: here it counts as a token (special_tokens="allow"); the screening is fuzzed below.
+    """
+    dm = module(
+        str(path),
+        max_length=limit,
+        on_error=on_error,
+        truncation=truncation,
+        tokenizer=tok,
+        special_tokens="allow",
+    )
+    dm.setup("fit")
+    return (dm._data if module is SFTDataModule else dm.data)["train"], dm.reports["train"]
+
+
 def test_sft_data_module_over_long_and_bad_rows(demo_tokenizer, fuzz_dir, capsys):
     path, tok = fuzz_dir / "sft.jsonl", demo_tokenizer
 
@@ -374,20 +391,13 @@ def test_sft_data_module_over_long_and_bad_rows(demo_tokenizer, fuzz_dir, capsys
         _write_rows(path, items)
         lengths = [None if isinstance(x, bytes) else _length(tok, *_texts(x, tok)) for x in items]
 
-        def load():
-            dm = SFTDataModule(  # "[EOS]" text is in VOCAB: here it counts as a token (screening: below)
-                str(path),
-                max_length=limit,
-                on_error=on_error,
-                truncation=truncation,
-                tokenizer=tok,
-                special_tokens="allow",
-            )
-            dm.setup("fit")
-            return dm._data["train"], dm.reports["train"]
-
         expected = _expected_outcome(items, lengths, limit, truncation, on_error)
-        data = _check_module(path, load, expected, COUNTS[f"SFTDataModule[{truncation}]"])
+        data = _check_module(
+            path,
+            lambda: _load_module(SFTDataModule, path, tok, limit, truncation, on_error),
+            expected,
+            COUNTS[f"SFTDataModule[{truncation}]"],
+        )
         for ex in data or []:  # every kept example fits and still ends by teaching eos
             assert len(ex.input_ids) == len(ex.labels) <= limit
             assert ex.labels[-1] == tok.eos_token_id and ex.labels[0] == IGNORE_INDEX
@@ -409,19 +419,6 @@ def comparison_rows(draw) -> dict[str, Any]:
 COMPARISON_FILES = st.lists(st.one_of(comparison_rows(), st.sampled_from(BAD_LINES)), min_size=1, max_size=6)
 
 
-def _load_comparisons(path: Path, tok, limit: int, truncation: str, on_error: str):
-    dm = ComparisonDataModule(
-        str(path),
-        max_length=limit,
-        on_error=on_error,
-        truncation=truncation,
-        tokenizer=tok,
-        special_tokens="allow",
-    )
-    dm.setup("fit")
-    return dm.data["train"], dm.reports["train"]
-
-
 def test_comparison_data_module_over_long_and_bad_rows(demo_tokenizer, fuzz_dir, capsys):
     path, tok = fuzz_dir / "cmp.jsonl", demo_tokenizer
 
@@ -440,7 +437,7 @@ def test_comparison_data_module_over_long_and_bad_rows(demo_tokenizer, fuzz_dir,
             expected = (*expected[:3], sum(n > limit for s in seq if s for n in s))
         data = _check_module(
             path,
-            lambda: _load_comparisons(path, tok, limit, truncation, on_error),
+            lambda: _load_module(ComparisonDataModule, path, tok, limit, truncation, on_error),
             expected,
             COUNTS[f"ComparisonDataModule[{truncation}]"],
         )

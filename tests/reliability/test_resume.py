@@ -132,6 +132,7 @@ def test_ppo_resumes_after_sigkill_with_the_saved_kl_controller(tiny_stages, tmp
         *("--data.init_args.pretrain_path", str(d / "pretrain.jsonl")),
         *("--trainer.max_steps", str(PPO_STEPS), "--run.checkpoint_every", str(PPO_EVERY)),
         *("--trainer.log_every_n_steps", "1"),  # a row per rollout, so the first resumed one is checked
+        *("--model.init_args.ppo.normalize_scores", "true"),  # the running score moments must resume too
     )
     ckpt = run_dir / "checkpoints/last.ckpt"
     before = _kill(cmd, run_dir, tmp_path, ckpt.exists)
@@ -145,6 +146,7 @@ def test_ppo_resumes_after_sigkill_with_the_saved_kl_controller(tiny_stages, tmp
     assert after_kill["kl_ctl"]["value"] != pytest.approx(0.05)
     assert first["ppo/kl_coef"] == pytest.approx(after_kill["kl_ctl"]["value"])
     assert first["ppo/rollouts"] == after_kill["rollouts_done"] + 1
+    assert after_kill["score_moments"]["count"] == after_kill["rollouts_done"] * 8  # 8 prompts a rollout
     assert max(_steps(after)) >= max(_steps(before))
     # prompts, pretraining rows, sampled responses and every loss continue as in the uninterrupted run
     n = _assert_same_as_uninterrupted(after, _reference(cmd, tmp_path))
@@ -152,6 +154,31 @@ def test_ppo_resumes_after_sigkill_with_the_saved_kl_controller(tiny_stages, tmp
         f"\n{n} resumed rows equal to the uninterrupted run's. PPO: killed after row step {max(_steps(before))}, last.ckpt rollouts_done "
         f"{after_kill['rollouts_done']} kl_coef {after_kill['kl_ctl']['value']:.9f}; first resumed row: "
         f"rollouts {first['ppo/rollouts']:.0f} kl_coef {first['ppo/kl_coef']:.9f}"
+    )
+
+
+@pytest.mark.slow  # shares the fixture of the PPO test; three short reward-model runs
+def test_reward_model_resumes_after_sigkill_across_epochs(tiny_stages, tmp_path):
+    """The reward stage too: ~40 comparisons in batches of 8 make 5-6 batches an epoch, so this run crosses
+    epochs, and its dropout (LoRA dropout 0.1) needs the per-batch seeds."""
+    run_dir = tmp_path / "runs/reward/tiny"
+    cmd = fit_command(
+        "configs/tiny/rm.yaml",
+        tmp_path / "runs",
+        *("--model.init_args.init_from", str(tiny_stages["sft"])),
+        *("--model.init_args.bias_from", str(tiny_stages["demo"] / "sft_val.jsonl")),
+        *("--model.init_args.lora.dropout", "0.1"),
+        *("--data.init_args.train_path", str(tiny_stages["cmp_train"])),
+        *("--data.init_args.val_path", str(tiny_stages["cmp_val"])),
+        *("--trainer.max_steps", "30", "--run.checkpoint_every", "4", "--trainer.log_every_n_steps", "1"),
+    )
+    before = _kill(cmd, run_dir, tmp_path, (run_dir / "checkpoints/last.ckpt").exists)
+    assert max(_steps(before)) < 29
+    after = _resume(cmd, run_dir, tmp_path, len(before))
+    _assert_finished(run_dir, 30)
+    n = _assert_same_as_uninterrupted(after, _reference(cmd, tmp_path))
+    print(
+        f"\nreward: killed after row step {max(_steps(before))}; {n} resumed rows equal to the uninterrupted run's"
     )
 
 

@@ -97,3 +97,17 @@ def test_no_gradients_is_not_a_good_update():
     assert not g.loss_ok(torch.tensor(float("nan")), 0)
     assert g.grads_ok([torch.nn.Parameter(torch.ones(1))], 0)  # no grad: nothing recorded
     assert g.consecutive == 1
+
+
+def test_strategies_that_shard_parameters_are_refused_before_loading():
+    from types import SimpleNamespace
+
+    from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy, ModelParallelStrategy
+
+    from lit_rlhf.stages.common import check_strategy
+
+    for strategy in (FSDPStrategy(), ModelParallelStrategy(), SimpleNamespace(zero_stage_3=True)):
+        with pytest.raises(ValueError, match="shards parameters across ranks.*strategy: ddp"):
+            check_strategy(strategy, "sft")
+    check_strategy(DDPStrategy(), "sft")  # whole parameters on every rank: fine
+    check_strategy(SimpleNamespace(zero_stage_3=False), "reward")  # DeepSpeed ZeRO-2
