@@ -11,6 +11,7 @@ checkpoint (``state_dict``) and the next iterator starts there.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -18,9 +19,12 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-POSITION_KEY = (
-    "_position"  # the batch's global position; the data module pops it before the batch reaches a step
-)
+# Lightning warns that an IterableDataset's __len__ "could be inaccurate" with several workers unless each worker
+# is configured independently: PositionedBatches shards positions by worker id, so its length is exact.
+warnings.filterwarnings("ignore", message=r"Your `IterableDataset` has `__len__` defined")
+
+# The batch's global position; the data module pops it before the batch reaches a training step.
+POSITION_KEY = "_position"
 
 
 @dataclass(frozen=True)

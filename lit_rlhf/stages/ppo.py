@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
@@ -50,6 +51,14 @@ from lit_rlhf.rl.rewards import (
 from lit_rlhf.rl.stats import explained_variance
 from lit_rlhf.runs import run_dir
 from lit_rlhf.stages.guards import NumericalGuard, ppo_flags
+
+# Two Lightning warnings that do not apply here, silenced so the real ones stand out:
+# - every module is in eval mode on purpose (dropout off for the whole run: see configure_model);
+# - checkpoints hold the state AFTER the step's updates, which is what an exact resume needs (tested).
+warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
+warnings.filterwarnings(
+    "ignore", message=r"Using ModelCheckpoint with manual optimization and every_n_train_steps"
+)
 
 
 @dataclass
