@@ -158,3 +158,12 @@ def check_strategy(strategy: Any, stage: str) -> None:
             "support yet (rank-zero generation and stage-directory writing need whole parameters). Use "
             "strategy: ddp, or deepspeed_stage_2 (optimizer state and gradients sharded; see docs/backbone.md)"
         )
+
+
+class WholeParameters:
+    """Mixin for the stage modules: refuse parameter-sharding strategies in ``setup`` (before weights load)."""
+
+    STAGE = "stage"
+
+    def setup(self, stage: str) -> None:
+        check_strategy(self.trainer.strategy, self.STAGE)

@@ -50,6 +50,7 @@ from lit_rlhf.rl.rewards import (
 )
 from lit_rlhf.rl.stats import explained_variance
 from lit_rlhf.runs import run_dir
+from lit_rlhf.stages.common import WholeParameters
 from lit_rlhf.stages.guards import NumericalGuard, ppo_flags
 
 # Two Lightning warnings that do not apply here, silenced so the real ones stand out:
@@ -153,7 +154,7 @@ def response_logprobs(logits: Tensor, input_ids: Tensor, prompt_len: int) -> Ten
     return gather_logprobs(logits[:, prompt_len - 1 : -1], input_ids[:, prompt_len:])
 
 
-class PPOModule(L.LightningModule):
+class PPOModule(WholeParameters, L.LightningModule):
     """PPO-ptx from an SFT and a reward stage directory; writes a ``ppo`` stage directory.
 
     Args:
@@ -231,11 +232,6 @@ class PPOModule(L.LightningModule):
     def _target_device(self):
         # inside configure_model self.device can still be cpu; the strategy knows where the model will live
         return self.trainer.strategy.root_device if self._trainer is not None else self.device
-
-    def setup(self, stage: str) -> None:
-        from lit_rlhf.stages.common import check_strategy
-
-        check_strategy(self.trainer.strategy, self.STAGE)
 
     def configure_model(self) -> None:
         if self.roles is not None:

@@ -24,7 +24,7 @@ from lit_rlhf.data.io import append_jsonl
 from lit_rlhf.data.padding import pad_right
 from lit_rlhf.rl.losses import kwise_ranking_loss
 from lit_rlhf.runs import run_dir
-from lit_rlhf.stages.common import OptimConfig, build_optimizer
+from lit_rlhf.stages.common import OptimConfig, WholeParameters, build_optimizer
 from lit_rlhf.stages.guards import NumericalGuard
 
 REWARD = "reward"
@@ -113,7 +113,7 @@ class RewardScorer:
         return score_texts(self.backbone, self.head, self.adapter, self.bias, prompts, responses, batch_size)
 
 
-class RewardModule(L.LightningModule):
+class RewardModule(WholeParameters, L.LightningModule):
     """Train a reward model from ranked comparisons; writes a ``reward`` stage directory.
 
     Args:
@@ -177,11 +177,6 @@ class RewardModule(L.LightningModule):
     def _target_device(self):
         # inside configure_model self.device can still be cpu; the strategy knows where the model will live
         return self.trainer.strategy.root_device if self._trainer is not None else self.device
-
-    def setup(self, stage: str) -> None:
-        from lit_rlhf.stages.common import check_strategy
-
-        check_strategy(self.trainer.strategy, self.STAGE)
 
     def configure_model(self) -> None:
         if self.net is not None:

@@ -19,6 +19,7 @@ from lit_rlhf.runs import run_dir
 from lit_rlhf.stages.common import (
     OptimConfig,
     SampleConfig,
+    WholeParameters,
     build_optimizer,
     generate_batched,
     make_scorer,
@@ -37,7 +38,7 @@ class _SFTState:
     sample_prompts: list[str] = field(default_factory=list)
 
 
-class SFTModule(L.LightningModule):
+class SFTModule(WholeParameters, L.LightningModule):
     """Fine-tune the policy on demonstrations; writes an ``sft`` stage directory at the end of fit.
 
     Args:
@@ -102,11 +103,6 @@ class SFTModule(L.LightningModule):
     def _target_device(self):
         # inside configure_model self.device can still be cpu; the strategy knows where the model will live
         return self.trainer.strategy.root_device if self._trainer is not None else self.device
-
-    def setup(self, stage: str) -> None:
-        from lit_rlhf.stages.common import check_strategy
-
-        check_strategy(self.trainer.strategy, self.STAGE)
 
     def configure_model(self) -> None:
         if self.net is not None:  # idempotent: Lightning may call it again (e.g. on resume)
