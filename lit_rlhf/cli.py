@@ -123,8 +123,11 @@ def lightning_cli(args: list[str] | None, run: bool = True):
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.cli import LightningCLI
 
+    from lit_rlhf.backbone.sharding import register_strategy
     from lit_rlhf.runs import RunLogger, RunStatus
     from lit_rlhf.seeding import BatchSeeds
+
+    register_strategy()  # `strategy: fsdp2`
 
     class LitRLHFCLI(LightningCLI):
         """LightningCLI whose runs always write the run directory the dashboard reads."""

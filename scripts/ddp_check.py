@@ -3,6 +3,7 @@
     python scripts/ddp_check.py --stage sft --out DIR
     python scripts/ddp_check.py --stage reward --out DIR
     python scripts/ddp_check.py --stage ppo --out DIR
+    python scripts/ddp_check.py --stage fsdp2 --out DIR
 
 Writes DIR/ddp_<stage>.json, which tests/reliability/test_ddp.py reads. Under pytest, Lightning's ``ddp``
 strategy re-launches pytest itself in the child process, hence a standalone script.
@@ -20,6 +21,10 @@ predicts that padded figure from per-comparison results of the 1-process run and
 For PPO (SFT and reward stages trained on one process first) each rank writes what it ended with: the KL
 coefficient, the score-normalisation moments, a checksum of its trainable weights and the prompts of its first
 rollout. Rollouts are per rank (different prompts); everything steered by statistics must agree across ranks.
+
+For FSDP2 (``--stage fsdp2``) each stage is fitted twice on 2 processes, under ``ddp`` and under ``fsdp2``, from
+the same parents (single-process SFT and reward stages). Both see the same batches and average the same
+gradients, so the two stage directories and metric rows must agree up to float summation order.
 """
 
 from __future__ import annotations
@@ -46,19 +51,19 @@ STALL_S, TIMEOUT_S = 30, 90  # a healthy tiny DDP fit takes 9-15 s here and writ
 SMALL_DEMO = {"n_train": 256, "n_val": 48, "n_rl": 32, "n_eval": 16, "n_pretrain": 48}
 
 
-def run_name(devices: int) -> str:
-    return "ddp" if devices > 1 else "single"
+def run_name(devices: int, strategy: str = "ddp") -> str:
+    return strategy if devices > 1 else "single"
 
 
 # ---- the phases (each runs in its own process; the fit and 2-device validate phases in two) -----------------
-def fit_args(stage: str, out: Path, sft_stage: Path | None, devices: int) -> list[str]:
+def fit_args(stage: str, out: Path, sft_stage: Path | None, devices: int, strategy: str = "ddp") -> list[str]:
     """The `main.py fit` arguments of the tiny `stage` run over the data in `out/data`."""
     d = out / "data"
     args = ["fit", "--config", str(CONFIGS[stage]), "--run.root", str(out / "runs")]
-    args += ["--run.name", run_name(devices)]
+    args += ["--run.name", run_name(devices, strategy)]
     args += ["--trainer.max_steps", str(MAX_STEPS[stage]), "--trainer.devices", str(devices)]
     if devices > 1:
-        args += ["--trainer.strategy", "ddp"]
+        args += ["--trainer.strategy", strategy]
     if stage == "sft":
         return args + [
             *("--model.init_args.backbone.tokenizer", str(d / "tokenizer")),
@@ -83,7 +88,7 @@ def fit_args(stage: str, out: Path, sft_stage: Path | None, devices: int) -> lis
     ]
 
 
-def phase_fit(stage: str, out: Path, sft_stage: Path | None, devices: int) -> None:
+def phase_fit(stage: str, out: Path, sft_stage: Path | None, devices: int, strategy: str = "ddp") -> None:
     """`main.py fit` through the project's CLI, then tear the process group down explicitly.
 
     PLATFORM.md: DDP on CPU sometimes aborted at interpreter exit unless the group was destroyed first.
@@ -92,8 +97,8 @@ def phase_fit(stage: str, out: Path, sft_stage: Path | None, devices: int) -> No
 
     from lit_rlhf.cli import lightning_cli
 
-    cli = lightning_cli(fit_args(stage, out, sft_stage, devices))
-    if stage == "ppo":
+    cli = lightning_cli(fit_args(stage, out, sft_stage, devices, strategy))
+    if stage == "ppo" and strategy == "ddp":  # (the checksum reads whole parameters, not FSDP2 shards)
         write_rank_state(cli, out / f"ppo_rank{cli.trainer.global_rank}_{devices}.json")
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
@@ -252,13 +257,16 @@ def check_run_dir(run_dir: Path, max_steps: int) -> dict[str, Any]:
     }
 
 
-def fit(stage: str, out: Path, devices: int, sft_stage: Path | None = None) -> dict[str, Any]:
+def fit(
+    stage: str, out: Path, devices: int, sft_stage: Path | None = None, strategy: str = "ddp"
+) -> dict[str, Any]:
     """One `fit` phase (2 processes when devices > 1); what it returned and what it left in its run directory."""
     args = ["--phase", "fit", "--stage", stage, "--out", str(out), "--devices", str(devices)]
+    args += ["--strategy", strategy]
     if sft_stage is not None:
         args += ["--sft-stage", str(sft_stage)]
-    run_dir = out / "runs" / stage / run_name(devices)
-    result = run_phase(args, out / f"fit_{stage}_{devices}.log", watch=[run_dir])
+    run_dir = out / "runs" / stage / run_name(devices, strategy)
+    result = run_phase(args, out / f"fit_{stage}_{run_name(devices, strategy)}.log", watch=[run_dir])
     result.update(check_run_dir(run_dir, MAX_STEPS[stage]))
     return result
 
@@ -367,6 +375,68 @@ def ppo_check(out: Path) -> dict[str, Any]:
     return report
 
 
+def compare_runs(a: Path, b: Path) -> dict[str, Any]:
+    """How far run directory `b` is from `a`: every stage tensor, the manifest metrics and the metric rows."""
+    from safetensors.torch import load_file
+
+    from lit_rlhf.checkpoint.manifest import read_manifest
+
+    ma, mb = read_manifest(a / "stage"), read_manifest(b / "stage")
+    tensors: dict[str, Any] = {
+        "files": sorted(ma.files) == sorted(mb.files),
+        "max_abs_diff": 0.0,
+        "max_abs": 0.0,
+    }
+    for rel in (f for f in ma.files if f.endswith(".safetensors")):
+        ta, tb = load_file(str(a / "stage" / rel)), load_file(str(b / "stage" / rel))
+        if sorted(ta) != sorted(tb):
+            tensors["keys_differ"] = rel
+            continue
+        for k in ta:
+            diff = float((ta[k].double() - tb[k].double()).abs().max()) if ta[k].numel() else 0.0
+            tensors["max_abs_diff"] = max(tensors["max_abs_diff"], diff)
+            tensors["max_abs"] = max(tensors["max_abs"], float(ta[k].abs().max()) if ta[k].numel() else 0.0)
+    rows = [
+        [json.loads(x) for x in (r / "metrics.jsonl").read_text().splitlines() if x.strip()] for r in (a, b)
+    ]
+    rel = 0.0
+    for ra, rb in zip(*rows, strict=False):
+        for k, v in ra.items():
+            if isinstance(v, float) and not any(t in k for t in ("time", "per_s", "gen_share")) and k in rb:
+                rel = max(rel, abs(v - rb[k]) / max(1.0, abs(v)))
+    metrics = {k: (v, mb.metrics.get(k)) for k, v in ma.metrics.items()}
+    return {
+        "tensors": tensors,
+        "rows": [len(rows[0]), len(rows[1])],
+        "rows_max_rel_diff": rel,
+        "metrics": metrics,
+        "metrics_max_rel_diff": max(
+            (abs(x - y) / max(1.0, abs(x)) for x, y in metrics.values() if y is not None), default=0.0
+        ),
+    }
+
+
+def fsdp2_check(out: Path) -> dict[str, Any]:
+    """Each stage under ddp and under fsdp2 (2 processes each) from the same parents; how far apart they end."""
+    sft = fit("sft", out, 1)
+    sft_stage = out / "runs" / "sft" / run_name(1) / "stage"
+    if sft["stage_error"] is not None:
+        return {"error": {"single-process sft": sft}}
+    collect(out, sft_stage)
+    rm = fit("reward", out, 1, sft_stage)
+    if rm["stage_error"] is not None:
+        return {"error": {"single-process reward": rm}}
+    report: dict[str, Any] = {}
+    for stage in ("sft", "reward", "ppo"):
+        fits = {s: fit(stage, out, WORLD, sft_stage, strategy=s) for s in ("ddp", "fsdp2")}
+        entry: dict[str, Any] = {"fit": fits}
+        if all(f["stage_error"] is None for f in fits.values()):
+            runs = out / "runs" / stage
+            entry["compare"] = compare_runs(runs / "ddp", runs / "fsdp2")
+        report[stage] = entry
+    return report
+
+
 def orchestrate(stage: str, out: Path) -> dict[str, Any]:
     """The whole check of one stage: data, the DDP fit and (reward) the 1-vs-2-process validation."""
     out.mkdir(parents=True, exist_ok=True)
@@ -377,6 +447,8 @@ def orchestrate(stage: str, out: Path) -> dict[str, Any]:
         return report
     if stage == "ppo":
         return {**report, **ppo_check(out)}
+    if stage == "fsdp2":
+        return {**report, **fsdp2_check(out)}
     single_sft = fit("sft", out, 1)
     sft_stage = out / "runs" / "sft" / run_name(1) / "stage"
     if single_sft["stage_error"] is not None:
@@ -396,7 +468,8 @@ def orchestrate(stage: str, out: Path) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--stage", choices=("sft", "reward", "ppo"), default="sft")
+    p.add_argument("--stage", choices=("sft", "reward", "ppo", "fsdp2"), default="sft")
+    p.add_argument("--strategy", choices=("ddp", "fsdp2"), default="ddp", help=argparse.SUPPRESS)
     p.add_argument("--out", type=Path, default=Path("ddp_check"))
     p.add_argument("--sft-stage", type=Path, default=None, help=argparse.SUPPRESS)
     p.add_argument("--phase", choices=("fit", "validate"), default=None, help=argparse.SUPPRESS)
@@ -406,7 +479,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--result", type=Path, default=None, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.phase == "fit":
-        phase_fit(a.stage, a.out.resolve(), a.sft_stage, a.devices)
+        phase_fit(a.stage, a.out.resolve(), a.sft_stage, a.devices, a.strategy)
         return 0
     if a.phase == "validate":
         phase_validate(a.rm_stage, a.val, a.devices, a.result)

@@ -227,6 +227,7 @@ class Backbone(nn.Module):
         self.heads = nn.ModuleDict()
         self.adapters: dict[str, bool] = {}  # name -> trainable
         self._targets: list[str] | None = None
+        self.sharded = False  # set by lit_rlhf.backbone.sharding.shard_backbone (FSDP2)
 
     @classmethod
     def build(
@@ -286,13 +287,19 @@ class Backbone(nn.Module):
         self.adapters[name] = trainable
         self.use_adapter_(name)
 
-    def adapter_state(self, name: str) -> dict[str, Tensor]:
-        """The adapter's weights with peft's name-free keys (what `add_adapter(state=...)` takes)."""
+    def adapter_state(self, name: str, model_state: dict[str, Tensor] | None = None) -> dict[str, Tensor]:
+        """The adapter's weights with peft's name-free keys (what `add_adapter(state=...)` takes).
+
+        Args:
+            model_state: ``self.model``'s state dict with whole tensors, when the live parameters are shards.
+        """
         from peft import get_peft_model_state_dict
 
         return {
             k: v.detach().cpu().contiguous()
-            for k, v in get_peft_model_state_dict(self.model, adapter_name=name).items()
+            for k, v in get_peft_model_state_dict(
+                self.model, state_dict=model_state, adapter_name=name
+            ).items()
         }
 
     def _refresh_requires_grad(self) -> None:
@@ -365,6 +372,17 @@ class Backbone(nn.Module):
     ) -> Tensor:
         """Last-layer hidden states (B, T, H) without computing the vocabulary projection."""
         hf = self.hf_model
+        if self.sharded:
+            # FSDP2 gathers the embeddings and final norm in the root's pre-forward hook, so the call must enter
+            # through the root; logits_to_keep=1 keeps the vocabulary projection to one position.
+            out = hf(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                output_hidden_states=True,
+                logits_to_keep=1,
+            )
+            return out.hidden_states[-1]
         decoder = getattr(hf, hf.base_model_prefix)
         out = decoder(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids)
         return out.last_hidden_state

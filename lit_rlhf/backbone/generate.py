@@ -101,8 +101,11 @@ def generate(
     """Generate responses for `prompts` with the model's KV cache.
 
     `model` is anything with a transformers ``generate`` (a PreTrainedModel or PeftModel; the active adapter is
-    used). The model is put in eval mode for the call and restored afterwards.
+    used). The model is put in eval mode for the call and restored afterwards. With FSDP2-sharded parameters this is
+    a collective: every rank must call it, and ranks keep stepping together until all have finished.
     """
+    from lit_rlhf.backbone.sharding import is_sharded
+
     device = next(model.parameters()).device
     prompt_ids, prompt_mask = encode_prompts(tokenizer, prompts, device)
     was_training = model.training
@@ -122,6 +125,7 @@ def generate(
             eos_token_id=tokenizer.eos_token_id,
             pad_token_id=tokenizer.pad_token_id,
             use_cache=True,
+            synced_gpus=is_sharded(model),
             **kwargs,
         )
     finally:

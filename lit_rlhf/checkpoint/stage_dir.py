@@ -30,26 +30,39 @@ def atomic_dir(out: str | os.PathLike) -> Iterator[Path]:
     """
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp = temp_sibling(out, uuid.uuid4().hex[:8])
     tmp.mkdir()
     try:
         yield tmp
         _make_readable(tmp)
-        if out.exists():
-            # Two renames, not one: rename() cannot replace a non-empty directory. A crash between them leaves
-            # the old copy under a hidden name and no `out`, which loads as "missing", never as half-written.
-            old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-            out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(out)
-        # a writer killed earlier left its hidden temporary copy behind; the complete `out` supersedes it
-        for stale in out.parent.glob(f".{out.name}.tmp-*"):
-            shutil.rmtree(stale, ignore_errors=True)
+        replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def temp_sibling(out: Path, token: str) -> Path:
+    """The hidden temporary path a writer of `out` fills before `replace_dir`."""
+    return out.parent / f".{out.name}.tmp-{token}"
+
+
+def replace_dir(tmp: Path, out: Path) -> None:
+    """Put the complete directory `tmp` at `out`, replacing what is there, and clear stale temporary copies."""
+    if out.exists():
+        # Two renames, not one: rename() cannot replace a non-empty directory. A crash between them leaves
+        # the old copy under a hidden name and no `out`, which loads as "missing", never as half-written.
+        old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
+        out.rename(old)
+        tmp.rename(out)
+        if old.is_dir():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            old.unlink()
+    else:
+        tmp.rename(out)
+    # a writer killed earlier left its hidden temporary copy behind; the complete `out` supersedes it
+    for stale in out.parent.glob(f".{out.name}.tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)
 
 
 def _make_readable(root: Path) -> None:
@@ -75,11 +88,34 @@ def _copy_tree(src: Path, dst: Path) -> None:
             shutil.copy2(f, target)
 
 
-def _save_base(backbone: Backbone, tmp: Path) -> dict[str, Any]:
+def _strip(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+
+
+def _untied(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`state` without the second names of tied parameters (e.g. ``lm_head.weight`` = the input embedding).
+
+    A gathered state holds a separate copy under each name; save_pretrained would then store both, which a plain
+    model's own state dict never does.
+    """
+    first: dict[int, str] = {}
+    later = set()
+    for name, p in model.named_parameters(remove_duplicate=False):
+        if id(p) in first:
+            later.add(name)
+        else:
+            first[id(p)] = name
+    return {k: v for k, v in state.items() if k not in later}
+
+
+def _save_base(backbone: Backbone, tmp: Path, state: dict[str, torch.Tensor] | None = None) -> dict[str, Any]:
     source = backbone.source
     trained_base = backbone.cfg.lora is None  # full fine-tuning changed the base itself
     if trained_base or source.kind == "config":
-        backbone.hf_model.save_pretrained(tmp / "base", safe_serialization=True)
+        # a base is only written without adapters (config-built bases cannot take LoRA), so `model.` + the
+        # transformers keys is the whole mapping from a gathered Backbone state
+        kwargs = {} if state is None else {"state_dict": _untied(backbone.hf_model, _strip(state, "model."))}
+        backbone.hf_model.save_pretrained(tmp / "base", safe_serialization=True, **kwargs)
         return {"kind": "local", "path": "base"}
     if source.kind == "local":
         _copy_tree(Path(source.name_or_path), tmp / "base")
@@ -99,6 +135,7 @@ def save_stage_dir(
     parent: str | None = None,
     config_text: str | None = None,
     extra: dict[str, Any] | None = None,
+    state: dict[str, torch.Tensor] | None = None,
 ) -> Manifest:
     """Write `backbone` as a stage directory at `out` (atomically).
 
@@ -107,24 +144,28 @@ def save_stage_dir(
         heads: head name -> {"adapter": adapter it reads through or None, "bias": float added to its output}.
         metrics: Key figures for the manifest; must be finite numbers.
         config_text: The resolved YAML config of the run.
+        state: The backbone's whole tensors (``lit_rlhf.backbone.sharding.full_state``) when its parameters are
+            sharded across ranks; None reads them from `backbone` itself.
     """
     adapters = list(backbone.adapters) if adapters is None else adapters
     heads = heads or {}
     with atomic_dir(out) as tmp:
         backbone.tokenizer.save_pretrained(str(tmp / "tokenizer"))
-        base = _save_base(backbone, tmp)
+        base = _save_base(backbone, tmp, state)
         saved_adapters = {}
         for name in adapters:
             (tmp / "adapters").mkdir(exist_ok=True)
             rel = f"adapters/{name}.safetensors"
-            save_file(backbone.adapter_state(name), str(tmp / rel))
+            save_file(
+                backbone.adapter_state(name, _strip(state, "model.") if state else None), str(tmp / rel)
+            )
             saved_adapters[name] = rel
         saved_heads = {}
         for name, info in heads.items():
             (tmp / "heads").mkdir(exist_ok=True)
             rel = f"heads/{name}.safetensors"
-            state = {k: v.detach().cpu().contiguous() for k, v in backbone.heads[name].state_dict().items()}
-            save_file(state, str(tmp / rel))
+            head = backbone.heads[name].state_dict() if state is None else _strip(state, f"heads.{name}.")
+            save_file({k: v.detach().cpu().contiguous() for k, v in head.items()}, str(tmp / rel))
             saved_heads[name] = {
                 "path": rel,
                 "adapter": info.get("adapter"),

@@ -140,28 +140,55 @@ def summarize_judgements(judged: list[dict[str, Any]]) -> dict[str, float]:
 
 
 def check_strategy(strategy: Any, stage: str) -> None:
-    """Refuse, before any weights load, strategies that shard the parameters themselves.
+    """Refuse, before any weights load, the sharding strategies lit-rlhf does not drive.
 
-    Rank zero generates (samples, held-out evaluation, PPO rollouts run on every rank but through the local
-    module) and writes the stage directory from its own module: both need every parameter whole on every rank,
-    which DDP and DeepSpeed ZeRO stages 1-2 keep and FSDP, ModelParallelStrategy and ZeRO-3 do not. Failing
-    here beats a hang or a stage directory of shards at the end of a long run.
+    DDP and DeepSpeed ZeRO stages 1-2 keep every parameter whole on every rank. FSDP2 (``strategy: fsdp2``, or
+    ModelParallelStrategy without tensor parallelism) is supported: the stage modules shard the backbone in
+    ``configure_model`` and make generation and stage-directory writing collective. Lightning's FSDP1 strategy and
+    ZeRO-3 wrap or partition the model behind our back, so rank-zero generation and writing would hang or save
+    shards; failing here beats that at the end of a long run.
     """
-    from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
+    from lightning.pytorch.strategies import FSDPStrategy
 
-    sharded = isinstance(strategy, FSDPStrategy | ModelParallelStrategy) or bool(
-        getattr(strategy, "zero_stage_3", False)
-    )
-    if sharded:
+    if isinstance(strategy, FSDPStrategy):
         raise ValueError(
-            f"{stage}: strategy {type(strategy).__name__} shards parameters across ranks, which lit-rlhf does not "
-            "support yet (rank-zero generation and stage-directory writing need whole parameters). Use "
-            "strategy: ddp, or deepspeed_stage_2 (optimizer state and gradients sharded; see docs/backbone.md)"
+            f"{stage}: strategy {type(strategy).__name__} (FSDP1) is not supported. Use strategy: fsdp2 "
+            "(parameters sharded with torch's fully_shard), ddp, or deepspeed_stage_2 (see docs/backbone.md)"
+        )
+    if getattr(strategy, "zero_stage_3", False):
+        raise ValueError(
+            f"{stage}: DeepSpeed ZeRO stage 3 partitions parameters, which lit-rlhf does not drive. Use strategy: "
+            "fsdp2 for sharded parameters, or deepspeed_stage_2 (see docs/backbone.md)"
         )
 
 
-class WholeParameters:
-    """Mixin for the stage modules: refuse parameter-sharding strategies in ``setup`` (before weights load)."""
+def shard_if_fsdp2(module: Any, *nets: Any) -> None:
+    """Shard each backbone in `nets` when the trainer runs FSDP2 (call at the end of ``configure_model``)."""
+    trainer = module._trainer
+    if trainer is None:
+        return
+    from lit_rlhf.backbone.sharding import check_data_parallel_only, shard_backbone, uses_fsdp2
+
+    strategy = trainer.strategy
+    if not uses_fsdp2(strategy):
+        return
+    check_data_parallel_only(strategy, module.STAGE)
+    mesh = strategy.device_mesh["data_parallel"]
+    for net in nets:
+        shard_backbone(net, mesh)
+
+
+def computes_on_this_rank(trainer: Any, net: Any) -> bool:
+    """Whether this rank runs the forward passes of rank-zero work (samples, evaluation, the stage directory).
+
+    Rank zero alone when parameters are whole; every rank when they are FSDP2 shards, since each forward then
+    gathers from all ranks (the files are still written by rank zero only).
+    """
+    return bool(trainer.is_global_zero or getattr(net, "sharded", False))
+
+
+class StrategyCheck:
+    """Mixin for the stage modules: refuse unsupported sharding strategies in ``setup`` (before weights load)."""
 
     STAGE = "stage"
 

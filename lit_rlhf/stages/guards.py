@@ -22,8 +22,11 @@ class NonFiniteUpdates(RuntimeError):
 
 
 def grads_finite(params: Iterable[nn.Parameter]) -> bool:
-    """True when every existing gradient is finite."""
-    return all(bool(torch.isfinite(p.grad).all()) for p in params if p.grad is not None)
+    """True when every existing gradient is finite (this rank's shard of it, for FSDP2-sharded parameters)."""
+    local = [
+        p.grad.to_local() if hasattr(p.grad, "to_local") else p.grad for p in params if p.grad is not None
+    ]
+    return all(bool(torch.isfinite(g).all()) for g in local)
 
 
 def drop_grads(params: Iterable[nn.Parameter]) -> None:
@@ -50,20 +53,25 @@ class NumericalGuard:
 
         Under data parallelism pass `all_ranks` (True only when every process says True, e.g. Lightning's
         ``strategy.reduce_boolean_decision``): a rank that skipped its backward alone would leave the others
-        waiting in the gradient all-reduce forever. Gradients need no such vote: they are all-reduced already.
+        waiting in the gradient all-reduce forever.
         """
         ok = bool(torch.isfinite(loss).all())
         return self._record(all_ranks(ok) if all_ranks is not None else ok, step, "loss")
 
-    def grads_ok(self, params: list[nn.Parameter], step: int) -> bool:
+    def grads_ok(
+        self, params: list[nn.Parameter], step: int, all_ranks: Callable[[bool], bool] | None = None
+    ) -> bool:
         """Check gradients; on a non-finite one, drop all of them (skip the update) and record it.
 
         With no gradient at all (the step's loss was already skipped) there is no update to judge: nothing is
-        recorded, so a run of skipped losses still counts as consecutive.
+        recorded, so a run of skipped losses still counts as consecutive. Under DDP every rank holds the same
+        all-reduced gradients; under FSDP2 each holds a shard, so `all_ranks` makes the skip a joint decision.
         """
         if all(p.grad is None for p in params):
             return True
         ok = grads_finite(params)
+        if all_ranks is not None:
+            ok = all_ranks(ok)
         if not ok:
             drop_grads(params)
         return self._record(ok, step, "gradient")

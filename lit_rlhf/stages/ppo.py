@@ -50,7 +50,7 @@ from lit_rlhf.rl.rewards import (
 )
 from lit_rlhf.rl.stats import explained_variance
 from lit_rlhf.runs import run_dir
-from lit_rlhf.stages.common import WholeParameters
+from lit_rlhf.stages.common import StrategyCheck, computes_on_this_rank, shard_if_fsdp2
 from lit_rlhf.stages.guards import NumericalGuard, ppo_flags
 
 # Two Lightning warnings that do not apply here, silenced so the real ones stand out:
@@ -154,7 +154,7 @@ def response_logprobs(logits: Tensor, input_ids: Tensor, prompt_len: int) -> Ten
     return gather_logprobs(logits[:, prompt_len - 1 : -1], input_ids[:, prompt_len:])
 
 
-class PPOModule(WholeParameters, L.LightningModule):
+class PPOModule(StrategyCheck, L.LightningModule):
     """PPO-ptx from an SFT and a reward stage directory; writes a ``ppo`` stage directory.
 
     Args:
@@ -242,7 +242,9 @@ class PPOModule(WholeParameters, L.LightningModule):
             self.policy_from, self.reward_from, self.lora, self.quantization, self._target_device()
         )
         # Dropout stays off for the whole run: with it, the first update's ratio pi/pi_old would not be 1.
-        self.roles = roles.eval()
+        roles.eval()
+        shard_if_fsdp2(self, *([roles.shared] if roles.is_shared else roles.separate.values()))
+        self.roles = roles
 
     def configure_optimizers(self):
         groups = [
@@ -329,7 +331,7 @@ class PPOModule(WholeParameters, L.LightningModule):
         params = [q for g in opt.param_groups for q in g["params"]]
         if self.guard.loss_ok(loss, self.global_step, self.trainer.strategy.reduce_boolean_decision):
             self.manual_backward(loss)
-            if self.guard.grads_ok(params, self.global_step):
+            if self.guard.grads_ok(params, self.global_step, self.trainer.strategy.reduce_boolean_decision):
                 if cfg.max_grad_norm > 0:
                     self.clip_gradients(
                         opt, gradient_clip_val=cfg.max_grad_norm, gradient_clip_algorithm="norm"
@@ -434,10 +436,12 @@ class PPOModule(WholeParameters, L.LightningModule):
 
     def _write_samples(self, prompts: list[str], gen: Generation, ro: Rollout) -> None:
         k = self.eval_cfg.samples_per_step
-        if not k or not self.trainer.is_global_zero or not self.trainer.loggers:
+        if not k or not computes_on_this_rank(self.trainer, self._policy_net) or not self.trainer.loggers:
             return
         kl = (ro.logprobs - ro.ref_logprobs) * ro.response_mask
-        rewards = self.roles.reward(ro.input_ids[:k], ro.attention_mask[:k])
+        rewards = self.roles.reward(ro.input_ids[:k], ro.attention_mask[:k])  # all ranks when sharded
+        if not self.trainer.is_global_zero:
+            return
         for i in range(min(k, len(prompts))):
             append_jsonl(
                 run_dir(self.trainer) / "samples.jsonl",
@@ -485,8 +489,11 @@ class PPOModule(WholeParameters, L.LightningModule):
         return sum(losses) / len(losses)
 
     def evaluate(self) -> dict[str, float]:
-        """Labeler score and win rate vs SFT on held-out prompts, KL to the reference, pretraining loss."""
-        if not self.trainer.is_global_zero:
+        """Labeler score and win rate vs SFT on held-out prompts, KL to the reference, pretraining loss.
+
+        Rank zero's figures; with FSDP2-sharded roles every rank computes them (each forward is a collective).
+        """
+        if not computes_on_this_rank(self.trainer, self._policy_net):
             return {}
         metrics: dict[str, float] = {}
         prompts = self._eval_prompts()
@@ -562,13 +569,22 @@ class PPOModule(WholeParameters, L.LightningModule):
         if "score_moments" in state:
             self.score_moments.load_state_dict(state["score_moments"])
 
+    @property
+    def _policy_net(self):
+        return self.roles._net("policy")
+
     def on_train_end(self) -> None:
-        if not self.trainer.is_global_zero or not self.trainer.loggers:
+        if not computes_on_this_rank(self.trainer, self._policy_net) or not self.trainer.loggers:
             return
         from lit_rlhf.backbone.build import CRITIC, POLICY
+        from lit_rlhf.backbone.sharding import full_state
         from lit_rlhf.checkpoint.stage_dir import save_stage_dir
 
         metrics = self.evaluate()
+        net = self._policy_net
+        state = full_state(net) if net.sharded else None  # a collective: before the rank check
+        if not self.trainer.is_global_zero:
+            return
         if "eval_kl" in metrics:
             metrics["kl"] = metrics.pop("eval_kl")
         cm = self.trainer.callback_metrics
@@ -579,7 +595,6 @@ class PPOModule(WholeParameters, L.LightningModule):
         root = run_dir(self.trainer)
         config = root / "config.yaml"
         roles = self.roles
-        net = roles._net("policy")
         if roles.is_shared:
             kwargs = {"adapters": [POLICY, CRITIC], "heads": {"value": {"adapter": CRITIC, "bias": 0.0}}}
         else:
@@ -594,6 +609,7 @@ class PPOModule(WholeParameters, L.LightningModule):
             parent=str(self.policy_from),
             config_text=config.read_text() if config.is_file() else None,
             extra={"reward_from": str(self.reward_from), "ptx_coef": self.ptx_coef},
+            state=state,
             **kwargs,
         )
         self.stage_dir_written = out

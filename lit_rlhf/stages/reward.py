@@ -24,7 +24,13 @@ from lit_rlhf.data.io import append_jsonl
 from lit_rlhf.data.padding import pad_right
 from lit_rlhf.rl.losses import kwise_ranking_loss
 from lit_rlhf.runs import run_dir
-from lit_rlhf.stages.common import OptimConfig, WholeParameters, build_optimizer
+from lit_rlhf.stages.common import (
+    OptimConfig,
+    StrategyCheck,
+    build_optimizer,
+    computes_on_this_rank,
+    shard_if_fsdp2,
+)
 from lit_rlhf.stages.guards import NumericalGuard
 
 REWARD = "reward"
@@ -66,6 +72,7 @@ def tokenize_pairs(
     return {"input_ids": input_ids, "attention_mask": mask}
 
 
+@torch.no_grad()
 @torch.no_grad()
 def score_texts(
     backbone,
@@ -113,7 +120,7 @@ class RewardScorer:
         return score_texts(self.backbone, self.head, self.adapter, self.bias, prompts, responses, batch_size)
 
 
-class RewardModule(WholeParameters, L.LightningModule):
+class RewardModule(StrategyCheck, L.LightningModule):
     """Train a reward model from ranked comparisons; writes a ``reward`` stage directory.
 
     Args:
@@ -200,7 +207,9 @@ class RewardModule(WholeParameters, L.LightningModule):
         else:
             net.model.requires_grad_(True)
         net.add_head(REWARD)
-        self.net = net.train()  # from_pretrained returns eval mode; dropout as configured
+        net.train()  # from_pretrained returns eval mode; dropout as configured
+        shard_if_fsdp2(self, net)
+        self.net = net
 
     @property
     def reward_adapter(self) -> str | None:
@@ -235,7 +244,7 @@ class RewardModule(WholeParameters, L.LightningModule):
 
     def on_before_optimizer_step(self, optimizer) -> None:
         params = [p for g in optimizer.param_groups for p in g["params"]]
-        if not self.guard.grads_ok(params, self.global_step):
+        if not self.guard.grads_ok(params, self.global_step, self.trainer.strategy.reduce_boolean_decision):
             self.log("reward/skipped_updates", float(self.guard.skipped))
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -325,11 +334,15 @@ class RewardModule(WholeParameters, L.LightningModule):
         return -sum(scores) / len(scores)
 
     def on_train_end(self) -> None:
-        if not self.trainer.is_global_zero or not self.trainer.loggers:
+        if not computes_on_this_rank(self.trainer, self.net) or not self.trainer.loggers:
             return
+        from lit_rlhf.backbone.sharding import full_state
         from lit_rlhf.checkpoint.stage_dir import save_stage_dir
 
         bias = self.compute_bias()
+        state = full_state(self.net) if self.net.sharded else None  # a collective: before the rank check
+        if not self.trainer.is_global_zero:
+            return
         cm = self.trainer.callback_metrics
         metrics = {
             k.split("/", 1)[1]: float(cm[k])
@@ -359,6 +372,7 @@ class RewardModule(WholeParameters, L.LightningModule):
             metrics=metrics,
             parent=str(self.init_from),
             config_text=config.read_text() if config.is_file() else None,
+            state=state,
         )
         self.logger.log_metrics({"reward/bias": bias}, step=max(self.global_step - 1, 0))
         self.stage_dir_written = out

@@ -19,11 +19,13 @@ from lit_rlhf.runs import run_dir
 from lit_rlhf.stages.common import (
     OptimConfig,
     SampleConfig,
-    WholeParameters,
+    StrategyCheck,
     build_optimizer,
+    computes_on_this_rank,
     generate_batched,
     make_scorer,
     read_prompts,
+    shard_if_fsdp2,
     summarize_judgements,
 )
 from lit_rlhf.stages.guards import NumericalGuard
@@ -38,7 +40,7 @@ class _SFTState:
     sample_prompts: list[str] = field(default_factory=list)
 
 
-class SFTModule(WholeParameters, L.LightningModule):
+class SFTModule(StrategyCheck, L.LightningModule):
     """Fine-tune the policy on demonstrations; writes an ``sft`` stage directory at the end of fit.
 
     Args:
@@ -119,7 +121,9 @@ class SFTModule(WholeParameters, L.LightningModule):
             net = Backbone.build(self.backbone_cfg, device=self._target_device())
             if self.backbone_cfg.lora is not None:
                 net.add_adapter(POLICY)
-        self.net = net.train()  # from_pretrained returns eval mode; dropout as configured
+        net.train()  # from_pretrained returns eval mode; dropout as configured
+        shard_if_fsdp2(self, net)
+        self.net = net
 
     def configure_optimizers(self):
         total = int(self.trainer.estimated_stepping_batches)
@@ -148,7 +152,7 @@ class SFTModule(WholeParameters, L.LightningModule):
 
     def on_before_optimizer_step(self, optimizer) -> None:
         params = [p for g in optimizer.param_groups for p in g["params"]]
-        if not self.guard.grads_ok(params, self.global_step):
+        if not self.guard.grads_ok(params, self.global_step, self.trainer.strategy.reduce_boolean_decision):
             self.log("sft/skipped_updates", float(self.guard.skipped), on_step=True)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
@@ -180,7 +184,7 @@ class SFTModule(WholeParameters, L.LightningModule):
     def log_samples(self) -> dict[str, float]:
         """Greedy and sampled completions of the fixed prompts -> samples.jsonl; labeler metrics if any."""
         prompts = self._fixed_prompts()
-        if not prompts or not self.trainer.is_global_zero or not self.trainer.loggers:
+        if not prompts or not computes_on_this_rank(self.trainer, self.net) or not self.trainer.loggers:
             return {}
         if self.state.last_sample_step == self.global_step:  # the last periodic log already covered this step
             return {}
@@ -194,11 +198,13 @@ class SFTModule(WholeParameters, L.LightningModule):
                 self.net.model, self.tokenizer, prompts, sampling, cfg.eval_batch_size, seed=self.global_step
             )
             judged = [scorer.judge(p, t) if scorer else {} for p, t in zip(prompts, texts, strict=True)]
-            for p, t, j in zip(prompts, texts, judged, strict=True):
-                append_jsonl(
-                    run_dir(self.trainer) / "samples.jsonl",
-                    {"step": self.log_step, "prompt": p, "completion": t, "mode": mode, **j},
-                )
+            rows = [
+                {"step": self.log_step, "prompt": p, "completion": t, "mode": mode, **j}
+                for p, t, j in zip(prompts, texts, judged, strict=True)
+            ]
+            if self.trainer.is_global_zero:  # under FSDP2 every rank generated; one writes
+                for row in rows:
+                    append_jsonl(run_dir(self.trainer) / "samples.jsonl", row)
             for k, v in summarize_judgements(judged).items():
                 metrics[f"sft/{k}" if mode == "greedy" else f"sft/{k}_sampled"] = v
         if metrics and self.logger is not None:
@@ -223,8 +229,9 @@ class SFTModule(WholeParameters, L.LightningModule):
 
     def on_train_end(self) -> None:
         # on_train_end, not on_fit_end: callbacks' on_fit_end (RunStatus) runs before the module's.
-        if not self.trainer.is_global_zero or not self.trainer.loggers:
+        if not computes_on_this_rank(self.trainer, self.net) or not self.trainer.loggers:
             return  # no run directory (logger=False): nothing to write into
+        from lit_rlhf.backbone.sharding import full_state
         from lit_rlhf.checkpoint.stage_dir import save_stage_dir
 
         self.log_samples()
@@ -237,6 +244,9 @@ class SFTModule(WholeParameters, L.LightningModule):
         metrics.update(held_out)
         if held_out and self.logger is not None:
             self.logger.log_metrics({f"sft/eval_{k}": v for k, v in held_out.items()}, step=self.log_step)
+        state = full_state(self.net) if self.net.sharded else None  # a collective: before the rank check
+        if not self.trainer.is_global_zero:
+            return
         root = run_dir(self.trainer)
         config = root / "config.yaml"
         out = root / "stage"
@@ -248,5 +258,6 @@ class SFTModule(WholeParameters, L.LightningModule):
             metrics=metrics,
             parent=self.init_from,
             config_text=config.read_text() if config.is_file() else None,
+            state=state,
         )
         self.stage_dir_written = out

@@ -99,15 +99,32 @@ def test_no_gradients_is_not_a_good_update():
     assert g.consecutive == 1
 
 
-def test_strategies_that_shard_parameters_are_refused_before_loading():
+def test_sharding_strategies_lit_rlhf_does_not_drive_are_refused_before_loading():
     from types import SimpleNamespace
 
     from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy, ModelParallelStrategy
 
+    from lit_rlhf.backbone.sharding import FSDP2Strategy
     from lit_rlhf.stages.common import check_strategy
 
-    for strategy in (FSDPStrategy(), ModelParallelStrategy(), SimpleNamespace(zero_stage_3=True)):
-        with pytest.raises(ValueError, match="shards parameters across ranks.*strategy: ddp"):
-            check_strategy(strategy, "sft")
+    with pytest.raises(ValueError, match=r"sft: strategy FSDPStrategy \(FSDP1\) is not supported.*fsdp2"):
+        check_strategy(FSDPStrategy(), "sft")
+    with pytest.raises(ValueError, match="reward: DeepSpeed ZeRO stage 3.*fsdp2"):
+        check_strategy(SimpleNamespace(zero_stage_3=True), "reward")
     check_strategy(DDPStrategy(), "sft")  # whole parameters on every rank: fine
     check_strategy(SimpleNamespace(zero_stage_3=False), "reward")  # DeepSpeed ZeRO-2
+    check_strategy(FSDP2Strategy(), "ppo")  # the stage modules shard the backbone themselves
+    check_strategy(
+        ModelParallelStrategy(), "ppo"
+    )  # (its tensor-parallel size is checked once the mesh exists)
+
+
+def test_grads_ok_takes_the_joint_decision_of_all_ranks():
+    """Under FSDP2 each rank sees only its shard of a gradient: one rank's inf must skip the update everywhere."""
+    g = NumericalGuard("sft", max_consecutive=0)
+    p = torch.nn.Parameter(torch.ones(2))
+    p.grad = torch.ones(2)  # finite here, but another rank's shard was not
+    assert not g.grads_ok([p], 3, all_ranks=lambda ok: False)
+    assert p.grad is None and g.skipped == 1
+    p.grad = torch.ones(2)
+    assert g.grads_ok([p], 4, all_ranks=lambda ok: ok)
