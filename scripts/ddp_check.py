@@ -357,16 +357,27 @@ def reward_validation(out: Path, rm_stage: Path, n_val: int) -> dict[str, Any]:
     }
 
 
-def ppo_check(out: Path) -> dict[str, Any]:
-    """SFT and reward stages on one process, then PPO on two; what each PPO rank ended with."""
+def single_parents(out: Path) -> tuple[Path, dict[str, Any] | None]:
+    """SFT, collected comparisons and a reward stage on one process: the parents of the 2-process runs.
+
+    Returns the SFT stage directory (the reward stage is found by `fit_args`), and an error entry or None.
+    """
     sft = fit("sft", out, 1)
     sft_stage = out / "runs" / "sft" / run_name(1) / "stage"
     if sft["stage_error"] is not None:
-        return {"error": {"single-process sft": sft}}
+        return sft_stage, {"single-process sft": sft}
     collect(out, sft_stage)
     rm = fit("reward", out, 1, sft_stage)
     if rm["stage_error"] is not None:
-        return {"error": {"single-process reward": rm}}
+        return sft_stage, {"single-process reward": rm}
+    return sft_stage, None
+
+
+def ppo_check(out: Path) -> dict[str, Any]:
+    """SFT and reward stages on one process, then PPO on two; what each PPO rank ended with."""
+    sft_stage, error = single_parents(out)
+    if error is not None:
+        return {"error": error}
     report: dict[str, Any] = {"fit": fit("ppo", out, WORLD, sft_stage)}
     ranks = [out / f"ppo_rank{r}_{WORLD}.json" for r in range(WORLD)]
     report["ranks"] = [json.loads(p.read_text()) if p.is_file() else None for p in ranks]
@@ -418,14 +429,9 @@ def compare_runs(a: Path, b: Path) -> dict[str, Any]:
 
 def fsdp2_check(out: Path) -> dict[str, Any]:
     """Each stage under ddp and under fsdp2 (2 processes each) from the same parents; how far apart they end."""
-    sft = fit("sft", out, 1)
-    sft_stage = out / "runs" / "sft" / run_name(1) / "stage"
-    if sft["stage_error"] is not None:
-        return {"error": {"single-process sft": sft}}
-    collect(out, sft_stage)
-    rm = fit("reward", out, 1, sft_stage)
-    if rm["stage_error"] is not None:
-        return {"error": {"single-process reward": rm}}
+    sft_stage, error = single_parents(out)
+    if error is not None:
+        return {"error": error}
     report: dict[str, Any] = {}
     for stage in ("sft", "reward", "ppo"):
         fits = {s: fit(stage, out, WORLD, sft_stage, strategy=s) for s in ("ddp", "fsdp2")}
