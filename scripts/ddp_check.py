@@ -427,12 +427,29 @@ def compare_runs(a: Path, b: Path) -> dict[str, Any]:
     }
 
 
+def uneven(path: Path, batch_size: int) -> int:
+    """Cut a JSONL file to 2 k batch_size + 1 rows (rank 0: k + 1 batches, rank 1: k); the rows kept."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    keep = (len(lines) - 1) // (2 * batch_size) * 2 * batch_size + 1
+    assert keep > 2 * batch_size, f"{path}: {len(lines)} rows are too few to cut"
+    path.write_text("\n".join(lines[:keep]) + "\n", encoding="utf-8")
+    return keep
+
+
 def fsdp2_check(out: Path) -> dict[str, Any]:
-    """Each stage under ddp and under fsdp2 (2 processes each) from the same parents; how far apart they end."""
+    """Each stage under ddp and under fsdp2 (2 processes each) from the same parents; how far apart they end.
+
+    The validation sets are cut so that an even split gives rank 0 one batch more than rank 1: under FSDP2 each
+    forward is a collective, so a rank running a batch the other does not would wait forever.
+    """
     sft_stage, error = single_parents(out)
     if error is not None:
         return {"error": error}
-    report: dict[str, Any] = {}
+    val_rows = {  # (the parents above validated on the whole sets)
+        "sft": uneven(out / "data" / "sft_val.jsonl", 8),  # the tiny SFT config's batch size
+        "reward": uneven(out / "cmp_val.jsonl", 4),  # the tiny reward config's
+    }
+    report: dict[str, Any] = {"val_rows": val_rows}
     for stage in ("sft", "reward", "ppo"):
         fits = {s: fit(stage, out, WORLD, sft_stage, strategy=s) for s in ("ddp", "fsdp2")}
         entry: dict[str, Any] = {"fit": fits}
