@@ -118,9 +118,11 @@ def test_sft_killed_while_writing_its_stage_dir_resumes_to_a_complete_one(demo_d
     _assert_finished(run_dir, 12)
 
 
-@pytest.mark.slow  # with its fixture (SFT, comparisons, reward model): ~30 s
-def test_ppo_resumes_after_sigkill_with_the_saved_kl_controller(tiny_stages, tmp_path):
+@pytest.mark.slow  # with its fixture (SFT, comparisons, reward model): ~30 s (fsdp2: 2 processes, ~45 s)
+@pytest.mark.parametrize("strategy", ["single", "fsdp2"])
+def test_ppo_resumes_after_sigkill_with_the_saved_kl_controller(tiny_stages, tmp_path, strategy):
     run_dir = tmp_path / "runs/ppo/tiny"
+    world = 2 if strategy == "fsdp2" else 1
     d = tiny_stages["demo"]
     cmd = fit_command(
         "configs/tiny/ppo.yaml",
@@ -134,11 +136,15 @@ def test_ppo_resumes_after_sigkill_with_the_saved_kl_controller(tiny_stages, tmp
         *("--trainer.log_every_n_steps", "1"),  # a row per rollout, so the first resumed one is checked
         *("--model.init_args.ppo.normalize_scores", "true"),  # the running score moments must resume too
     )
+    # fsdp2: sharded policy, critic and optimizer state; the checkpoint is a folder of shards
+    if strategy == "fsdp2":
+        cmd += ["--trainer.devices", "2", "--trainer.strategy", "fsdp2"]
     ckpt = run_dir / "checkpoints/last.ckpt"
     before = _kill(cmd, run_dir, tmp_path, ckpt.exists)
     assert max(_steps(before)) < PPO_STEPS // PPO_UPDATES_PER_ROLLOUT - 1  # the kill landed mid-training
-    # our own checkpoint file: what the resumed run has to start from
-    after_kill = torch.load(ckpt, map_location="cpu", weights_only=False)["lit_rlhf_ppo"]
+    # our own checkpoint state: what the resumed run has to start from (a folder's non-tensor part is meta.pt)
+    state_file = ckpt / "meta.pt" if ckpt.is_dir() else ckpt
+    after_kill = torch.load(state_file, map_location="cpu", weights_only=False)["lit_rlhf_ppo"]
     after = _resume(cmd, run_dir, tmp_path, len(before))
     _assert_finished(run_dir, PPO_STEPS)
     first = next(r for r in after if "ppo/kl_coef" in r)
@@ -146,12 +152,13 @@ def test_ppo_resumes_after_sigkill_with_the_saved_kl_controller(tiny_stages, tmp
     assert after_kill["kl_ctl"]["value"] != pytest.approx(0.05)
     assert first["ppo/kl_coef"] == pytest.approx(after_kill["kl_ctl"]["value"])
     assert first["ppo/rollouts"] == after_kill["rollouts_done"] + 1
-    assert after_kill["score_moments"]["count"] == after_kill["rollouts_done"] * 8  # 8 prompts a rollout
+    # 8 prompts a rollout on each rank
+    assert after_kill["score_moments"]["count"] == after_kill["rollouts_done"] * 8 * world
     assert max(_steps(after)) >= max(_steps(before))
     # prompts, pretraining rows, sampled responses and every loss continue as in the uninterrupted run
     n = _assert_same_as_uninterrupted(after, _reference(cmd, tmp_path))
     print(
-        f"\n{n} resumed rows equal to the uninterrupted run's. PPO: killed after row step {max(_steps(before))}, last.ckpt rollouts_done "
+        f"\n{n} resumed rows equal to the uninterrupted run's. PPO ({strategy}): killed after row step {max(_steps(before))}, last.ckpt rollouts_done "
         f"{after_kill['rollouts_done']} kl_coef {after_kill['kl_ctl']['value']:.9f}; first resumed row: "
         f"rollouts {first['ppo/rollouts']:.0f} kl_coef {first['ppo/kl_coef']:.9f}"
     )
