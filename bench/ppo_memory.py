@@ -407,7 +407,7 @@ def build_mode(mode: str, args: argparse.Namespace) -> tuple[Any, Any, int, str]
         reward_from=str(workdir / ("rm-lora" if mode == "ppo-shared" else "rm-full")),
         ptx_coef=0.5,
         lr=1e-4,
-        kl=KLConfig(init_coef=0.1, adaptive=True, target=1.0, horizon=10000),
+        kl=KLConfig(init_coef=0.6, adaptive=False),
         ppo=PPOConfig(
             ppo_epochs=args.ppo_epochs,
             minibatch_size=args.batch_size,
