@@ -104,7 +104,7 @@ def generate(
     used). The model is put in eval mode for the call and restored afterwards. With FSDP2-sharded parameters this is
     a collective: every rank must call it, and ranks keep stepping together until all have finished.
     """
-    from lit_rlhf.backbone.sharding import is_sharded
+    from lit_rlhf.backbone.sharding import gathered_for_generation, is_sharded
 
     device = next(model.parameters()).device
     prompt_ids, prompt_mask = encode_prompts(tokenizer, prompts, device)
@@ -118,16 +118,17 @@ def generate(
             kwargs.update(
                 temperature=sampling.temperature, top_k=sampling.top_k or None, top_p=sampling.top_p
             )
-        out = model.generate(
-            input_ids=prompt_ids,
-            attention_mask=prompt_mask,
-            max_new_tokens=sampling.max_new_tokens,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-            use_cache=True,
-            synced_gpus=is_sharded(model),
-            **kwargs,
-        )
+        with gathered_for_generation(model):
+            out = model.generate(
+                input_ids=prompt_ids,
+                attention_mask=prompt_mask,
+                max_new_tokens=sampling.max_new_tokens,
+                eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id,
+                use_cache=True,
+                synced_gpus=is_sharded(model),
+                **kwargs,
+            )
     finally:
         model.train(was_training)
     response_ids = out[:, prompt_ids.shape[1] :]

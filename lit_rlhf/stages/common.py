@@ -175,7 +175,7 @@ def shard_if_fsdp2(module: Any, *nets: Any) -> None:
     check_data_parallel_only(strategy, module.STAGE)
     mesh = strategy.device_mesh["data_parallel"]
     for net in nets:
-        shard_backbone(net, mesh)
+        shard_backbone(net, mesh, gather_for_generation=getattr(strategy, "gather_for_generation", True))
 
 
 def computes_on_this_rank(trainer: Any, net: Any) -> bool:

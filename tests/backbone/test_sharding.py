@@ -91,3 +91,59 @@ def test_fsdp2_strategy_is_registered_and_data_parallel_only():
     strategy = StrategyRegistry.get("fsdp2")
     assert isinstance(strategy, FSDP2Strategy)
     assert strategy._tensor_parallel_size == 1
+
+
+_GATHER_SCRIPT = """
+import os, sys
+import torch, torch.distributed as dist
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import fully_shard
+from torch.distributed.tensor import DTensor
+from transformers import GPT2Config, GPT2LMHeadModel
+from lit_rlhf.backbone.sharding import gathered_for_generation
+dist.init_process_group("gloo", rank=0, world_size=1)
+mesh = init_device_mesh("cpu", (1,))
+m = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=50, n_positions=32)).eval()
+for block in m.transformer.h:
+    fully_shard(block, mesh=mesh)
+fully_shard(m, mesh=mesh)
+m._lit_rlhf_gather_for_generation = sys.argv[1] == "on"
+x = torch.randint(0, 50, (2, 5))
+sharded = lambda: all(isinstance(b.attn.c_attn.weight, DTensor) for b in m.transformer.h)
+with torch.no_grad():
+    m(x)
+    before = sharded()
+    with gathered_for_generation(m):
+        m(x)
+        inside = sharded()
+    print(before, inside, sharded())
+dist.destroy_process_group()
+"""
+
+
+@pytest.mark.parametrize("setting", ["on", "off"])
+def test_generation_keeps_layers_gathered_then_frees_them(tmp_path, setting):
+    """One all-gather per layer per generate call (not per decoding step), and the shards are back afterwards.
+
+    A 1-process FSDP2 group in a subprocess, so this test process never joins a process group.
+    """
+    import os
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "PYTHONPATH": str(root)}
+    script = tmp_path / "gather.py"
+    script.write_text(_GATHER_SCRIPT)
+    proc = subprocess.run(
+        [sys.executable, str(script), setting], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    before, inside, after = proc.stdout.split()[-3:]
+    assert (before, after) == ("True", "True")  # freed after each forward outside the block, and after it
+    assert inside == ("False" if setting == "on" else "True")
