@@ -51,16 +51,23 @@ STALL_S, TIMEOUT_S = 30, 90  # a healthy tiny DDP fit takes 9-15 s here and writ
 SMALL_DEMO = {"n_train": 256, "n_val": 48, "n_rl": 32, "n_eval": 16, "n_pretrain": 48}
 
 
-def run_name(devices: int, strategy: str = "ddp") -> str:
-    return strategy if devices > 1 else "single"
+def run_name(devices: int, strategy: str = "ddp", full: bool = False) -> str:
+    """Run directory name: the strategy (or "single"), "-full" for the full-weight variant."""
+    return (strategy if devices > 1 else "single") + ("-full" if full else "")
 
 
 # ---- the phases (each runs in its own process; the fit and 2-device validate phases in two) -----------------
-def fit_args(stage: str, out: Path, sft_stage: Path | None, devices: int, strategy: str = "ddp") -> list[str]:
-    """The `main.py fit` arguments of the tiny `stage` run over the data in `out/data`."""
+def fit_args(
+    stage: str, out: Path, sft_stage: Path | None, devices: int, strategy: str = "ddp", full: bool = False
+) -> list[str]:
+    """The `main.py fit` arguments of the tiny `stage` run over the data in `out/data`.
+
+    `full`: the reward model trains all its weights (no LoRA), and PPO starts from that one, which gives PPO four
+    separate full-weight roles instead of adapters on one shared base.
+    """
     d = out / "data"
     args = ["fit", "--config", str(CONFIGS[stage]), "--run.root", str(out / "runs")]
-    args += ["--run.name", run_name(devices, strategy)]
+    args += ["--run.name", run_name(devices, strategy, full)]
     args += ["--trainer.max_steps", str(MAX_STEPS[stage]), "--trainer.devices", str(devices)]
     if devices > 1:
         args += ["--trainer.strategy", strategy]
@@ -74,21 +81,28 @@ def fit_args(stage: str, out: Path, sft_stage: Path | None, devices: int, strate
     if stage == "ppo":
         return args + [
             *("--model.init_args.policy_from", str(sft_stage)),
-            *("--model.init_args.reward_from", str(out / "runs" / "reward" / run_name(1) / "stage")),
+            *(
+                "--model.init_args.reward_from",
+                str(out / "runs" / "reward" / run_name(1, full=full) / "stage"),
+            ),
             *("--model.init_args.eval.prompts", str(d / "eval_prompts.jsonl")),
             *("--model.init_args.ppo.normalize_scores", "true"),
             *("--data.init_args.prompts_path", str(d / "rl_prompts.jsonl")),
             *("--data.init_args.pretrain_path", str(d / "pretrain.jsonl")),
         ]
+    full_weights = ["--model.init_args.lora", "null", "--model.init_args.optim.lr", "1e-4"] if full else []
     return args + [
         *("--model.init_args.init_from", str(sft_stage)),
         *("--model.init_args.bias_from", str(d / "sft_val.jsonl")),
         *("--data.init_args.train_path", str(out / "cmp_train.jsonl")),
         *("--data.init_args.val_path", str(out / "cmp_val.jsonl")),
+        *full_weights,
     ]
 
 
-def phase_fit(stage: str, out: Path, sft_stage: Path | None, devices: int, strategy: str = "ddp") -> None:
+def phase_fit(
+    stage: str, out: Path, sft_stage: Path | None, devices: int, strategy: str = "ddp", full: bool = False
+) -> None:
     """`main.py fit` through the project's CLI, then tear the process group down explicitly.
 
     PLATFORM.md: DDP on CPU sometimes aborted at interpreter exit unless the group was destroyed first.
@@ -97,7 +111,7 @@ def phase_fit(stage: str, out: Path, sft_stage: Path | None, devices: int, strat
 
     from lit_rlhf.cli import lightning_cli
 
-    cli = lightning_cli(fit_args(stage, out, sft_stage, devices, strategy))
+    cli = lightning_cli(fit_args(stage, out, sft_stage, devices, strategy, full))
     if stage == "ppo" and strategy == "ddp":  # (the checksum reads whole parameters, not FSDP2 shards)
         write_rank_state(cli, out / f"ppo_rank{cli.trainer.global_rank}_{devices}.json")
     if dist.is_available() and dist.is_initialized():
@@ -258,15 +272,21 @@ def check_run_dir(run_dir: Path, max_steps: int) -> dict[str, Any]:
 
 
 def fit(
-    stage: str, out: Path, devices: int, sft_stage: Path | None = None, strategy: str = "ddp"
+    stage: str,
+    out: Path,
+    devices: int,
+    sft_stage: Path | None = None,
+    strategy: str = "ddp",
+    full: bool = False,
 ) -> dict[str, Any]:
     """One `fit` phase (2 processes when devices > 1); what it returned and what it left in its run directory."""
     args = ["--phase", "fit", "--stage", stage, "--out", str(out), "--devices", str(devices)]
-    args += ["--strategy", strategy]
+    args += ["--strategy", strategy] + (["--full-weights"] if full else [])
     if sft_stage is not None:
         args += ["--sft-stage", str(sft_stage)]
-    run_dir = out / "runs" / stage / run_name(devices, strategy)
-    result = run_phase(args, out / f"fit_{stage}_{run_name(devices, strategy)}.log", watch=[run_dir])
+    name = run_name(devices, strategy, full)
+    run_dir = out / "runs" / stage / name
+    result = run_phase(args, out / f"fit_{stage}_{name}.log", watch=[run_dir])
     result.update(check_run_dir(run_dir, MAX_STEPS[stage]))
     return result
 
@@ -410,16 +430,23 @@ def compare_runs(a: Path, b: Path) -> dict[str, Any]:
     rows = [
         [json.loads(x) for x in (r / "metrics.jsonl").read_text().splitlines() if x.strip()] for r in (a, b)
     ]
-    rel = 0.0
+    # Fractions of thresholded events (e.g. ppo/clip_frac: tokens whose ratio left the clip range) move in steps of
+    # one token: a float-order difference can flip one, so they are compared on their own, in absolute terms.
+    rel, frac = 0.0, 0.0
     for ra, rb in zip(*rows, strict=False):
         for k, v in ra.items():
-            if isinstance(v, float) and not any(t in k for t in ("time", "per_s", "gen_share")) and k in rb:
+            if not isinstance(v, float) or any(t in k for t in ("time", "per_s", "gen_share")) or k not in rb:
+                continue
+            if k.endswith("_frac"):
+                frac = max(frac, abs(v - rb[k]))
+            else:
                 rel = max(rel, abs(v - rb[k]) / max(1.0, abs(v)))
     metrics = {k: (v, mb.metrics.get(k)) for k, v in ma.metrics.items()}
     return {
         "tensors": tensors,
         "rows": [len(rows[0]), len(rows[1])],
         "rows_max_rel_diff": rel,
+        "rows_max_frac_diff": frac,
         "metrics": metrics,
         "metrics_max_rel_diff": max(
             (abs(x - y) / max(1.0, abs(x)) for x, y in metrics.values() if y is not None), default=0.0
@@ -450,13 +477,24 @@ def fsdp2_check(out: Path) -> dict[str, Any]:
         "reward": uneven(out / "cmp_val.jsonl", 4),  # the tiny reward config's
     }
     report: dict[str, Any] = {"val_rows": val_rows}
-    for stage in ("sft", "reward", "ppo"):
-        fits = {s: fit(stage, out, WORLD, sft_stage, strategy=s) for s in ("ddp", "fsdp2")}
+    rm_full = fit("reward", out, 1, sft_stage, full=True)  # the parent of PPO with four separate roles
+    if rm_full["stage_error"] is not None:
+        return {"error": {"single-process full-weight reward": rm_full}}
+    cases = [
+        ("sft", "sft", False),
+        ("reward", "reward", False),
+        ("ppo", "ppo", False),
+        ("ppo_separate", "ppo", True),
+    ]
+    for name, stage, full in cases:
+        fits = {s: fit(stage, out, WORLD, sft_stage, strategy=s, full=full) for s in ("ddp", "fsdp2")}
         entry: dict[str, Any] = {"fit": fits}
         if all(f["stage_error"] is None for f in fits.values()):
             runs = out / "runs" / stage
-            entry["compare"] = compare_runs(runs / "ddp", runs / "fsdp2")
-        report[stage] = entry
+            entry["compare"] = compare_runs(
+                runs / run_name(WORLD, "ddp", full), runs / run_name(WORLD, "fsdp2", full)
+            )
+        report[name] = entry
     return report
 
 
@@ -493,6 +531,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--stage", choices=("sft", "reward", "ppo", "fsdp2"), default="sft")
     p.add_argument("--strategy", choices=("ddp", "fsdp2"), default="ddp", help=argparse.SUPPRESS)
+    p.add_argument("--full-weights", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--out", type=Path, default=Path("ddp_check"))
     p.add_argument("--sft-stage", type=Path, default=None, help=argparse.SUPPRESS)
     p.add_argument("--phase", choices=("fit", "validate"), default=None, help=argparse.SUPPRESS)
@@ -502,7 +541,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--result", type=Path, default=None, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.phase == "fit":
-        phase_fit(a.stage, a.out.resolve(), a.sft_stage, a.devices, a.strategy)
+        phase_fit(a.stage, a.out.resolve(), a.sft_stage, a.devices, a.strategy, a.full_weights)
         return 0
     if a.phase == "validate":
         phase_validate(a.rm_stage, a.val, a.devices, a.result)

@@ -36,7 +36,7 @@ def report(tmp_path_factory) -> dict[str, Any]:
     return result
 
 
-@pytest.mark.parametrize("stage", ["sft", "reward", "ppo"])
+@pytest.mark.parametrize("stage", ["sft", "reward", "ppo", "ppo_separate"])  # separate: 4 full-weight roles
 def test_fsdp2_stage_ends_where_ddp_ends(report, stage):
     # validation sets of 2 k batches + 1 row: split across ranks they would need unequal batch counts
     assert report["val_rows"]["sft"] % 16 == report["val_rows"]["reward"] % 8 == 1
@@ -56,6 +56,7 @@ def test_fsdp2_stage_ends_where_ddp_ends(report, stage):
     # and the runs logged the same figures on the way (losses, accuracies, KL, rewards ...)
     assert cmp["rows"][0] == cmp["rows"][1] > 0
     assert cmp["rows_max_rel_diff"] <= 1e-5
+    assert cmp["rows_max_frac_diff"] <= 0.02  # e.g. value_clip_frac: a token or two may flip over float noise
     assert cmp["metrics"] and cmp["metrics_max_rel_diff"] <= 1e-5
 
 
