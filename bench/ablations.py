@@ -22,6 +22,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 MAIN = str(ROOT / "main.py")
+sys.path.insert(0, str(ROOT))
+
+from lit_rlhf.pipeline import ppo_stage_args  # noqa: E402  (the pipeline's own PPO overrides, not a copy)
 
 
 def run(args: list[str]) -> float:
@@ -60,16 +63,7 @@ def ppo_ablation(a: argparse.Namespace, out: Path) -> dict:
                 "0",
                 "--model.init_args.ptx_coef",
                 "0",
-                "--model.init_args.policy_from",
-                str(sft),
-                "--model.init_args.reward_from",
-                str(rm),
-                "--model.init_args.eval.prompts",
-                str(d / "eval_prompts.jsonl"),
-                "--data.init_args.prompts_path",
-                str(d / "rl_prompts.jsonl"),
-                "--data.init_args.pretrain_path",
-                str(d / "pretrain.jsonl"),
+                *ppo_stage_args(sft, rm, d),
             ]
         )
     report_dir = out / "ppo_eval"

@@ -21,6 +21,17 @@ import yaml
 MAIN = str(Path(__file__).resolve().parents[1] / "main.py")
 
 
+def ppo_stage_args(sft: Path, rm: Path, data: Path) -> list[str]:
+    """`main.py fit` overrides that point a PPO config at its parent stages and the demo data directory `data`."""
+    return [
+        *("--model.init_args.policy_from", str(sft)),
+        *("--model.init_args.reward_from", str(rm)),
+        *("--model.init_args.eval.prompts", str(data / "eval_prompts.jsonl")),
+        *("--data.init_args.prompts_path", str(data / "rl_prompts.jsonl")),
+        *("--data.init_args.pretrain_path", str(data / "pretrain.jsonl")),
+    ]
+
+
 @dataclass
 class CollectSettings:
     """Comparison collection from the SFT model (InstructGPT step 2's data)."""
@@ -230,22 +241,7 @@ class Pipeline:
                 str(val),
             ],
         )
-        ppo = self._fit(
-            "ppo",
-            self.cfg.ppo_config,
-            [
-                "--model.init_args.policy_from",
-                str(sft),
-                "--model.init_args.reward_from",
-                str(rm),
-                "--model.init_args.eval.prompts",
-                str(d / "eval_prompts.jsonl"),
-                "--data.init_args.prompts_path",
-                str(d / "rl_prompts.jsonl"),
-                "--data.init_args.pretrain_path",
-                str(d / "pretrain.jsonl"),
-            ],
-        )
+        ppo = self._fit("ppo", self.cfg.ppo_config, ppo_stage_args(sft, rm, d))
         report = self.evaluate(sft, rm, ppo)
         total = time.perf_counter() - start
         print(
