@@ -187,6 +187,15 @@ def computes_on_this_rank(trainer: Any, net: Any) -> bool:
     return bool(trainer.is_global_zero or getattr(net, "sharded", False))
 
 
+def gradient_vote(trainer: Any, net: Any):
+    """The cross-rank vote for skipping a non-finite gradient, or None where none is needed.
+
+    Under FSDP2 each rank sees only its shard of each gradient, so the ranks must agree; DDP ranks hold the same
+    all-reduced gradients already, and one collective per optimizer step would buy nothing.
+    """
+    return trainer.strategy.reduce_boolean_decision if getattr(net, "sharded", False) else None
+
+
 class StrategyCheck:
     """Mixin for the stage modules: refuse unsupported sharding strategies in ``setup`` (before weights load)."""
 

@@ -50,7 +50,7 @@ from lit_rlhf.rl.rewards import (
 )
 from lit_rlhf.rl.stats import explained_variance
 from lit_rlhf.runs import run_dir
-from lit_rlhf.stages.common import StrategyCheck, computes_on_this_rank, shard_if_fsdp2
+from lit_rlhf.stages.common import StrategyCheck, computes_on_this_rank, gradient_vote, shard_if_fsdp2
 from lit_rlhf.stages.guards import NumericalGuard, ppo_flags
 
 # Two Lightning warnings that do not apply here, silenced so the real ones stand out:
@@ -331,7 +331,7 @@ class PPOModule(StrategyCheck, L.LightningModule):
         params = [q for g in opt.param_groups for q in g["params"]]
         if self.guard.loss_ok(loss, self.global_step, self.trainer.strategy.reduce_boolean_decision):
             self.manual_backward(loss)
-            if self.guard.grads_ok(params, self.global_step, self.trainer.strategy.reduce_boolean_decision):
+            if self.guard.grads_ok(params, self.global_step, gradient_vote(self.trainer, self._policy_net)):
                 if cfg.max_grad_norm > 0:
                     self.clip_gradients(
                         opt, gradient_clip_val=cfg.max_grad_norm, gradient_clip_algorithm="norm"

@@ -29,6 +29,7 @@ from lit_rlhf.stages.common import (
     StrategyCheck,
     build_optimizer,
     computes_on_this_rank,
+    gradient_vote,
     shard_if_fsdp2,
 )
 from lit_rlhf.stages.guards import NumericalGuard
@@ -244,7 +245,7 @@ class RewardModule(StrategyCheck, L.LightningModule):
 
     def on_before_optimizer_step(self, optimizer) -> None:
         params = [p for g in optimizer.param_groups for p in g["params"]]
-        if not self.guard.grads_ok(params, self.global_step, self.trainer.strategy.reduce_boolean_decision):
+        if not self.guard.grads_ok(params, self.global_step, gradient_vote(self.trainer, self.net)):
             self.log("reward/skipped_updates", float(self.guard.skipped))
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -23,6 +23,7 @@ from lit_rlhf.stages.common import (
     build_optimizer,
     computes_on_this_rank,
     generate_batched,
+    gradient_vote,
     make_scorer,
     read_prompts,
     shard_if_fsdp2,
@@ -152,7 +153,7 @@ class SFTModule(StrategyCheck, L.LightningModule):
 
     def on_before_optimizer_step(self, optimizer) -> None:
         params = [p for g in optimizer.param_groups for p in g["params"]]
-        if not self.guard.grads_ok(params, self.global_step, self.trainer.strategy.reduce_boolean_decision):
+        if not self.guard.grads_ok(params, self.global_step, gradient_vote(self.trainer, self.net)):
             self.log("sft/skipped_updates", float(self.guard.skipped), on_step=True)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
