@@ -149,13 +149,13 @@ def markdown(result: dict) -> str:
     lines = [
         "## SFT vs PPO vs PPO-ptx (demo world, held-out prompts, sampled at temperature 1)",
         "",
-        "| model | win rate vs SFT [95% CI] | labeler score | KL to SFT | pretraining loss | RM score |",
+        "| model | win rate vs SFT [95% CI] | judge score | KL to SFT | pretraining loss | RM score |",
         "|---|---|---|---|---|---|",
     ]
     for name, r in result["ppo"]["rows"].items():
         lines.append(
             f"| {name} | {r['win_rate_vs_sft']:.3f} [{r['win_rate_ci_low']:.3f}, {r['win_rate_ci_high']:.3f}] "
-            f"| {r['labeler_score']:.3f} | {r['kl']:.3f} | {r['pretrain_loss']:.3f} | {r['rm_score']:.3f} |"
+            f"| {r['judge_score']:.3f} | {r['kl']:.3f} | {r['pretrain_loss']:.3f} | {r['rm_score']:.3f} |"
         )
     lines += [
         "",

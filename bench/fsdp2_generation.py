@@ -58,13 +58,13 @@ def worker(rank: int, a: argparse.Namespace, port: int, out: Path) -> None:
     sampling = SamplingConfig(max_new_tokens=a.new_tokens, do_sample=False)
     times: dict[str, list[float]] = {"per_step": [], "per_call": []}
     texts: dict[str, list[str]] = {}
-    generate(net.model, net.tokenizer, prompts, sampling)  # warm-up (lazy FSDP init)
+    generate(net.model, net.text_format, prompts, sampling)  # warm-up (lazy FSDP init)
     for _ in range(a.repeats):
         for mode in times:
             net.hf_model._lit_rlhf_gather_for_generation = mode == "per_call"
             dist.barrier()
             start = time.perf_counter()
-            gen = generate(net.model, net.tokenizer, prompts, sampling)
+            gen = generate(net.model, net.text_format, prompts, sampling)
             times[mode].append(time.perf_counter() - start)
             texts[mode] = gen.texts
     if rank == 0:

@@ -65,11 +65,13 @@ def response_logprobs(logits: Tensor, input_ids: Tensor, prompt_len: int) -> Ten
 
 @torch.no_grad()
 def token_logprobs(model: LoadedModel, input_ids: Tensor, prompt_len: int) -> Tensor:
-    """(R,) log-probabilities of the response tokens of `input_ids` (1, P + R) under `model`."""
+    """(R,) log-probabilities of the response tokens of `input_ids` (1, P + R) under `model` (float32 logits,
+    as PPO and `evaluate` compute them)."""
+    if not 1 <= prompt_len < input_ids.shape[1]:
+        raise ValueError(f"prompt_len must be in [1, {input_ids.shape[1] - 1}], got {prompt_len}")
     ids = input_ids.to(next(model.backbone.parameters()).device)
     with model.backbone.use_adapter(model.adapter):
-        logits = model.backbone(ids, torch.ones_like(ids))  # (1, P + R, V)
-    return response_logprobs(logits, ids, prompt_len)[0].cpu()
+        return model.backbone.response_logprobs(ids, torch.ones_like(ids), prompt_len)[0].cpu()
 
 
 @dataclass
@@ -104,10 +106,14 @@ def same_vocabulary(tokenizer_a, tokenizer_b) -> bool:
 def generate_ids(
     model: LoadedModel, prompt: str, sampling: SamplingConfig, seed: int
 ) -> tuple[Tensor, int, str]:
-    """Generate one completion: (input_ids (1, P + R) without padding, P, decoded response text)."""
+    """Generate one completion: (input_ids (1, P + R) without padding, P, decoded response text).
+
+    The prompt is rendered in the stage's own prompt format (its chat template, if it was trained with one),
+    exactly as in training and `evaluate`.
+    """
     backbone = model.backbone
     with backbone.use_adapter(model.adapter):
-        gen = generate(backbone.model, backbone.tokenizer, [prompt], sampling, generator_seed=seed)
+        gen = generate(backbone.model, backbone.text_format, [prompt], sampling, generator_seed=seed)
     prompt_ids = gen.prompt_ids[0][gen.prompt_mask[0].bool()]  # (P,)
     response_ids = gen.response_ids[0][gen.response_mask[0].bool()]  # (R,) up to and including EOS
     return torch.cat([prompt_ids, response_ids]).unsqueeze(0).cpu(), int(prompt_ids.numel()), gen.texts[0]

@@ -60,7 +60,8 @@ def _export(argv: list[str]) -> int:
 def _collect(argv: list[str]) -> int:
     p = argparse.ArgumentParser(
         prog="main.py collect-comparisons",
-        description="Sample K responses per prompt from a stage directory; the demo labeler ranks them.",
+        description="Sample K responses per prompt from a stage directory; a judge ranks them (without one, "
+        "the samples are written unranked for people to rank).",
     )
     p.add_argument("--ckpt", required=True, help="stage directory to sample from (usually the SFT one)")
     p.add_argument("--prompts", required=True, help="prompts JSONL ({'prompt': ...} rows)")
@@ -72,7 +73,13 @@ def _collect(argv: list[str]) -> int:
     p.add_argument("--top-k", type=int, default=0)
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--batch-size", type=int, default=16, help="prompts per generate call")
-    p.add_argument("--rank-noise", type=float, default=0.0, help="labeler disagreement (score noise std)")
+    p.add_argument(
+        "--judge",
+        default=None,
+        help="ranks the K samples: demo (the demo world's labeler) or package.module:callable "
+        "(default: none: unranked samples)",
+    )
+    p.add_argument("--rank-noise", type=float, default=0.0, help="judge disagreement (score noise std)")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
     from lit_rlhf.backbone.generate import SamplingConfig
@@ -95,6 +102,7 @@ def _collect(argv: list[str]) -> int:
         limit=a.limit,
         seed=a.seed,
         rank_noise=a.rank_noise,
+        judge=a.judge,
     )
     print(report.summary())
     return 0

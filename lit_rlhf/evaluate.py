@@ -3,14 +3,14 @@
 Lives here: which SFT baseline and reward model a set of checkpoints is compared against (read from their
 manifests), the thin model passes (sample, log-probs of sampled tokens, pretraining loss, reward), the pure
 metric functions, and the report writers (report.json, report.md, report.png).
-Must not live here: the labeler's scoring rule (lit_rlhf.demo.labeler), KL estimators and losses
-(lit_rlhf.rl), training.
+Must not live here: a judge's scoring rule (lit_rlhf.judges), the metric functions every evaluation path
+shares (lit_rlhf.evaluation.metrics), KL estimators and losses (lit_rlhf.rl), training.
 
 One model is in memory at a time, in this order:
   1. each checkpoint: its completions, the log-probs of its own sampled tokens, its pretraining loss
   2. the SFT model: its completions (the win-rate baseline), its log-probs of every checkpoint's tokens
   3. the reward model (if any): the score of every checkpoint's completions
-  4. labeler and pure metrics; then the report files
+  4. the judge (if any) and the pure metrics; then the report files
 Every model samples with the same seeds, so the SFT model evaluated against itself is an exact tie.
 """
 
@@ -34,15 +34,17 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from lit_rlhf.backbone.generate import Generation, SamplingConfig, generate
+from lit_rlhf.backbone.generate import Generation, SamplingConfig, generate_batches
 from lit_rlhf.checkpoint.manifest import MANIFEST, Manifest, ManifestError, read_manifest
 from lit_rlhf.data.rows import DataError
+from lit_rlhf.evaluation.metrics import judge_metrics, kl_k1_per_sequence, mean_or_none, weighted_mean
+from lit_rlhf.judges import JudgeError, load_judge
 
 log = logging.getLogger(__name__)
 
 POLICY_STAGES = ("sft", "ppo")
 METRICS = (
-    "labeler_score",
+    "judge_score",
     "win_rate_vs_sft",
     "win_rate_ci_low",
     "win_rate_ci_high",
@@ -74,6 +76,8 @@ class EvalSettings:
         pretrain: Pretraining text JSONL ({"text"} rows) for the alignment tax; None = no pretrain_loss.
         pretrain_limit: The last this many rows of ``pretrain`` (PPO-ptx holds the last rows out of training).
         device: Where the models run.
+        judge: Judges the completions (``demo``, ``exact_match``, ``package.module:callable``; null = no judge
+            figures). See lit_rlhf.judges.
     """
 
     prompts: str
@@ -85,6 +89,7 @@ class EvalSettings:
     pretrain: str | None = None
     pretrain_limit: int = 256
     device: str = "cpu"
+    judge: str | None = None
 
     def problems(self) -> list[str]:
         """Every invalid setting (empty when all are valid)."""
@@ -186,70 +191,13 @@ def read_stage(path: str, origin: str = "") -> Manifest:
 
 
 # ---- pure: metrics -------------------------------------------------------------------------------------
-def is_demo_world(prompts: Sequence[str]) -> bool:
-    """Whether the demo labeler can judge every prompt."""
-    from lit_rlhf.demo.world import parse_prompt
-
-    return all(parse_prompt(p) is not None for p in prompts)
-
-
-def labeler_metrics(
-    prompts: Sequence[str], responses: Sequence[str], baseline: Sequence[str]
-) -> dict[str, float]:
-    """Mean demo-labeler score of `responses`, and their win rate against `baseline` (ties count half).
-
-    The interval is the 95% Wilson score interval of that mean over the prompts (demo.labeler.win_rate).
-    """
-    from lit_rlhf.demo.labeler import Labeler, win_rate
-
-    labeler = Labeler()
-    scores = [labeler.score(p, r) for p, r in zip(prompts, responses, strict=True)]
-    wr = win_rate([labeler.compare(p, a, b) for p, a, b in zip(prompts, responses, baseline, strict=True)])
-    return {
-        "labeler_score": sum(scores) / len(scores),
-        "win_rate_vs_sft": wr.rate,
-        "win_rate_ci_low": wr.ci_low,
-        "win_rate_ci_high": wr.ci_high,
-    }
-
-
-def kl_k1_per_sequence(logp: Tensor, ref_logp: Tensor, response_mask: Tensor) -> list[float]:
-    """sum_t (log pi - log pi_sft) over each row's response tokens (the k1 estimate of KL(pi || pi_sft)).
-
-    Args:
-        logp: (B, R) log pi of the sampled tokens. ref_logp: (B, R) log pi_sft of the same tokens.
-        response_mask: (B, R) 1 on response tokens (EOS included).
-    Returns:
-        B floats.
-    """
-    from lit_rlhf.rl.kl import kl_penalty
-
-    return (kl_penalty(logp, ref_logp, "k1") * response_mask).sum(1).tolist()
-
-
 def response_lengths(batches: Sequence[Generation]) -> list[int]:
     """Tokens of each response, EOS included (as PPO's ppo/response_length counts them)."""
     return [int(n) for g in batches for n in g.response_mask.sum(1)]
 
 
-def mean_or_none(values: Sequence[float] | None) -> float | None:
-    """Mean of `values`; None when there are none or the mean is not finite (JSON has no NaN)."""
-    if not values:
-        return None
-    m = sum(values) / len(values)
-    return m if math.isfinite(m) else None
-
-
-def weighted_mean(values: Sequence[float], weights: Sequence[float]) -> float:
-    """sum(v * w) / sum(w): per-batch mean losses back to a per-token mean, whatever the batch sizes."""
-    total = sum(weights)
-    if total <= 0:
-        raise ValueError("weighted_mean needs a positive total weight")
-    return sum(v * w for v, w in zip(values, weights, strict=True)) / total
-
-
 def checkpoint_metrics(
-    labeler: dict[str, float] | None,
+    judged: dict[str, float] | None,
     rm_scores: Sequence[float] | None,
     kl: Sequence[float],
     pretrain_loss: float | None,
@@ -257,7 +205,7 @@ def checkpoint_metrics(
 ) -> dict[str, float | None]:
     """One report row's metrics, every key of METRICS present (None where not measured)."""
     row: dict[str, float | None] = dict.fromkeys(METRICS)
-    row.update(labeler or {})
+    row.update(judged or {})
     row["rm_score"] = mean_or_none(rm_scores)
     row["kl"] = mean_or_none(kl)
     row["pretrain_loss"] = (
@@ -270,7 +218,7 @@ def checkpoint_metrics(
 # ---- model passes (thin wrappers) ----------------------------------------------------------------------
 def _cpu(g: Generation) -> Generation:
     return dataclasses.replace(
-        g, **{f.name: getattr(g, f.name).cpu() for f in dataclasses.fields(g) if f.name != "texts"}
+        g, **{f.name: v.cpu() for f in dataclasses.fields(g) if isinstance(v := getattr(g, f.name), Tensor)}
     )
 
 
@@ -283,27 +231,22 @@ def _release() -> None:
 
 @torch.no_grad()
 def sample(
-    backbone: Any, prompts: list[str], sampling: SamplingConfig, batch_size: int, seed: int
+    backbone: Any, prompts: list[Any], sampling: SamplingConfig, batch_size: int, seed: int
 ) -> list[Generation]:
-    """Completions of `prompts`, batch i seeded with seed + i (as stages.common.generate_batched seeds them)."""
-    return [
-        _cpu(generate(backbone.model, backbone.tokenizer, prompts[i : i + batch_size], sampling, seed + i))
-        for i in range(0, len(prompts), batch_size)
-    ]
+    """Completions of `prompts` in the model's own prompt format, batch i seeded with seed + i (as PPO's in-run
+    evaluation samples them)."""
+    gens = generate_batches(backbone.model, backbone.text_format, prompts, sampling, batch_size, seed)
+    return [_cpu(g) for g in gens]
 
 
 @torch.no_grad()
 def response_token_logprobs(backbone: Any, batches: Sequence[Generation]) -> list[Tensor]:
-    """log p of each batch's response tokens under `backbone` (its active adapter): per batch (B, R), on CPU."""
-    from lit_rlhf.stages.ppo import response_logprobs
-    from lit_rlhf.stages.roles import position_ids_from_mask
-
+    """log p of each batch's SAMPLED response tokens under `backbone` (its active adapter): per batch (B, R), CPU."""
     device = next(backbone.parameters()).device
     out = []
     for g in batches:
         ids, mask = g.input_ids.to(device), g.attention_mask.to(device)
-        logits = backbone(ids, mask, position_ids_from_mask(mask))  # (B, L, V)
-        logp = response_logprobs(logits, ids, g.prompt_ids.shape[1])  # (B, R)
+        logp = backbone.response_logprobs(ids, mask, g.prompt_ids.shape[1])  # (B, R) float32
         out.append((logp * g.response_mask.to(device)).cpu())
     return out
 
@@ -311,9 +254,9 @@ def response_token_logprobs(backbone: Any, batches: Sequence[Generation]) -> lis
 @torch.no_grad()
 def pretrain_loss(backbone: Any, texts: list[str], batch_size: int) -> float:
     """Mean next-token loss per predicted token on `texts` (each cut to PRETRAIN_MAX_LENGTH tokens)."""
+    from lit_rlhf.backbone.build import position_ids_from_mask
     from lit_rlhf.data.prompts import collate_lm, encode_texts
     from lit_rlhf.rl.losses import lm_loss
-    from lit_rlhf.stages.roles import position_ids_from_mask
 
     tok, device = backbone.tokenizer, next(backbone.parameters()).device
     rows, _ = encode_texts(texts, tok, PRETRAIN_MAX_LENGTH)
@@ -335,7 +278,7 @@ def load_policy(path: str, device: str) -> Any:
     return backbone.eval()
 
 
-def policy_pass(path: str, prompts: list[str], texts: list[str] | None, s: EvalSettings) -> PolicyPass:
+def policy_pass(path: str, prompts: list[Any], texts: list[str] | None, s: EvalSettings) -> PolicyPass:
     """Step 1 for one checkpoint: sample, score its own tokens, measure the pretraining loss."""
     log.info("evaluate: sampling %d completions from %s", len(prompts), path)
     backbone = load_policy(path, s.device)
@@ -394,17 +337,18 @@ def check_same_tokenizer(manifests: dict[str, Manifest], sft: str, sft_manifest:
             raise EvalError(f"{path}: its tokenizer's vocabulary differs from the SFT baseline {sft}'s")
 
 
-def _read_inputs(s: EvalSettings) -> tuple[list[str], list[str] | None]:
+def _read_inputs(s: EvalSettings) -> tuple[list[Any], list[str | None], list[str] | None]:
+    """The prompts, their reference answers (None where a row has none) and the pretraining texts (or None)."""
     from lit_rlhf.data.rows import read_rows
-    from lit_rlhf.stages.common import read_prompts
 
-    prompts = read_prompts(s.prompts, limit=s.limit)
+    rows, _ = read_rows(s.prompts, "prompt", limit=s.limit)
+    prompts, refs = [r.prompt for r in rows], [r.reference for r in rows]
     if s.pretrain is None:
-        return prompts, None
+        return prompts, refs, None
     # The LAST rows: PPODataModule holds them out of ptx training (ptx_holdout), so the loss is a real held-out
     # alignment-tax figure for PPO-ptx, not a training loss.
-    rows, _ = read_rows(s.pretrain, "text")
-    return prompts, [r.text for r in rows[-s.pretrain_limit :]]
+    texts, _ = read_rows(s.pretrain, "text")
+    return prompts, refs, [r.text for r in texts[-s.pretrain_limit :]]
 
 
 def _resolve(
@@ -432,16 +376,21 @@ def _resolve(
     return manifests, sft_path, sft_manifest, rm_path
 
 
-def _notes(demo: bool, prompts: list[str], rm: str | None, s: EvalSettings) -> list[str]:
-    from lit_rlhf.demo.world import parse_prompt
-
+def _notes(
+    judged: dict[str, dict[str, float]], prompts: list[Any], rm: str | None, s: EvalSettings
+) -> list[str]:
     notes = []
-    if not demo:
-        bad = [p for p in prompts if parse_prompt(p) is None]
+    if s.judge is None:
         notes.append(
-            f"labeler_score and win_rate_vs_sft are null: {len(bad)} of {len(prompts)} prompts are not "
-            f"demo-world prompts (first: {bad[0]!r}); the demo labeler judges only those"
+            "judge_score and win_rate_vs_sft are null: no --judge (e.g. --judge demo or exact_match)"
         )
+    else:
+        counts = {int(j.get("judged", 0)) for j in judged.values()}
+        if counts != {len(prompts)}:
+            notes.append(
+                f"the judge {s.judge!r} judged {sorted(counts)} of {len(prompts)} prompts (the others it cannot "
+                "judge, e.g. no reference answer); its figures are over those"
+            )
     if rm is None:
         notes.append("rm_score is null: no --rm, and no ppo manifest names extra.reward_from")
     if s.pretrain is None:
@@ -457,8 +406,12 @@ def evaluate_checkpoints(
         raise EvalError("; ".join(settings.problems()))
     if not ckpts:
         raise EvalError("give at least one --ckpt")
+    try:
+        judge = load_judge(settings.judge)
+    except JudgeError as e:
+        raise EvalError(str(e)) from e
     manifests, sft_path, sft_manifest, rm_path = _resolve(ckpts, sft, rm)
-    prompts, texts = _read_inputs(settings)
+    prompts, refs, texts = _read_inputs(settings)
     runs: dict[str, PolicyPass] = {}
     for path in manifests:  # 1
         runs[path] = policy_pass(path, prompts, texts, settings)
@@ -467,14 +420,17 @@ def evaluate_checkpoints(
     _release()
     rewards = rm_pass(rm_path, runs, prompts, settings) if rm_path else {}  # 3
     _release()
-    demo = is_demo_world(prompts)  # 4
+    judged = {  # 4
+        path: judge_metrics(judge, prompts, run.texts, refs, baseline=baseline) if judge else {}
+        for path, run in runs.items()
+    }
     rows = {
-        path: _row(manifests[path], run, prompts, baseline if demo else None, kl[path], rewards.get(path))
+        path: _row(manifests[path], run, judged[path], kl[path], rewards.get(path))
         for path, run in runs.items()
     }
     return {
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "prompts": {"path": str(settings.prompts), "count": len(prompts), "demo_world": demo},
+        "prompts": {"path": str(settings.prompts), "count": len(prompts)},
         "settings": {
             **dataclasses.asdict(settings),
             "sft": sft_path,
@@ -483,7 +439,7 @@ def evaluate_checkpoints(
             "pretrain_rows": len(texts) if texts else 0,
             "pretrain_max_length": PRETRAIN_MAX_LENGTH,
         },
-        "notes": _notes(demo, prompts, rm_path, settings),
+        "notes": _notes(judged, prompts, rm_path, settings),
         "checkpoints": rows,
     }
 
@@ -491,15 +447,13 @@ def evaluate_checkpoints(
 def _row(
     manifest: Manifest,
     run: PolicyPass,
-    prompts: list[str],
-    baseline: list[str] | None,
+    judged: dict[str, float],
     kl: list[float],
     rm_scores: list[float] | None,
 ) -> dict[str, Any]:
-    """One checkpoint's report entry; the labeler figures only when there is a (demo-world) baseline."""
-    labeler = labeler_metrics(prompts, run.texts, baseline) if baseline is not None else None
+    """One checkpoint's report entry: METRICS, plus the judge's own details (e.g. exact_match) when it has some."""
     lengths = response_lengths(run.batches)
-    metrics = checkpoint_metrics(labeler, rm_scores, kl, run.pretrain_loss, lengths)
+    metrics = checkpoint_metrics(judged, rm_scores, kl, run.pretrain_loss, lengths)
     return {"stage": manifest.stage, "step": manifest.step, **metrics}
 
 
@@ -509,14 +463,17 @@ METHOD = """\
 
 - Every model answers each held-out prompt once, sampled at the temperature above (0 = greedy); prompt batch i
   is sampled with seed + i for every model, so the SFT model evaluated against itself is an exact tie.
-- **labeler_score**: mean demo-labeler score in [0, 1] (demo-world prompts only).
-- **win_rate_vs_sft**: the labeler compares the checkpoint's response with the SFT baseline's on each prompt:
+- **judge_score**: mean score in [0, 1] of the judge above, over the prompts it can judge; further columns
+  (e.g. exact_match, banned, filler) are the means of the judge's own per-response details.
+- **win_rate_vs_sft**: the judge compares the checkpoint's response with the SFT baseline's on each prompt:
   1 if it scores higher, 0.5 on a tie (scores equal to 1e-6), 0 if lower; the win rate is the mean outcome.
   **CI**: the 95% Wilson score interval of that mean over the n prompts (ties counted as half a win).
-- **rm_score**: mean reward of the reward model above (its stored bias applied).
+- **rm_score**: mean reward of the reward model above (its stored bias applied), on the (prompt, response)
+  token sequence it was trained on.
 - **kl**: mean over prompts of sum_t (log pi(y_t) - log pi_sft(y_t)) over the checkpoint's own sampled response
-  tokens, EOS included (the k1 estimate of KL(pi || pi_sft) in nats, as the PPO penalty uses). Log-probs are of
-  the model's own distribution (temperature 1) whatever the sampling temperature.
+  token ids, the stop token included (the k1 estimate of KL(pi || pi_sft) in nats, as the PPO penalty uses).
+  Log-probs are of the model's own distribution (temperature 1, float32 logits) whatever the sampling
+  temperature.
 - **pretrain_loss**: next-token loss per token on the first pretraining rows (each cut to the length above):
   the alignment tax is its rise over the SFT row.
 - **mean_length**: mean response length in tokens, EOS included.
@@ -529,9 +486,16 @@ def _fmt(v: Any) -> str:
     return f"{v:.4f}" if isinstance(v, float) else str(v)
 
 
+def _detail_columns(report: dict[str, Any]) -> list[str]:
+    """The judge's own detail figures present in any row (e.g. exact_match), in order of first appearance."""
+    fixed = {*METRICS, "stage", "step", "judged"}
+    return list(dict.fromkeys(k for row in report["checkpoints"].values() for k in row if k not in fixed))
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     """report.md: one table row per checkpoint, then the settings, notes and how each figure is computed."""
-    head = ["checkpoint", "stage", "step", "labeler_score", "win_rate_vs_sft", "95% CI", *METRICS[4:]]
+    details = _detail_columns(report)
+    head = ["checkpoint", "stage", "step", "judge_score", "win_rate_vs_sft", "95% CI", *METRICS[4:], *details]
     lines = ["# Evaluation report", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for path, row in report["checkpoints"].items():
         ci = (
@@ -539,8 +503,9 @@ def render_markdown(report: dict[str, Any]) -> str:
             if row["win_rate_ci_low"] is None
             else f"[{row['win_rate_ci_low']:.3f}, {row['win_rate_ci_high']:.3f}]"
         )
-        cells = [f"`{path}`", row["stage"], str(row["step"]), _fmt(row["labeler_score"])]
+        cells = [f"`{path}`", row["stage"], str(row["step"]), _fmt(row["judge_score"])]
         cells += [_fmt(row["win_rate_vs_sft"]), ci, *(_fmt(row[k]) for k in METRICS[4:])]
+        cells += [_fmt(row.get(k)) for k in details]
         lines.append("| " + " | ".join(cells) + " |")
     p = report["prompts"]
     lines += [
@@ -565,7 +530,7 @@ def short_label(path: str) -> str:
 
 
 def plot_report(report: dict[str, Any], path: Path) -> None:
-    """report.png: labeler score and win rate (95% CI error bars) per checkpoint; n/a bars are left empty."""
+    """report.png: judge score and win rate (95% CI error bars) per checkpoint; n/a bars are left empty."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -574,16 +539,16 @@ def plot_report(report: dict[str, Any], path: Path) -> None:
     FigureCanvasAgg(fig)  # Agg, without pyplot's global state
     ax = fig.add_subplot()
     xs = range(len(rows))
-    score = [r["labeler_score"] or 0.0 for _, r in rows]
+    score = [r["judge_score"] or 0.0 for _, r in rows]
     rate = [r["win_rate_vs_sft"] or 0.0 for _, r in rows]
     err = [
         [(r["win_rate_vs_sft"] or 0) - (r["win_rate_ci_low"] or 0) for _, r in rows],
         [(r["win_rate_ci_high"] or 0) - (r["win_rate_vs_sft"] or 0) for _, r in rows],
     ]
-    ax.bar([x - 0.2 for x in xs], score, 0.4, label="labeler score")
+    ax.bar([x - 0.2 for x in xs], score, 0.4, label="judge score")
     ax.bar([x + 0.2 for x in xs], rate, 0.4, yerr=err, capsize=4, label="win rate vs SFT (95% CI)")
     for x, (_, r) in zip(xs, rows, strict=True):
-        if r["labeler_score"] is None:
+        if r["judge_score"] is None:
             ax.text(x, 0.02, "n/a", ha="center")
     ax.axhline(0.5, color="grey", linewidth=0.8, linestyle="--")
     ax.set_xticks(list(xs), [short_label(p) for p, _ in rows], rotation=15, ha="right")
@@ -615,7 +580,7 @@ def write_report(report: dict[str, Any], out: str | os.PathLike) -> dict[str, Pa
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="main.py evaluate",
-        description="Compare SFT/PPO stage directories on held-out prompts: labeler score, win rate vs SFT "
+        description="Compare SFT/PPO stage directories on held-out prompts: judge score, win rate vs SFT "
         "with a 95% CI, reward, KL to SFT, pretraining loss (alignment tax), response length.",
     )
     p.add_argument(
@@ -647,6 +612,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=1234, help="the same for every checkpoint")
     p.add_argument("--batch-size", type=int, default=32, help="prompts per generate call / forward pass")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument(
+        "--judge",
+        default=None,
+        help="judge of the completions: demo, exact_match (reference answers in the prompt rows), or "
+        "package.module:callable (default: none: no judge score or win rate)",
+    )
     p.add_argument("--out", default=None, help="report directory (default: runs/eval/<name>)")
     p.add_argument("--name", default="default", help="report name, for the default --out")
     return p
@@ -667,6 +638,7 @@ def cli_main(argv: list[str]) -> int:
         pretrain=a.pretrain,
         pretrain_limit=a.pretrain_limit,
         device=a.device,
+        judge=a.judge,
     )
     try:
         report = evaluate_checkpoints(a.ckpt, settings, sft=a.sft, rm=a.rm)

@@ -60,6 +60,9 @@ class PipelineConfig:
     ppo_config: str = "configs/demo/ppo.yaml"
     collect: CollectSettings = field(default_factory=CollectSettings)
     eval_limit: int = 300
+    judge: str = (
+        "demo"  # ranks the comparisons and judges the evaluation (the demo world's labeler plays the human)
+    )
     extra_args: dict[str, list[str]] = field(default_factory=dict)  # stage -> extra CLI args
 
     @classmethod
@@ -174,6 +177,8 @@ class Pipeline:
                     "64",
                     "--seed",
                     str(seed),
+                    "--judge",
+                    self.cfg.judge,
                     "--out",
                     str(out),
                 ],
@@ -202,6 +207,8 @@ class Pipeline:
                 str(self.data / "pretrain.jsonl"),
                 "--limit",
                 str(self.cfg.eval_limit),
+                "--judge",
+                self.cfg.judge,
                 "--out",
                 str(out),
             ],

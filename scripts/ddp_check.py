@@ -317,6 +317,7 @@ def collect(out: Path, sft_stage: Path) -> int:
             sampling=sampling,
             limit=48,
             seed=seed,
+            judge="demo",
         )
     val = (out / "cmp_val.jsonl").read_text(encoding="utf-8").splitlines()
     val = val[: len(val) - (len(val) % 2 == 0)]

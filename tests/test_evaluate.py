@@ -24,9 +24,6 @@ from lit_rlhf.evaluate import (
     checkpoint_metrics,
     cli_main,
     evaluate_checkpoints,
-    kl_k1_per_sequence,
-    labeler_metrics,
-    mean_or_none,
     read_stage,
     render_markdown,
     resolve_rm,
@@ -34,9 +31,10 @@ from lit_rlhf.evaluate import (
     response_lengths,
     sample,
     short_label,
-    weighted_mean,
     write_report,
 )
+from lit_rlhf.evaluation.metrics import judge_metrics, kl_k1_per_sequence, mean_or_none, weighted_mean
+from lit_rlhf.judges import ExactMatchJudge, load_judge
 
 LORA = LoraSettings(r=4, alpha=8, dropout=0.0)
 
@@ -62,21 +60,35 @@ def test_kl_k1_is_zero_against_itself_and_antisymmetric(a, b, m):
     assert kl_k1_per_sequence(a, b, m) == [-x for x in kl_k1_per_sequence(b, a, m)]
 
 
-def test_labeler_metrics_by_hand():
+def test_judge_metrics_by_hand():
     prompts = ["reverse c a b =", "add 7 8 ="]
     ours = ["b a c", "dang"]  # exact answer (1.0); the banned word (0.0)
     sft = ["b a c", "1 5"]  # exact answer twice (1.0, 1.0)
-    m = labeler_metrics(prompts, ours, sft)
-    assert m["labeler_score"] == 0.5
+    m = judge_metrics(load_judge("demo"), prompts, ours, baseline=sft)
+    assert m["judge_score"] == 0.5 and m["judged"] == 2
+    assert (m["exact_match"], m["banned"], m["filler"]) == (0.5, 0.5, 0.0)
     assert m["win_rate_vs_sft"] == 0.25  # a tie (0.5) and a loss (0) over 2 prompts
     # Wilson interval for p = 0.25, n = 2, z = 1.95996: centre 0.414398, half-width 0.387721
     assert m["win_rate_ci_low"] == pytest.approx(0.026677342)
     assert m["win_rate_ci_high"] == pytest.approx(0.802132544)
 
 
+def test_exact_match_judge_uses_row_references_and_skips_rows_without_one():
+    prompts = [(("user", "capital of France?"),), "2 + 2 =", "no reference"]
+    m = judge_metrics(
+        ExactMatchJudge(), prompts, ["Paris", " 5 ", "x"], ["Paris", "4", None], baseline=["Rome", "5", "x"]
+    )
+    assert m["judged"] == 2 and m["judge_score"] == 0.5 and m["exact_match"] == 0.5
+    assert (
+        m["win_rate_vs_sft"] == 0.75
+    )  # a win (Paris vs Rome) and a tie (both wrong) over the 2 judged prompts
+
+
 def test_response_lengths_count_mask_tokens():
     mask = torch.tensor([[1, 1, 0], [1, 0, 0]])
-    g = Generation(torch.zeros(2, 2), torch.ones(2, 2), torch.zeros(2, 3), mask, torch.ones(2), ["", ""])
+    g = Generation(
+        ["", ""], torch.zeros(2, 2), torch.ones(2, 2), torch.zeros(2, 3), mask, torch.ones(2), ["", ""]
+    )
     assert response_lengths([g, g]) == [2, 1, 2, 1]
 
 
@@ -100,7 +112,7 @@ def test_checkpoint_metrics_has_every_key_and_nulls_what_was_not_measured():
     row = checkpoint_metrics(None, None, [1.0, 3.0], float("nan"), [2, 4, 6])
     assert list(row) == list(METRICS)
     assert row["kl"] == 2.0 and row["mean_length"] == 4.0
-    assert all(row[k] is None for k in ("labeler_score", "win_rate_vs_sft", "rm_score", "pretrain_loss"))
+    assert all(row[k] is None for k in ("judge_score", "win_rate_vs_sft", "rm_score", "pretrain_loss"))
 
 
 # ---- resolving the baseline and the reward model --------------------------------------------------------
@@ -151,25 +163,26 @@ def _row(**kw) -> dict:
 def test_render_markdown_table_rows():
     report = {
         "created": "2026-01-01T00:00:00Z",
-        "prompts": {"path": "eval.jsonl", "count": 2, "demo_world": True},
+        "prompts": {"path": "eval.jsonl", "count": 2},
         "settings": {"seed": 1234},
         "notes": ["rm_score is null: no --rm"],
         "checkpoints": {
             "runs/ppo/a/stage": _row(
-                labeler_score=0.75, win_rate_vs_sft=0.5, win_rate_ci_low=0.1, win_rate_ci_high=0.9, kl=1.5
+                judge_score=0.75, win_rate_vs_sft=0.5, win_rate_ci_low=0.1, win_rate_ci_high=0.9, kl=1.5
             ),
-            "runs/sft/a/stage": _row(stage="sft", step=0),
+            "runs/sft/a/stage": _row(stage="sft", step=0, exact_match=0.25),
         },
     }
     lines = render_markdown(report).splitlines()
     assert lines[2].startswith(
-        "| checkpoint | stage | step | labeler_score | win_rate_vs_sft | 95% CI | rm_score |"
+        "| checkpoint | stage | step | judge_score | win_rate_vs_sft | 95% CI | rm_score |"
     )
+    assert lines[2].endswith("| mean_length | exact_match |")  # a judge's own detail gets a column
     assert (
         lines[4]
-        == "| `runs/ppo/a/stage` | ppo | 7 | 0.7500 | 0.5000 | [0.100, 0.900] | n/a | 1.5000 | n/a | n/a |"
+        == "| `runs/ppo/a/stage` | ppo | 7 | 0.7500 | 0.5000 | [0.100, 0.900] | n/a | 1.5000 | n/a | n/a | n/a |"
     )
-    assert lines[5] == "| `runs/sft/a/stage` | sft | 0 | n/a | n/a | n/a | n/a | n/a | n/a | n/a |"
+    assert lines[5] == "| `runs/sft/a/stage` | sft | 0 | n/a | n/a | n/a | n/a | n/a | n/a | n/a | 0.2500 |"
     assert "- seed: `1234`" in lines and "- rm_score is null: no --rm" in lines
 
 
@@ -237,13 +250,19 @@ def test_tiny_report_figures(tiny, tiny_report):
     assert tiny_report["prompts"]["count"] == 6 and tiny_report["settings"]["pretrain_rows"] == 5
 
 
-def test_non_demo_prompts_null_the_labeler_figures_and_say_so(tiny_report):
-    assert tiny_report["prompts"]["demo_world"] is False
+def test_without_a_judge_the_judge_figures_are_null_and_the_report_says_so(tiny_report):
     for row in tiny_report["checkpoints"].values():
         assert (
-            row["labeler_score"] is None and row["win_rate_vs_sft"] is None and row["win_rate_ci_low"] is None
+            row["judge_score"] is None and row["win_rate_vs_sft"] is None and row["win_rate_ci_low"] is None
         )
-    assert any("not demo-world prompts (first: 'a e =')" in n for n in tiny_report["notes"])
+    assert any("no --judge" in n for n in tiny_report["notes"])
+
+
+def test_a_judge_that_cannot_judge_every_prompt_is_reported(tiny):
+    s = EvalSettings(prompts=str(tiny["prompts"]), limit=4, max_new_tokens=3, batch_size=4, judge="demo")
+    report = evaluate_checkpoints([str(tiny["sft"])], s)  # 'a e =' is no demo-world task
+    assert report["checkpoints"][str(tiny["sft"])]["judge_score"] is None
+    assert any("judged [0] of 4 prompts" in n for n in report["notes"])
 
 
 def test_seed_and_temperature_decide_the_completions(tiny):
@@ -328,6 +347,7 @@ def test_sft_against_itself_is_an_exact_tie_and_report_files(demo_sft, demo_data
         batch_size=3,
         pretrain=str(demo_data / "pretrain.jsonl"),
         pretrain_limit=8,
+        judge="demo",
     )
     sft = str(demo_sft / "sft")
     report = evaluate_checkpoints([sft], s)
@@ -337,19 +357,26 @@ def test_sft_against_itself_is_an_exact_tie_and_report_files(demo_sft, demo_data
     assert row["win_rate_ci_low"] == pytest.approx(0.226529230)
     assert row["win_rate_ci_high"] == pytest.approx(0.773470770)
     assert (
-        0.0 < row["labeler_score"] <= 1.0
+        0.0 < row["judge_score"] <= 1.0
     )  # some responses got credit: ties were not forced by all-zero scores
     assert row["rm_score"] is None
-    assert report["prompts"]["demo_world"] is True
     assert any("rm_score is null" in n for n in report["notes"])
-    assert not any("labeler" in n for n in report["notes"])
+    assert not any("judge" in n for n in report["notes"])
 
     paths = write_report(report, tmp_path / "r")
     saved = json.loads(paths["report.json"].read_text())
     assert set(saved) == {"created", "prompts", "settings", "notes", "checkpoints"}
-    assert set(saved["checkpoints"][sft]) == {"stage", "step", *METRICS}
+    assert set(saved["checkpoints"][sft]) == {
+        "stage",
+        "step",
+        "judged",
+        "exact_match",
+        "banned",
+        "filler",
+        *METRICS,
+    }
     md = paths["report.md"].read_text()
-    assert f"| `{sft}` | sft | 0 | {row['labeler_score']:.4f} | 0.5000 | [0.227, 0.773] |" in md
+    assert f"| `{sft}` | sft | 0 | {row['judge_score']:.4f} | 0.5000 | [0.227, 0.773] |" in md
     assert "Wilson score interval" in md
     assert paths["report.png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not [p for p in (tmp_path / "r").iterdir() if p.name.startswith(".")]  # no temp files left

@@ -38,7 +38,7 @@ def test_tiny_pipeline_runs_then_skips(tmp_path):
     report = json.loads((runs / "eval/tiny/report.json").read_text())
     assert len(report["checkpoints"]) == 2
     ppo_row = next(v for v in report["checkpoints"].values() if v["stage"] == "ppo")
-    assert {"labeler_score", "win_rate_vs_sft", "rm_score", "kl", "pretrain_loss", "mean_length"} <= set(
+    assert {"judge_score", "win_rate_vs_sft", "rm_score", "kl", "pretrain_loss", "mean_length"} <= set(
         ppo_row
     )
     assert "report: runs/eval/tiny/report.md" in proc.stdout and "python main.py dashboard" in proc.stdout

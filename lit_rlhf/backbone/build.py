@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from lit_rlhf.backbone.config import BackboneConfig, LoraSettings
+from lit_rlhf.data.formatting import PromptFormat, TextFormat
 
 log = logging.getLogger(__name__)
 
@@ -30,13 +31,15 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 class BaseSource:
     """Where the frozen base weights come from; recorded in every manifest.
 
-    kind: ``pretrained`` (hub name or path, nothing copied), ``config`` (built from an inline config,
-    random init), or ``local`` (a transformers model directory we wrote, e.g. a stage directory's ``base/``).
+    kind: ``pretrained`` (hub name or path, nothing copied; ``gguf_file`` for a GGUF file in that folder),
+    ``config`` (built from an inline config, random init), or ``local`` (a transformers model directory we
+    wrote, e.g. a stage directory's ``base/``).
     """
 
     kind: Literal["pretrained", "config", "local"]
     name_or_path: str | None = None
     revision: str | None = None
+    gguf_file: str | None = None
     model_config: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -58,6 +61,27 @@ def load_tokenizer(path: str, revision: str | None = None, trust_remote_code: bo
             raise ValueError(f"tokenizer {path!r} has neither a pad nor an eos token; add one")
         tok.pad_token = tok.eos_token
     return tok
+
+
+def pretrained_path(cfg: BackboneConfig) -> tuple[str, bool]:
+    """Where ``from_pretrained`` reads ``cfg.name_or_path``: (path or hub name, whether it is our GGUF conversion).
+
+    A GGUF source (``bundled:<name>``, a ``.gguf`` file, or a folder + ``gguf_file``) resolves to its cached,
+    dequantized transformers folder (lit_rlhf.backbone.gguf), converted on first use.
+    """
+    from lit_rlhf.backbone.gguf import is_gguf_source, resolve_gguf
+
+    if is_gguf_source(cfg.name_or_path, cfg.gguf_file):
+        return str(resolve_gguf(cfg.name_or_path, cfg.gguf_file)), True
+    return cfg.name_or_path, False
+
+
+def load_config_tokenizer(cfg: BackboneConfig):
+    """The tokenizer a backbone config names: ``cfg.tokenizer``, else the model's own (a GGUF file's included)."""
+    if cfg.tokenizer is not None:
+        return load_tokenizer(cfg.tokenizer, cfg.revision, cfg.trust_remote_code)
+    path, converted = pretrained_path(cfg)
+    return load_tokenizer(path, None if converted else cfg.revision, cfg.trust_remote_code)
 
 
 def _quantization_config(cfg: BackboneConfig):
@@ -121,9 +145,9 @@ def build_base(
         model = AutoModelForCausalLM.from_config(hf_config, dtype=dtype)
         source = BaseSource(kind="config", model_config=dict(cfg.model_config))
     else:
-        path = str(weights_dir) if weights_dir is not None else cfg.name_or_path
+        path, converted = (str(weights_dir), True) if weights_dir is not None else pretrained_path(cfg)
         kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": cfg.trust_remote_code}
-        if weights_dir is not None:
+        if converted:
             kwargs["use_safetensors"] = True  # our own directories: never unpickle
         else:
             kwargs["revision"] = cfg.revision
@@ -134,7 +158,12 @@ def build_base(
         if weights_dir is not None:
             source = BaseSource(kind="local", name_or_path=str(weights_dir))
         else:
-            source = BaseSource(kind="pretrained", name_or_path=cfg.name_or_path, revision=cfg.revision)
+            source = BaseSource(
+                kind="pretrained",
+                name_or_path=cfg.name_or_path,
+                revision=cfg.revision,
+                gguf_file=cfg.gguf_file,
+            )
     if qconfig is not None:
         _avoid_cpu_4bit_repacking(model)
     if cfg.lora is not None:
@@ -177,9 +206,57 @@ def lora_config(settings: LoraSettings, targets: list[str]):
         lora_alpha=settings.alpha,
         lora_dropout=settings.dropout,
         target_modules=targets,
+        modules_to_save=list(settings.modules_to_save) if settings.modules_to_save else None,
         bias="none",
         task_type="CAUSAL_LM",
     )
+
+
+def is_adapter_parameter(name: str) -> bool:
+    """Whether a parameter belongs to an adapter: LoRA matrices, or a module trained in full beside it."""
+    return "lora_" in name or ".modules_to_save." in name
+
+
+def effective_layer(layer: nn.Module) -> nn.Module:
+    """The module that computes for `layer` now: for peft's modules_to_save wrapper, the active adapter's own copy
+    (or the original when adapters are off or the active adapter has no copy); any other module as it is."""
+    if not (hasattr(layer, "original_module") and hasattr(layer, "modules_to_save")):
+        return layer
+    active = list(getattr(layer, "active_adapters", []))
+    if layer.disable_adapters or not active or any(a not in layer.modules_to_save for a in active):
+        return layer.original_module
+    return layer.modules_to_save[active[0]]
+
+
+def output_logits_fp32(model: nn.Module, hidden: Tensor) -> Tensor:
+    """The vocabulary projection of `hidden` (..., H) in float32, outside autocast: (..., V) float32.
+
+    Under bf16 autocast a model's own logits are bf16 (~3 significant digits): log-ratios of policy and reference
+    then carry ~0.005 nats of rounding noise, against true differences of ~1e-3. Applies the final-logit
+    transforms of the families that have one (Gemma soft-capping, Cohere's logit_scale, Granite's
+    logits_scaling).
+    """
+    head = effective_layer(model.get_output_embeddings())
+    weight = head.weight
+    bias = getattr(head, "bias", None)
+    with torch.autocast(device_type=hidden.device.type, enabled=False):
+        logits = torch.nn.functional.linear(
+            hidden.float(), weight.float(), None if bias is None else bias.float()
+        )
+        config = model.config
+        if getattr(config, "logit_scale", None) is not None:
+            logits = logits * float(config.logit_scale)
+        if getattr(config, "logits_scaling", None) is not None:
+            logits = logits / float(config.logits_scaling)
+        cap = getattr(config, "final_logit_softcapping", None)
+        if cap is not None:
+            logits = torch.tanh(logits / cap) * cap
+    return logits
+
+
+def position_ids_from_mask(attention_mask: Tensor) -> Tensor:
+    """Positions that skip left padding, as `generate` uses them: (B, L) mask -> (B, L) long."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
 def last_token_index(attention_mask: Tensor) -> Tensor:
@@ -225,6 +302,8 @@ class Backbone(nn.Module):
         self.cfg = cfg
         self.source = source
         self.heads = nn.ModuleDict()
+        self.prompt_format = PromptFormat()  # how prompts are rendered; stage directories record it
+        self._text_format: tuple[Any, TextFormat] | None = None
         self.adapters: dict[str, bool] = {}  # name -> trainable
         self._targets: list[str] | None = None
         self.sharded = False  # set by lit_rlhf.backbone.sharding.shard_backbone (FSDP2)
@@ -241,12 +320,22 @@ class Backbone(nn.Module):
         """Load tokenizer and base per `cfg` (see `build_base`)."""
         if weights_dir is None:  # a stage's own base/ is already known-good; its cfg may name a config
             cfg.validate()
-        tok_path = str(tokenizer_dir) if tokenizer_dir is not None else (cfg.tokenizer or cfg.name_or_path)
-        tok = load_tokenizer(tok_path, cfg.revision if tokenizer_dir is None else None, cfg.trust_remote_code)
+        if tokenizer_dir is not None:
+            tok = load_tokenizer(str(tokenizer_dir), None, cfg.trust_remote_code)
+        else:
+            tok = load_config_tokenizer(cfg)
         model, source = build_base(cfg, tok, weights_dir=weights_dir, device=device, quantize=quantize)
         return cls(model, tok, cfg, source)
 
     # ---- structure ------------------------------------------------------------------------------------
+    @property
+    def text_format(self) -> TextFormat:
+        """The tokenizer with this model's prompt format: how every stage renders prompts and responses."""
+        key = (id(self.tokenizer), self.prompt_format.to_dict())
+        if self._text_format is None or self._text_format[0] != key:
+            self._text_format = (key, TextFormat(self.tokenizer, self.prompt_format))
+        return self._text_format[1]
+
     @property
     def hf_model(self) -> nn.Module:
         """The underlying transformers model (LoRA layers injected in place when adapters exist)."""
@@ -306,7 +395,7 @@ class Backbone(nn.Module):
         # peft's set_adapter marks the active adapter trainable and the others frozen; we want each adapter's
         # own setting whatever is active (the policy stays trainable while the critic runs).
         for pname, p in self.model.named_parameters():
-            if "lora_" not in pname:
+            if not is_adapter_parameter(pname):
                 continue
             owner = next((a for a in self.adapters if f".{a}." in pname), None)
             p.requires_grad_(bool(owner and self.adapters[owner]))
@@ -350,11 +439,11 @@ class Backbone(nn.Module):
     def base_named_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
         """Parameters of the base model itself (no adapter, no head)."""
         for n, p in self.model.named_parameters():
-            if "lora_" not in n:
+            if not is_adapter_parameter(n):
                 yield n, p
 
     def adapter_parameters(self, name: str) -> list[nn.Parameter]:
-        return [p for n, p in self.model.named_parameters() if "lora_" in n and f".{name}." in n]
+        return [p for n, p in self.model.named_parameters() if is_adapter_parameter(n) and f".{name}." in n]
 
     # ---- compute --------------------------------------------------------------------------------------
     def forward(
@@ -386,6 +475,39 @@ class Backbone(nn.Module):
         decoder = getattr(hf, hf.base_model_prefix)
         out = decoder(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids)
         return out.last_hidden_state
+
+    def response_logits(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None,
+        position_ids: Tensor | None,
+        start: int,
+    ) -> Tensor:
+        """Float32 predictions of tokens ``start .. L-1`` from the active adapter: (B, L) -> (B, L - start, V).
+
+        Only the response slice goes through the vocabulary projection, in float32 (`output_logits_fp32`), so
+        log-probabilities under bf16 autocast are not rounded to bf16. Under FSDP2 the output layer is a shard
+        outside the root's forward, so the model's own logits are used there, cast to float32.
+        """
+        if start < 1:
+            raise ValueError(f"start must be >= 1 (token 0 has no prediction), got {start}")
+        if self.sharded:
+            return self(input_ids, attention_mask, position_ids)[:, start - 1 : -1].float()
+        hidden = self.hidden_states(input_ids, attention_mask, position_ids)[:, start - 1 : -1]  # (B, R, H)
+        return output_logits_fp32(self.hf_model, hidden)
+
+    def response_logprobs(self, input_ids: Tensor, attention_mask: Tensor, prompt_len: int) -> Tensor:
+        """log pi(token) of every token from `prompt_len` on, under the active adapter: (B, L) -> (B, L - P) fp32.
+
+        Positions skip left padding (as in `generate`), and the vocabulary projection runs in float32
+        (`response_logits`), so these are the log-probabilities of the distribution the tokens were sampled from.
+        """
+        from lit_rlhf.rl.logprobs import gather_logprobs
+
+        logits = self.response_logits(
+            input_ids, attention_mask, position_ids_from_mask(attention_mask), prompt_len
+        )
+        return gather_logprobs(logits, input_ids[:, prompt_len:])
 
     def score(
         self, head: str, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor | None = None

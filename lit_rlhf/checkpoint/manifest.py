@@ -45,6 +45,10 @@ class Manifest:
         step: optimizer steps taken in this stage.
         metrics: key figures (e.g. ``exact_match``, ``val_accuracy``, ``win_rate_vs_sft``).
         files: relative path -> size in bytes of every file written, checked on load.
+        prompt_format: how prompts are rendered for this model (``{"template", "system_prompt"}``); every
+            later stage and every tool that loads the directory renders prompts the same way. Empty in
+            directories written before it existed: the defaults.
+        metric_steps: metric name -> the optimizer step at which it was measured.
     """
 
     stage: str
@@ -60,6 +64,8 @@ class Manifest:
     format_version: int = FORMAT_VERSION
     created: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     extra: dict[str, Any] = field(default_factory=dict)
+    prompt_format: dict[str, Any] = field(default_factory=dict)
+    metric_steps: dict[str, int] = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True, allow_nan=False)

@@ -20,6 +20,7 @@ from safetensors.torch import load_file, save_file
 from lit_rlhf.backbone.build import Backbone
 from lit_rlhf.backbone.config import BackboneConfig
 from lit_rlhf.checkpoint.manifest import MANIFEST, Manifest, ManifestError, list_files, read_manifest
+from lit_rlhf.data.formatting import PromptFormat
 
 
 @contextlib.contextmanager
@@ -120,7 +121,10 @@ def _save_base(backbone: Backbone, tmp: Path, state: dict[str, torch.Tensor] | N
     if source.kind == "local":
         _copy_tree(Path(source.name_or_path), tmp / "base")
         return {"kind": "local", "path": "base"}
-    return {"kind": "pretrained", "name_or_path": source.name_or_path, "revision": source.revision}
+    base = {"kind": "pretrained", "name_or_path": source.name_or_path, "revision": source.revision}
+    if source.gguf_file is not None:
+        base["gguf_file"] = source.gguf_file
+    return base
 
 
 def save_stage_dir(
@@ -132,6 +136,7 @@ def save_stage_dir(
     heads: dict[str, dict[str, Any]] | None = None,
     step: int = 0,
     metrics: dict[str, float] | None = None,
+    metric_steps: dict[str, int] | None = None,
     parent: str | None = None,
     config_text: str | None = None,
     extra: dict[str, Any] | None = None,
@@ -143,6 +148,7 @@ def save_stage_dir(
         adapters: Adapter names to save (default: all the backbone has).
         heads: head name -> {"adapter": adapter it reads through or None, "bias": float added to its output}.
         metrics: Key figures for the manifest; must be finite numbers.
+        metric_steps: The optimizer step each metric was measured at (default: `step` for every metric).
         config_text: The resolved YAML config of the run.
         state: The backbone's whole tensors (``lit_rlhf.backbone.sharding.full_state``) when its parameters are
             sharded across ranks; None reads them from `backbone` itself.
@@ -182,8 +188,10 @@ def save_stage_dir(
             parent=parent,
             step=int(step),
             metrics={k: float(v) for k, v in (metrics or {}).items()},
+            metric_steps={k: int((metric_steps or {}).get(k, step)) for k in (metrics or {})},
             files=list_files(tmp),
             extra=extra or {},
+            prompt_format=backbone.prompt_format.to_dict(),
         )
         (tmp / MANIFEST).write_text(manifest.to_json(), encoding="utf-8")
     return manifest
@@ -222,6 +230,7 @@ def load_stage_dir(
     if weights_dir is None:
         cfg.name_or_path = manifest.base["name_or_path"]
         cfg.revision = manifest.base.get("revision")
+        cfg.gguf_file = manifest.base.get("gguf_file")
     backbone = Backbone.build(
         cfg,
         weights_dir=weights_dir,
@@ -229,6 +238,10 @@ def load_stage_dir(
         device=device,
         quantize=quantize,
     )
+    try:
+        backbone.prompt_format = PromptFormat.from_dict(manifest.prompt_format)
+    except (TypeError, ValueError) as e:
+        raise ManifestError(f"{root / MANIFEST}: field 'prompt_format': {e}") from e
     for name, rel in manifest.adapters.items():
         try:
             backbone.add_adapter(name, trainable=name in trainable, state=_load_tensors(root / rel))

@@ -17,10 +17,11 @@ import torch
 from torch.utils.data import DataLoader
 
 from lit_rlhf.data.distributed import eval_sampler
+from lit_rlhf.data.formatting import PromptSpec, TextFormat, data_format
 from lit_rlhf.data.padding import pad_right
 from lit_rlhf.data.resumable import BatchPlan, PositionedBatches, ResumablePosition, Source, positioned_loader
 from lit_rlhf.data.rows import Comparison, DataError, ReadReport, read_rows, split_source
-from lit_rlhf.data.sft import TRUNCATIONS, Truncation, tokenize_example
+from lit_rlhf.data.sft import TRUNCATIONS, Truncation, as_format, tokenize_example
 from lit_rlhf.data.special_tokens import SPECIAL_TOKEN_POLICIES, SpecialTokens, screen_special_tokens
 
 logger = logging.getLogger(__name__)
@@ -29,36 +30,57 @@ Layout = Literal["kwise", "pairs"]
 
 
 class EncodedComparison(NamedTuple):
-    """One prompt with its K tokenized responses (prompt + response + eos each)."""
+    """One prompt with its K tokenized responses (`TextFormat.sequence` each: prompt, response, end-of-turn)."""
 
-    prompt: str
+    prompt: PromptSpec
     responses: tuple[str, ...]
     ranking: tuple[int, ...]
     input_ids: tuple[list[int], ...]
 
 
 def encode_comparison(
-    row: Comparison, tokenizer: Any, max_length: int, truncation: Truncation
+    row: Comparison, tokenizer: TextFormat | Any, max_length: int, truncation: Truncation
 ) -> tuple[EncodedComparison | None, int]:
-    """Tokenize every (prompt, response) of a comparison.
+    """Tokenize every (prompt, response) of a comparison with the one (prompt, response) token format.
 
     Returns the encoded comparison (None when a response is over-long under ``skip``) and how many of its
     sequences were truncated. A comparison is kept or dropped whole: dropping one response would change what
     the ranking means. Under ``error`` an over-long sequence raises OverlengthError naming the row.
     """
+    fmt = as_format(tokenizer)
     ids, truncated = [], 0
     for response in row.responses:
-        ex = tokenize_example(row.prompt, response, tokenizer, max_length, truncation, source=row.source)
+        ex = tokenize_example(row.prompt, response, fmt, max_length, truncation, source=row.source)
         if ex is None:
             return None, 0
-        full = (
-            len(tokenizer(row.prompt)["input_ids"])
-            + len(tokenizer(response, add_special_tokens=False)["input_ids"])
-            + 1
-        )
-        truncated += int(full > len(ex.input_ids))
+        prompt_ids, response_ids = fmt.sequence(row.prompt, response)
+        truncated += int(len(prompt_ids) + len(response_ids) > len(ex.input_ids))
         ids.append(ex.input_ids)
     return EncodedComparison(row.prompt, row.responses, row.ranking, tuple(ids)), truncated
+
+
+def reward_inputs(
+    fmt: TextFormat, prompts: list[PromptSpec], responses: list[str], max_length: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded (prompt, response) sequences exactly as the reward model is trained on them.
+
+    Every path that asks the reward model for a score (its own validation, the bias, PPO rollouts, `evaluate`,
+    the dashboard) builds its input here: `TextFormat.sequence` (rendered prompt, response text, end-of-turn),
+    cut to `max_length` the way training's ``truncation="truncate"`` cuts (prompt tokens dropped from the left).
+    A response that stopped at max_new_tokens is scored as the text it is, closed with end-of-turn like every
+    training response; PPO's truncation penalty, not the reward model, judges the missing end.
+
+    Returns:
+        input_ids (B, T) long and attention_mask (B, T) long.
+    """
+    rows = []
+    for prompt, response in zip(prompts, responses, strict=True):
+        if max_length is None:
+            p, r = fmt.sequence(prompt, response)
+            rows.append(p + r)
+        else:
+            rows.append(tokenize_example(prompt, response, fmt, max_length, "truncate").input_ids)
+    return pad_right(rows, fmt.pad_id)
 
 
 def expand_to_pairs(rows: list[EncodedComparison]) -> list[EncodedComparison]:
@@ -154,16 +176,15 @@ class ComparisonDataModule(ResumablePosition, L.LightningDataModule):
         self.batch_size, self.max_length, self.layout = batch_size, max_length, layout
         self.on_error, self.truncation, self.num_workers, self.seed = on_error, truncation, num_workers, seed
         self.tokenizer, self.special_tokens = tokenizer, special_tokens
+        self.fmt: TextFormat | None = None
         self.reports: dict[str, ReadReport] = {}
         self.data: dict[str, list[EncodedComparison]] = {}
 
     def setup(self, stage: str | None = None) -> None:
-        if self.tokenizer is None:
-            self.tokenizer = getattr(self.trainer.lightning_module, "tokenizer", None)
-            if self.tokenizer is None:
-                raise RuntimeError(
-                    "ComparisonDataModule has no tokenizer: pass tokenizer=... or use a stage module"
-                )
+        if self.fmt is None:
+            self.fmt = data_format(self.tokenizer, self.trainer, "ComparisonDataModule")
+            self.tokenizer = self.fmt.tokenizer
+            logger.info("comparisons: %s", self.fmt.describe())
         wanted = {"val": self.val_path, **({"train": self.train_path} if stage in ("fit", None) else {})}
         for split, path in wanted.items():
             if path is not None and split not in self.data:
@@ -174,7 +195,7 @@ class ComparisonDataModule(ResumablePosition, L.LightningDataModule):
         rows = screen_special_tokens(rows, self.tokenizer, report, self.on_error, self.special_tokens)
         encoded = []
         for row in rows:
-            enc, n_truncated = encode_comparison(row, self.tokenizer, self.max_length, self.truncation)
+            enc, n_truncated = encode_comparison(row, self.fmt, self.max_length, self.truncation)
             report.truncated += n_truncated
             if enc is None:  # over-long under "skip": counted in the report, never silently dropped
                 path_, line = split_source(row.source)
@@ -199,10 +220,7 @@ class ComparisonDataModule(ResumablePosition, L.LightningDataModule):
         return encoded
 
     def _collate(self) -> functools.partial:
-        pad = self.tokenizer.pad_token_id
-        return functools.partial(
-            collate_comparisons, pad_id=pad if pad is not None else self.tokenizer.eos_token_id
-        )
+        return functools.partial(collate_comparisons, pad_id=self.fmt.pad_id)
 
     def train_dataloader(self) -> DataLoader:
         items = self.data["train"]

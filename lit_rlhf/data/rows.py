@@ -15,6 +15,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from lit_rlhf.data.formatting import Messages, PromptSpec
+
 logger = logging.getLogger(__name__)
 
 RowKind = Literal["demonstration", "comparison", "prompt", "text"]
@@ -76,15 +78,28 @@ class Demonstration:
 
     prompt: str | None
     response: str | None
-    messages: tuple[tuple[str, str], ...] | None  # ((role, content), ...); None for prompt/response rows
+    messages: Messages | None  # ((role, content), ...); None for prompt/response rows
     source: str = field(default="", compare=False)  # "file:line", for reports
+
+    @property
+    def prompt_spec(self) -> PromptSpec:
+        """What the model is asked: the prompt string, or every message before the final answer."""
+        return self.messages[:-1] if self.messages is not None else self.prompt
+
+    @property
+    def answer(self) -> str:
+        """The demonstrated response: `response`, or the final assistant message's content."""
+        return self.messages[-1][1] if self.messages is not None else self.response
 
 
 @dataclass(frozen=True)
 class Comparison:
-    """K responses to one prompt, ranked by a labeler: ranking[i] is the rank of responses[i], 0 = best."""
+    """K responses to one prompt, ranked by a labeler: ranking[i] is the rank of responses[i], 0 = best.
 
-    prompt: str
+    The prompt is a string, or chat messages ending with a user message (a ``messages`` row).
+    """
+
+    prompt: PromptSpec
     responses: tuple[str, ...]
     ranking: tuple[int, ...]
     source: str = field(default="", compare=False)
@@ -104,8 +119,11 @@ class Comparison:
 
 @dataclass(frozen=True)
 class Prompt:
-    prompt: str
+    """A prompt to answer: a string, or chat messages ending with a user message (a ``messages`` row)."""
+
+    prompt: PromptSpec
     source: str = field(default="", compare=False)
+    reference: str | None = None  # a reference answer (a demonstration row's response), for judges
 
 
 @dataclass(frozen=True)
@@ -183,12 +201,14 @@ def _list(value: object, name: str, at: _Where, what: str) -> list:
     return value
 
 
-def _validate_messages(value: object, at: _Where) -> tuple[tuple[str, str], ...]:
+def _validate_messages(value: object, at: _Where, last_role: str = "assistant") -> Messages:
+    """Chat messages; the last one must come from `last_role` (the answer in a demonstration, the question in
+    a prompt or comparison row)."""
     items = _list(value, "messages", at, "{role, content} objects")
-    if len(items) < 2:
-        raise at.error(
-            "messages", f"expected at least 2 messages (context, then the answer), got {len(items)}"
-        )
+    least = 2 if last_role == "assistant" else 1
+    if len(items) < least:
+        what = "context, then the answer" if last_role == "assistant" else "ending with the user's message"
+        raise at.error("messages", f"expected at least {least} messages ({what}), got {len(items)}")
     messages = []
     for i, item in enumerate(items):
         name = f"messages[{i}]"
@@ -200,10 +220,19 @@ def _validate_messages(value: object, at: _Where) -> tuple[tuple[str, str], ...]
             raise at.error(f"{name}.role", f"unknown role {role!r}: expected one of {', '.join(ROLES)}")
         content = _required(item, "content", at, needs, f"{name}.content")
         messages.append((role, _string(content, f"{name}.content", at)))
-    if messages[-1][0] != "assistant":
+    if messages[-1][0] != last_role:
         last = f"messages[{len(messages) - 1}].role"
-        raise at.error(last, f"the last message must be from the assistant, got {messages[-1][0]!r}")
+        raise at.error(last, f"the last message must be from the {last_role}, got {messages[-1][0]!r}")
     return tuple(messages)
+
+
+def _validate_prompt(obj: dict, at: _Where, needs: str) -> PromptSpec:
+    """A row's prompt: the string 'prompt', or 'messages' ending with the user's turn."""
+    if "messages" in obj:
+        if "prompt" in obj:
+            raise at.error("messages", "give either 'messages' or 'prompt', not both")
+        return _validate_messages(obj["messages"], at, last_role="user")
+    return _string(_required(obj, "prompt", at, needs), "prompt", at)
 
 
 def _validate_demonstration(obj: dict, at: _Where) -> Demonstration:
@@ -233,8 +262,8 @@ def _validate_ranking(value: object, k: int, at: _Where) -> tuple[int, ...]:
 
 
 def _validate_comparison(obj: dict, at: _Where) -> Comparison:
-    needs = "a comparison needs 'prompt' with 'responses' and 'ranking', or 'chosen' and 'rejected'"
-    prompt = _string(_required(obj, "prompt", at, needs), "prompt", at)
+    needs = "a comparison needs 'prompt' (or 'messages') with 'responses' and 'ranking', or 'chosen' and 'rejected'"
+    prompt = _validate_prompt(obj, at, needs)
     if "responses" not in obj and ("chosen" in obj or "rejected" in obj):
         chosen = _string(_required(obj, "chosen", at, needs), "chosen", at)
         rejected = _string(_required(obj, "rejected", at, needs), "rejected", at)
@@ -262,12 +291,27 @@ def validate_row(obj: object, kind: RowKind, path: str, line: int | None) -> Row
     if kind == "comparison":
         return _validate_comparison(obj, at)
     if kind == "prompt":
-        return Prompt(
-            _string(_required(obj, "prompt", at, "a prompt row needs 'prompt'"), "prompt", at), at.source
-        )
+        if "messages" in obj and isinstance(obj["messages"], list) and obj["messages"]:
+            last = obj["messages"][-1]
+            if isinstance(last, dict) and last.get("role") == "assistant":
+                # a demonstration row used as a prompt: its last answer is the reference, the rest the prompt
+                demo = _validate_demonstration(obj, at)
+                return Prompt(demo.prompt_spec, at.source, reference=demo.answer)
+        prompt = _validate_prompt(obj, at, "a prompt row needs 'prompt' or 'messages'")
+        reference = obj.get("reference", obj.get("response"))
+        if reference is not None:
+            reference = _string(reference, "reference" if "reference" in obj else "response", at)
+        return Prompt(prompt, at.source, reference=reference)
     if kind == "text":
         return Text(_string(_required(obj, "text", at, "a text row needs 'text'"), "text", at), at.source)
     raise ValueError(f"unknown row kind {kind!r}: expected one of {', '.join(ROW_KINDS)}")
+
+
+def prompt_json(prompt: PromptSpec) -> dict[str, Any]:
+    """``{"prompt": str}`` or ``{"messages": [...]}``: how a row spells its prompt."""
+    if isinstance(prompt, str):
+        return {"prompt": prompt}
+    return {"messages": [{"role": role, "content": content} for role, content in prompt]}
 
 
 def row_to_dict(row: Row) -> dict[str, Any]:
@@ -277,9 +321,10 @@ def row_to_dict(row: Row) -> dict[str, Any]:
             return {"messages": [{"role": role, "content": content} for role, content in row.messages]}
         return {"prompt": row.prompt, "response": row.response}
     if isinstance(row, Comparison):
-        return {"prompt": row.prompt, "responses": list(row.responses), "ranking": list(row.ranking)}
+        return {**prompt_json(row.prompt), "responses": list(row.responses), "ranking": list(row.ranking)}
     if isinstance(row, Prompt):
-        return {"prompt": row.prompt}
+        out = prompt_json(row.prompt)
+        return out if row.reference is None else {**out, "reference": row.reference}
     if isinstance(row, Text):
         return {"text": row.text}
     raise TypeError(f"not a row: {type(row).__name__}")

@@ -1,8 +1,9 @@
 """Supervised fine-tuning data: render chat rows, tokenize with the prompt masked, pad or pack, and serve.
 
 Lives here: `render_chat`, `tokenize_example` (+ `OverlengthError`), `collate`, `pack` and
-`SFTDataModule`. Row formats and file reading live in `rows.py`; models, losses and anything that
-imports peft/bitsandbytes do not belong here. Labels are NOT shifted: they line up with `input_ids`
+`SFTDataModule`. Row formats and file reading live in `rows.py`, prompt rendering and the token format of a
+(prompt, response) pair in `formatting.py`; models, losses and anything that imports peft/bitsandbytes do not
+belong here. Labels are NOT shifted: they line up with `input_ids`
 and the model's loss shifts them, as Hugging Face causal LMs do.
 """
 
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any, Literal, NamedTuple
 
 import lightning as L
@@ -19,6 +20,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from lit_rlhf.data.distributed import eval_sampler
+from lit_rlhf.data.formatting import PromptSpec, TextFormat, data_format
 from lit_rlhf.data.resumable import BatchPlan, PositionedBatches, ResumablePosition, Source, positioned_loader
 from lit_rlhf.data.rows import DataError, Demonstration, ReadReport, read_rows, split_source
 from lit_rlhf.data.special_tokens import SPECIAL_TOKEN_POLICIES, SpecialTokens, screen_special_tokens
@@ -29,16 +31,10 @@ IGNORE_INDEX = -100  # the label torch's cross_entropy (and HF's loss) skips
 Truncation = Literal["error", "skip", "truncate"]
 TRUNCATIONS: tuple[str, ...] = ("error", "skip", "truncate")
 
-# The plain chat template used when a tokenizer has none: one "role: content" line per message, then
-# "assistant:" as the generation prompt. The response starts with a space so its first word tokenizes
-# the same as it would mid-line.
-PLAIN_ROLE_LINE = "{role}: {content}\n"
-PLAIN_GENERATION_PROMPT = "assistant:"
-
 
 class Example(NamedTuple):
-    input_ids: list[int]  # (T,) prompt ids, then response ids, then eos
-    labels: list[int]  # (T,) IGNORE_INDEX over the prompt, the token ids over response + eos
+    input_ids: list[int]  # (T,) prompt ids, then response ids, then end-of-turn
+    labels: list[int]  # (T,) IGNORE_INDEX over the prompt, the token ids over response + end-of-turn
 
 
 class PackedExample(NamedTuple):
@@ -68,55 +64,27 @@ class OverlengthError(DataError):
 # ---------------------------------------------------------------------------------------------------------
 
 
-def _as_pairs(messages: Sequence[Any]) -> list[tuple[str, str]]:
-    """Accept (role, content) pairs or {"role", "content"} mappings."""
-    return [(m["role"], m["content"]) if isinstance(m, Mapping) else (m[0], m[1]) for m in messages]
+def as_format(tokenizer: Any) -> TextFormat:
+    """A TextFormat as it is, or a tokenizer wrapped with the default prompt format."""
+    return tokenizer if isinstance(tokenizer, TextFormat) else TextFormat(tokenizer)
 
 
 def render_chat(messages: Sequence[Any], tokenizer: Any) -> tuple[str, str]:
-    """Split a chat ending in an assistant message into (prompt text, response text).
+    """Split a chat ending in an assistant message into (prompt text, response text), as SFT tokenizes them.
 
-    With `tokenizer.chat_template` set, the prompt is the template applied to every message but the
-    last, with the generation prompt; the response is the last message's content. Without one, the
-    plain template: "{role}: {content}\\n" per message, then "assistant:"; the response is " " + content.
+    With a chat template (``tokenizer.chat_template``, or a TextFormat that uses one) the prompt is the
+    template applied to every message but the last, with the generation prompt; the response is the last
+    message's content. Without one, the plain template: "{role}: {content}\\n" per message, then "assistant:";
+    the response is " " + content.
     """
-    pairs = _as_pairs(messages)
+    from lit_rlhf.data.formatting import as_messages
+
+    pairs = as_messages(messages)
     if len(pairs) < 2 or pairs[-1][0] != "assistant":
         raise ValueError("a chat to render needs at least one message before a final assistant message")
-    context, (_, answer) = pairs[:-1], pairs[-1]
-    if getattr(tokenizer, "chat_template", None):
-        prompt = tokenizer.apply_chat_template(
-            [{"role": role, "content": content} for role, content in context],
-            tokenize=False,
-            add_generation_prompt=True,
-        )
-        return prompt, answer
-    lines = "".join(PLAIN_ROLE_LINE.format(role=role, content=content) for role, content in context)
-    return lines + PLAIN_GENERATION_PROMPT, " " + answer
-
-
-def _eos_id(tokenizer: Any) -> int:
-    eos = getattr(tokenizer, "eos_token_id", None)
-    if eos is None:
-        raise ValueError(
-            "the tokenizer has no eos_token: SFT appends eos to every response so the model learns to "
-            "stop; set tokenizer.eos_token (or add one) before building the data"
-        )
-    return eos
-
-
-def _encode(
-    prompts: list[str], responses: list[str], tokenizer: Any
-) -> tuple[list[list[int]], list[list[int]]]:
-    """Token ids of each prompt (special tokens on) and of each response + eos (special tokens off)."""
-    eos = _eos_id(tokenizer)
-    bos = getattr(tokenizer, "bos_token_id", None)
-    prompt_ids = tokenizer(prompts)["input_ids"]
-    response_ids = [ids + [eos] for ids in tokenizer(responses, add_special_tokens=False)["input_ids"]]
-    if bos is not None:
-        # Chat templates often write the BOS text themselves and the tokenizer adds another: keep one.
-        prompt_ids = [ids[1:] if ids[:2] == [bos, bos] else ids for ids in prompt_ids]
-    return prompt_ids, response_ids
+    fmt = as_format(tokenizer)
+    context = pairs[:-1]
+    return fmt.render_prompt(context), fmt.response_text(context, pairs[-1][1])
 
 
 def _fit(
@@ -157,7 +125,7 @@ def _check_fit_args(max_length: int, truncation: str) -> None:
 
 
 def tokenize_example(
-    prompt: str,
+    prompt: PromptSpec,
     response: str,
     tokenizer: Any,
     max_length: int,
@@ -167,14 +135,16 @@ def tokenize_example(
 ) -> Example | None:
     """Tokenize one (prompt, response) pair with the prompt masked out of the labels.
 
-    input_ids = tokenizer(prompt) (special tokens on) + tokenizer(response, no special tokens) + [eos];
-    labels = IGNORE_INDEX over the prompt, ids over response + eos. Over max_length: "error" raises
-    OverlengthError naming `source` ("file:line"), "skip" returns None, "truncate" fits it (see `_fit`).
+    The ids are `TextFormat.sequence`: the rendered prompt's ids, then the response's ids and the end-of-turn
+    token (eos without a chat template). `tokenizer` is a TextFormat, or a tokenizer used with the default
+    prompt format. Over max_length: "error" raises OverlengthError naming `source` ("file:line"), "skip" returns
+    None, "truncate" fits it (see `_fit`).
     """
     _check_fit_args(max_length, truncation)
-    (prompt_ids,), (response_ids,) = _encode([prompt], [response], tokenizer)
+    fmt = as_format(tokenizer)
+    prompt_ids, response_ids = fmt.sequence(prompt, response)
     return _fit(
-        prompt_ids, response_ids, max_length, truncation, getattr(tokenizer, "bos_token_id", None), source
+        prompt_ids, response_ids, max_length, truncation, getattr(fmt.tokenizer, "bos_token_id", None), source
     )
 
 
@@ -245,26 +215,19 @@ def collate(examples: Sequence[Example | PackedExample], pad_id: int) -> dict[st
 # ---------------------------------------------------------------------------------------------------------
 
 
-def _prompt_response(row: Demonstration, tokenizer: Any) -> tuple[str, str]:
-    if row.messages is not None:
-        return render_chat(row.messages, tokenizer)
-    return row.prompt, row.response
-
-
 def build_examples(
     rows: Sequence[Demonstration],
-    tokenizer: Any,
+    fmt: TextFormat,
     max_length: int,
     truncation: Truncation,
     report: ReadReport,
 ) -> list[Example]:
     """Tokenize demonstrations; rows skipped or truncated for length are counted into `report`."""
     _check_fit_args(max_length, truncation)
-    texts = [_prompt_response(row, tokenizer) for row in rows]
-    prompt_ids, response_ids = _encode([p for p, _ in texts], [r for _, r in texts], tokenizer)
-    bos = getattr(tokenizer, "bos_token_id", None)
+    bos = getattr(fmt.tokenizer, "bos_token_id", None)
     examples = []
-    for row, p, r in zip(rows, prompt_ids, response_ids, strict=True):
+    for row in rows:
+        p, r = fmt.sequence(row.prompt_spec, row.answer)
         too_long = len(p) + len(r) > max_length
         if too_long and truncation == "skip":
             report.skipped.append(OverlengthError(row.source, len(p), len(r), max_length))
@@ -338,21 +301,17 @@ class SFTDataModule(ResumablePosition, L.LightningDataModule):
         self.on_error, self.truncation = on_error, truncation
         self.num_workers, self.seed = num_workers, seed
         self.tokenizer, self.special_tokens = tokenizer, special_tokens
+        self.fmt: TextFormat | None = None
         self.reports: dict[str, ReadReport] = {}
         self._data: dict[str, list[Example] | list[PackedExample]] = {}
-        self._val_prompts: list[str] | None = None
+        self._val_prompts: list[PromptSpec] | None = None
+        self._val_references: list[str] = []
 
     def setup(self, stage: str | None = None) -> None:
-        if self.tokenizer is None:
-            # Lightning runs this hook BEFORE LightningModule.setup/configure_model, so the module's
-            # tokenizer must already be an attribute or a lazily loading property by now.
-            module = self.trainer.lightning_module if self.trainer is not None else None
-            self.tokenizer = getattr(module, "tokenizer", None)
-            if self.tokenizer is None:
-                raise RuntimeError(
-                    "SFTDataModule has no tokenizer: pass tokenizer=..., or give the LightningModule a "
-                    "`tokenizer` attribute (or lazy property) usable before its setup()/configure_model()"
-                )
+        if self.fmt is None:
+            self.fmt = data_format(self.tokenizer, self.trainer, "SFTDataModule")
+            self.tokenizer = self.fmt.tokenizer
+            logger.info("SFT data: %s", self.fmt.describe())
         wanted = {"val": self.val_path}
         if stage in ("fit", None):
             wanted["train"] = self.train_path
@@ -363,7 +322,7 @@ class SFTDataModule(ResumablePosition, L.LightningDataModule):
     def _load(self, split: str, path: str) -> list[Example] | list[PackedExample]:
         rows, report = read_rows(path, "demonstration", on_error=self.on_error)
         rows = screen_special_tokens(rows, self.tokenizer, report, self.on_error, self.special_tokens)
-        examples = build_examples(rows, self.tokenizer, self.max_length, self.truncation, report)
+        examples = build_examples(rows, self.fmt, self.max_length, self.truncation, report)
         self.reports[split] = report
         logger.info("%s: %s", split, report.summary())
         if report.truncated:
@@ -371,13 +330,13 @@ class SFTDataModule(ResumablePosition, L.LightningDataModule):
                 "%s: %d examples truncated to max_length %d", split, report.truncated, self.max_length
             )
         if split == "val":
-            self._val_prompts = [_prompt_response(row, self.tokenizer)[0] for row in rows]
+            self._val_prompts = [row.prompt_spec for row in rows]
+            self._val_references = [row.answer for row in rows]
         return pack(examples, self.max_length) if self.packing else examples
 
     def _pad_id(self) -> int:
-        pad_id = self.tokenizer.pad_token_id
-        # Padding is masked out of attention and labels, so any id works; eos is always present.
-        return _eos_id(self.tokenizer) if pad_id is None else pad_id
+        # Padding is masked out of attention and labels, so any id works.
+        return self.fmt.pad_id
 
     def _require(self, split: str) -> list[Example] | list[PackedExample]:
         if split not in self._data:
@@ -403,10 +362,14 @@ class SFTDataModule(ResumablePosition, L.LightningDataModule):
             num_workers=self.num_workers,
         )
 
-    def val_prompts(self, n: int) -> list[str]:
-        """The first n validation prompts, rendered as the model sees them (for sample logging)."""
+    def val_prompts(self, n: int) -> list[PromptSpec]:
+        """The first n validation prompts (strings or chat messages; generation renders them)."""
         if self.val_path is None:
             return []
         if self._val_prompts is None:
             raise RuntimeError("SFTDataModule.val_prompts() called before setup()")
         return self._val_prompts[:n]
+
+    def val_references(self, n: int) -> list[str | None]:
+        """The demonstrated answers of the first n validation prompts (reference answers for judges)."""
+        return list(self._val_references[:n])

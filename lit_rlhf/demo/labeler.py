@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from lit_rlhf.demo.world import BANNED, FILLERS, Task, extract_answer, parse_prompt
+from lit_rlhf.evaluation.metrics import WinRate, win_rate  # noqa: F401  (re-exported: the demo's public names)
 
 PARTIAL_CREDIT = 0.6
 FILLER_PENALTY = 0.1
@@ -33,9 +33,6 @@ FILLER_HABITS: tuple[tuple[tuple[str, ...], tuple[str, ...]], ...] = (
     (("ok",), ()),
     ((), ("done",)),
 )
-
-# Two-sided 95% standard normal quantile, Phi^-1(0.975).
-_Z95 = 1.959963984540054
 
 
 @dataclass(frozen=True)
@@ -54,16 +51,6 @@ class Judgement:
     n_fillers: int
     banned: bool
     score: float
-
-
-@dataclass(frozen=True)
-class WinRate:
-    """Mean outcome with its 95% Wilson score interval; n is the number of comparisons."""
-
-    rate: float
-    ci_low: float
-    ci_high: float
-    n: int
 
 
 def levenshtein(a: Sequence[str], b: Sequence[str]) -> int:
@@ -186,26 +173,3 @@ class Labeler:
         if score_a == score_b:
             return 0.5
         return 1.0 if score_a > score_b else 0.0
-
-
-def win_rate(outcomes: Sequence[float]) -> WinRate:
-    """Mean of comparison outcomes (1 win, 0.5 tie, 0 loss) with a 95% Wilson score interval.
-
-    Ties count half a win, so the interval treats the mean as a proportion over n comparisons
-    (Wilson 1927). Raises ValueError on an empty sequence or an outcome outside [0, 1].
-    """
-    n = len(outcomes)
-    if n == 0:
-        raise ValueError("win_rate needs at least one outcome")
-    bad = [o for o in outcomes if not 0.0 <= o <= 1.0]
-    if bad:
-        raise ValueError(f"win_rate outcomes must be in [0, 1]; got {bad[:5]}")
-    p = sum(outcomes) / n
-    z2 = _Z95 * _Z95
-    denominator = 1.0 + z2 / n
-    centre = (p + z2 / (2 * n)) / denominator
-    half_width = _Z95 * math.sqrt(p * (1.0 - p) / n + z2 / (4 * n * n)) / denominator
-    # The exact interval always contains p and lies in [0, 1]; clamping only removes float round-off.
-    ci_low = min(max(centre - half_width, 0.0), p)
-    ci_high = max(min(centre + half_width, 1.0), p)
-    return WinRate(rate=p, ci_low=ci_low, ci_high=ci_high, n=n)

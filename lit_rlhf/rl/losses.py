@@ -137,7 +137,9 @@ def kwise_ranking_loss(scores: Tensor, ranks: Tensor, group: Tensor) -> RankingO
     return RankingOutput(loss=loss, n_pairs=n_pairs, accuracy=accuracy, margin=margin)
 
 
-def lm_loss(logits: Tensor, labels: Tensor, ignore_index: int = -100) -> Tensor:
+def lm_loss(
+    logits: Tensor, labels: Tensor, ignore_index: int = -100, num_targets: Tensor | float | None = None
+) -> Tensor:
     """Next-token cross-entropy, averaged over the labels that are not ``ignore_index``.
 
     ``labels`` is aligned with the model input, as in Hugging Face: the shift happens here, so
@@ -148,6 +150,9 @@ def lm_loss(logits: Tensor, labels: Tensor, ignore_index: int = -100) -> Tensor:
         logits: ``(B, T, V)``.
         labels: ``(B, T)`` long.
         ignore_index: label value that contributes nothing.
+        num_targets: divide the summed loss by this instead of by this batch's own target count: the number of
+            targets in the whole batch this one is a part of (all micro-batches of a gradient-accumulation window,
+            all ranks), so every token weighs the same however the batch was split.
 
     Returns:
         Scalar ``()`` float32; 0 (still connected to ``logits``) when every label is ignored.
@@ -158,4 +163,6 @@ def lm_loss(logits: Tensor, labels: Tensor, ignore_index: int = -100) -> Tensor:
     keep = targets != ignore_index
     # Ignored slots need some in-range index for the gather; their values are masked out below.
     logp = gather_logprobs(logits[:, :-1], torch.where(keep, targets, 0))  # (B, T-1)
-    return -masked_mean(logp, keep)
+    if num_targets is None:
+        return -masked_mean(logp, keep)
+    return -(logp * keep).sum() / num_targets

@@ -1,4 +1,4 @@
-"""Pieces every stage module shares: optimizer settings and schedule, sample/eval settings, labeler hookup.
+"""Pieces every stage module shares: optimizer settings and schedule, sample/eval settings, judge hookup.
 
 Stage modules orchestrate; the math they call lives in lit_rlhf.rl.
 """
@@ -8,11 +8,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 
-from lit_rlhf.backbone.generate import SamplingConfig, generate
+from lit_rlhf.backbone.generate import SamplingConfig
 
 
 @dataclass
@@ -67,7 +67,9 @@ class SampleConfig:
         prompts: Prompts JSONL for the fixed sample set; default: the first validation prompts.
         num_prompts: How many fixed prompts to sample.
         sampling: Settings of the sampled completions (greedy ones use the same max_new_tokens).
-        labeler: ``demo`` scores completions with the built-in demo labeler; ``none`` logs text only.
+        judge: Scores completions: ``demo`` (the demo world's labeler), ``exact_match`` (equals the reference
+            answer a row carries: ``reference``, or ``response`` in a demonstrations file), a
+            ``package.module:callable`` of your own, or null (text only). See lit_rlhf.judges.
         eval_prompts: Held-out prompts JSONL evaluated once at the end of fit (figures go to the manifest).
         eval_limit: At most this many held-out prompts.
         eval_batch_size: Prompts per generate call.
@@ -77,66 +79,50 @@ class SampleConfig:
     prompts: str | None = None
     num_prompts: int = 8
     sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(max_new_tokens=24))
-    labeler: Literal["demo", "none"] = "none"
+    judge: str | None = None
     eval_prompts: str | None = None
     eval_limit: int = 300
     eval_batch_size: int = 64
 
 
-def read_prompts(path: str | Path, limit: int | None = None) -> list[str]:
-    """Prompts of a prompts (or demonstrations) JSONL file, validated like any other rows."""
+def read_prompts(path: str | Path, limit: int | None = None) -> tuple[list[Any], list[str | None]]:
+    """Prompts of a prompts (or demonstrations) file, validated like any other rows, and their reference
+    answers (None where a row has none)."""
     from lit_rlhf.data.rows import read_rows
 
     rows, _ = read_rows(path, "prompt", limit=limit)
-    return [r.prompt for r in rows]
+    return [r.prompt for r in rows], [r.reference for r in rows]
 
 
-class DemoScorer:
-    """Wraps the demo labeler: scores prompts of the demo world, None for any other prompt."""
+def stage_text_format(stage_dir: str | Path) -> Any:
+    """A stage directory's tokenizer with its recorded prompt format, without loading any weights.
 
-    def __init__(self) -> None:
-        from lit_rlhf.demo.labeler import Labeler
-        from lit_rlhf.demo.world import parse_prompt
+    Later stages render prompts exactly as the stage they start from (the SFT model) was trained to read them.
+    """
+    from lit_rlhf.backbone.build import load_tokenizer
+    from lit_rlhf.checkpoint.manifest import read_manifest
+    from lit_rlhf.data.formatting import PromptFormat, TextFormat
 
-        self._labeler, self._parse = Labeler(), parse_prompt
-
-    def judge(self, prompt: str, response: str) -> dict[str, Any]:
-        if self._parse(prompt) is None:
-            return {}
-        j = self._labeler.judge(prompt, response)
-        return {"score": j.score, "exact_match": bool(j.correct)}
+    manifest = read_manifest(stage_dir)
+    tokenizer = load_tokenizer(str(Path(stage_dir) / manifest.tokenizer))
+    return TextFormat(tokenizer, PromptFormat.from_dict(manifest.prompt_format))
 
 
-def make_scorer(kind: str) -> DemoScorer | None:
-    return DemoScorer() if kind == "demo" else None
+@torch.no_grad()
+def run_validation(module: Any, loader: Any) -> None:
+    """Run `module.validation_step` over every batch of `loader` now, outside Lightning's loop (eval mode).
 
-
-def generate_batched(
-    model, tokenizer, prompts: list[str], sampling: SamplingConfig, batch_size: int, seed: int | None = None
-) -> list[str]:
-    """Generate for many prompts in batches; returns the decoded responses in order."""
-    out: list[str] = []
-    for i in range(0, len(prompts), batch_size):
-        gen = generate(
-            model,
-            tokenizer,
-            prompts[i : i + batch_size],
-            sampling,
-            generator_seed=None if seed is None else seed + i,
-        )
-        out.extend(gen.texts)
-    return out
-
-
-def summarize_judgements(judged: list[dict[str, Any]]) -> dict[str, float]:
-    """Mean labeler score and exact-match rate over the judged completions that have them."""
-    scored = [j for j in judged if "score" in j]
-    if not scored:
-        return {}
-    return {
-        "labeler_score": sum(j["score"] for j in scored) / len(scored),
-        "exact_match": sum(j["exact_match"] for j in scored) / len(scored),
-    }
+    Used at the end of fit when the last validation happened before the last optimizer step, so the figures a
+    stage directory reports are the final weights'. The caller computes and resets its metrics afterwards.
+    """
+    was_training = module.training
+    module.eval()
+    try:
+        for i, batch in enumerate(loader):
+            batch = module.trainer.strategy.batch_to_device(batch)
+            module.validation_step(batch, i)
+    finally:
+        module.train(was_training)
 
 
 def check_strategy(strategy: Any, stage: str) -> None:

@@ -31,11 +31,12 @@ import torch
 from torch import Tensor
 
 from lit_rlhf.backbone.config import LoraSettings, Quantization
-from lit_rlhf.backbone.generate import Generation, SamplingConfig, generate
+from lit_rlhf.backbone.generate import Generation, SamplingConfig, generate, generate_batches
+from lit_rlhf.data.formatting import prompt_to_json
 from lit_rlhf.data.io import append_jsonl
-from lit_rlhf.data.padding import pad_right
+from lit_rlhf.evaluation.metrics import judge_metrics, kl_k1_per_sequence, mean_or_none, weighted_mean
+from lit_rlhf.judges import load_judge
 from lit_rlhf.rl.advantages import gae
-from lit_rlhf.rl.kl import kl_penalty
 from lit_rlhf.rl.kl_control import AdaptiveKLController, FixedKLController
 from lit_rlhf.rl.logprobs import entropy_from_logits, gather_logprobs
 from lit_rlhf.rl.losses import lm_loss, ppo_policy_loss, value_loss
@@ -50,7 +51,14 @@ from lit_rlhf.rl.rewards import (
 )
 from lit_rlhf.rl.stats import explained_variance
 from lit_rlhf.runs import run_dir
-from lit_rlhf.stages.common import StrategyCheck, computes_on_this_rank, gradient_vote, shard_if_fsdp2
+from lit_rlhf.stages.common import (
+    StrategyCheck,
+    computes_on_this_rank,
+    gradient_vote,
+    read_prompts,
+    shard_if_fsdp2,
+    stage_text_format,
+)
 from lit_rlhf.stages.guards import NumericalGuard, ppo_flags
 
 # Two Lightning warnings that do not apply here, silenced so the real ones stand out:
@@ -93,7 +101,8 @@ class PPOConfig:
         vf_coef: Weight of the value loss in the summed loss.
         gamma: Discount. lam: GAE lambda.
         whiten_advantages: Whiten advantages over valid tokens of the rollout batch.
-        max_grad_norm: Gradient norm clip (0 = off).
+        max_grad_norm: Gradient norm clip (0 = off), applied to the policy's and the critic's gradients
+            separately: one joint norm would let a large value-loss gradient shrink the policy's step.
         critic_lr: Critic learning rate (policy uses optim.lr).
         score_clip: Clip RM scores to [-c, c] (null = off).
         normalize_scores: Normalise RM scores by running mean/std.
@@ -117,23 +126,47 @@ class PPOConfig:
 
 @dataclass
 class EvalConfig:
-    """Held-out evaluation against the SFT model (demo labeler) and the pretraining loss.
+    """Held-out evaluation against the SFT model (judge score, win rate), KL to it, and the pretraining loss.
 
     Attributes:
         prompts: Held-out prompts JSONL (null = no evaluation).
         every_n_steps: Evaluate every N PPO iterations, i.e. rollout batches (and at the end).
         limit: At most this many prompts.
         sampling: Sampling of both the policy and the SFT reference for the win rate.
-        labeler: ``demo`` judges with the demo labeler (win rate, labeler score); ``none`` skips those.
+        judge: Judges the held-out completions (judge score, win rate vs SFT): ``demo``, ``exact_match``, a
+            ``package.module:callable``, or null (KL, reward and pretraining loss only). See lit_rlhf.judges.
         samples_per_step: Rollout completions written to samples.jsonl per step.
+        batch_size: Prompts per generate call (it also picks the sampling seeds, as in ``evaluate``).
+        seed: Prompt batch i samples with seed + i, for the policy and the SFT reference alike.
     """
 
     prompts: str | None = None
     every_n_steps: int = 25
     limit: int = 200
     sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(max_new_tokens=24))
-    labeler: Literal["demo", "none"] = "demo"
+    judge: str | None = None
     samples_per_step: int = 4
+    batch_size: int = 32
+    seed: int = 1234
+
+
+def rollout_sampling_problems(sampling: SamplingConfig) -> list[str]:
+    """Why `sampling` cannot drive PPO rollouts (empty when it can).
+
+    PPO's ratio, KL penalty and gradient use log-probabilities of the policy's own distribution at temperature
+    1. Samples drawn at another temperature or truncated by top-k/top-p come from a different distribution:
+    the rollouts would be off-policy and the KL biased (it can even turn negative).
+    """
+    out = []
+    if not sampling.do_sample:
+        out.append("do_sample must be true (greedy rollouts explore nothing and have no valid ratio)")
+    if sampling.temperature != 1.0:
+        out.append(f"temperature must be 1.0, got {sampling.temperature}")
+    if sampling.top_k not in (0, None):
+        out.append(f"top_k must be 0 (off), got {sampling.top_k}")
+    if sampling.top_p != 1.0:
+        out.append(f"top_p must be 1.0 (off), got {sampling.top_p}")
+    return out
 
 
 class Rollout(NamedTuple):
@@ -149,9 +182,10 @@ class Rollout(NamedTuple):
     returns: Tensor  # (B, R)
 
 
-def response_logprobs(logits: Tensor, input_ids: Tensor, prompt_len: int) -> Tensor:
-    """Log-probs of the response tokens: logits (B, L, V) at positions P-1..L-2 predict tokens P..L-1 -> (B, R)."""
-    return gather_logprobs(logits[:, prompt_len - 1 : -1], input_ids[:, prompt_len:])
+def response_logprobs(response_logits: Tensor, input_ids: Tensor, prompt_len: int) -> Tensor:
+    """Log-probs of the response tokens: (B, R, V) predictions of tokens P..L-1 (`Roles.response_logits`, float32)
+    and the (B, L) ids -> (B, R)."""
+    return gather_logprobs(response_logits, input_ids[:, prompt_len:])
 
 
 class PPOModule(StrategyCheck, L.LightningModule):
@@ -192,7 +226,15 @@ class PPOModule(StrategyCheck, L.LightningModule):
         self.lora, self.quantization, self.ptx_coef, self.lr = lora, quantization, ptx_coef, lr
         self.kl_cfg, self.ppo_cfg = kl or KLConfig(), ppo or PPOConfig()
         self.sampling = sampling or SamplingConfig(max_new_tokens=24, do_sample=True, temperature=1.0)
+        problems = rollout_sampling_problems(self.sampling)
+        if problems:
+            raise ValueError(
+                "PPOModule.sampling: rollouts must sample the policy's own distribution: "
+                + "; ".join(problems)
+                + " (eval.sampling may use any settings)"
+            )
         self.eval_cfg = eval or EvalConfig()
+        self.judge = load_judge(self.eval_cfg.judge)  # a bad judge name fails here, before weights load
         self.save_hyperparameters()
         self.automatic_optimization = False
         self.roles = None
@@ -207,6 +249,7 @@ class PPOModule(StrategyCheck, L.LightningModule):
         self.stage_dir_written: Path | None = None
         self.final_metrics: dict[str, float] = {}
         self._sft_eval: list[str] | None = None
+        self._eval_set: tuple[list[Any], list[str | None]] | None = None
         # Manual optimization advances trainer.global_step once per optimizer step (every minibatch update);
         # this counts PPO iterations (rollout batches) and is saved in checkpoints.
         self.rollouts_done = 0
@@ -220,14 +263,17 @@ class PPOModule(StrategyCheck, L.LightningModule):
 
     # ---- building ---------------------------------------------------------------------------------------
     @property
-    def tokenizer(self):
+    def text_format(self):
+        """The SFT stage's tokenizer and prompt format (loaded without weights; the data module needs it first)."""
         if self.roles is not None:
-            return self.roles.tokenizer
+            return self.roles.text_format
         if self._tokenizer is None:
-            from lit_rlhf.backbone.build import load_tokenizer
-
-            self._tokenizer = load_tokenizer(str(Path(self.policy_from) / "tokenizer"))
+            self._tokenizer = stage_text_format(self.policy_from)
         return self._tokenizer
+
+    @property
+    def tokenizer(self):
+        return self.text_format.tokenizer
 
     def _target_device(self):
         # inside configure_model self.device can still be cpu; the strategy knows where the model will live
@@ -263,20 +309,20 @@ class PPOModule(StrategyCheck, L.LightningModule):
 
     # ---- 1-4: rollout -----------------------------------------------------------------------------------
     @torch.no_grad()
-    def rollout(self, prompts: list[str]) -> tuple[Rollout, Generation, dict[str, Tensor]]:
+    def rollout(self, prompts: list[Any]) -> tuple[Rollout, Generation, dict[str, Tensor]]:
         """Generate, score, shape rewards and compute advantages for one batch of prompts."""
         roles, cfg = self.roles, self.ppo_cfg
         t0 = time.perf_counter()
-        gen = generate(roles.generation_model(), roles.tokenizer, prompts, self.sampling)  # 1. generate
+        gen = generate(roles.generation_model(), roles.text_format, prompts, self.sampling)  # 1. generate
         gen_time = time.perf_counter() - t0
         ids, mask, rmask = gen.input_ids, gen.attention_mask, gen.response_mask.float()
         p = gen.prompt_ids.shape[1]
         was_training = roles.training
         roles.eval()
-        logp = response_logprobs(roles.logits("policy", ids, mask), ids, p)  # 2. score: (B, R)
-        ref_logp = response_logprobs(roles.logits("reference", ids, mask), ids, p)
+        logp = response_logprobs(roles.response_logits("policy", ids, mask, p), ids, p)  # 2. score: (B, R)
+        ref_logp = response_logprobs(roles.response_logits("reference", ids, mask, p), ids, p)
         values = roles.values(ids, mask)[:, p - 1 : -1] * rmask  # (B, R) V(s_t) before token t
-        raw = roles.reward(ids, mask)  # (B,)
+        raw = roles.reward_of(prompts, gen.texts)  # (B,) on the text, as the reward model was trained
         roles.train(was_training)
         scores = truncation_penalty(raw, gen.ended, cfg.truncation_penalty)  # 3. shape
         scores = clip_scores(scores, cfg.score_clip)
@@ -317,7 +363,7 @@ class PPOModule(StrategyCheck, L.LightningModule):
         """One optimizer step on a minibatch: clipped policy loss + ptx, clipped value loss."""
         cfg = self.ppo_cfg
         p = mb.input_ids.shape[1] - mb.response_mask.shape[1]
-        logits = self.roles.logits("policy", mb.input_ids, mb.attention_mask)
+        logits = self.roles.response_logits("policy", mb.input_ids, mb.attention_mask, p)  # (b, R, V) float32
         logp = response_logprobs(logits, mb.input_ids, p)  # (b, R)
         pg_loss, pstats = ppo_policy_loss(logp, mb.logprobs, mb.advantages, mb.response_mask, cfg.clip_range)
         values = self.roles.values(mb.input_ids, mb.attention_mask)[:, p - 1 : -1]
@@ -329,17 +375,19 @@ class PPOModule(StrategyCheck, L.LightningModule):
         opt = self.optimizers()
         opt.zero_grad()
         params = [q for g in opt.param_groups for q in g["params"]]
+        norms = {}
         if self.guard.loss_ok(loss, self.global_step, self.trainer.strategy.reduce_boolean_decision):
             self.manual_backward(loss)
             if self.guard.grads_ok(params, self.global_step, gradient_vote(self.trainer, self._policy_net)):
-                if cfg.max_grad_norm > 0:
-                    self.clip_gradients(
-                        opt, gradient_clip_val=cfg.max_grad_norm, gradient_clip_algorithm="norm"
-                    )
+                scaler = getattr(self.trainer.precision_plugin, "scaler", None)
+                if scaler is not None:  # fp16 AMP: clip the true gradients, not the loss-scaled ones
+                    scaler.unscale_(opt.optimizer if hasattr(opt, "optimizer") else opt)
+                norms = self._clip_each_role(opt, cfg.max_grad_norm)
                 opt.step()
         with torch.no_grad():
-            ent = masked_mean(entropy_from_logits(logits[:, p - 1 : -1].detach()), mb.response_mask)
+            ent = masked_mean(entropy_from_logits(logits.detach()), mb.response_mask)
         return {
+            **norms,
             "policy_loss": pg_loss.detach(),
             "value_loss": vf_loss.detach(),
             "clip_frac": pstats.clip_frac,
@@ -348,6 +396,22 @@ class PPOModule(StrategyCheck, L.LightningModule):
             "entropy": ent,
             "ptx_loss": ptx_loss.detach(),
         }
+
+    @staticmethod
+    def _clip_each_role(opt: torch.optim.Optimizer, max_norm: float) -> dict[str, Tensor]:
+        """Clip the policy's and the critic's gradients to `max_norm` each (0 = measure only); their norms.
+
+        The optimizer's first group is the policy, the second the critic (configure_optimizers). Each is clipped
+        on its own: a joint norm would let the value loss's (often much larger) gradient shrink the policy step.
+        """
+        out = {}
+        for name, group in zip(("policy_grad_norm", "critic_grad_norm"), opt.param_groups, strict=False):
+            params = [q for q in group["params"] if q.grad is not None]
+            if not params:
+                continue
+            norm = torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm > 0 else float("inf"))
+            out[name] = (norm.full_tensor() if hasattr(norm, "full_tensor") else norm).detach().float()
+        return out
 
     @staticmethod
     def _ptx_chunks(ptx: dict[str, Tensor] | None, n: int) -> list[dict[str, Tensor] | None]:
@@ -377,7 +441,8 @@ class PPOModule(StrategyCheck, L.LightningModule):
             self.ppo_update(index_record(ro, idx), chunk) for idx, chunk in zip(plan, chunks, strict=True)
         ]  # 5
         self.kl_ctl.update(float(stats["kl"]), n_steps=len(prompts) * self._world)  # 6: global KL and batch
-        local = {k: torch.stack([u[k] for u in updates]).mean() for k in updates[0]}
+        keys = dict.fromkeys(k for u in updates for k in u)  # grad norms are absent from skipped updates
+        local = {k: torch.stack([u[k] for u in updates if k in u]).mean() for k in keys}
         local["explained_variance"] = explained_variance(ro.values, ro.returns, ro.response_mask)
         stats.update(self._mean_over_ranks(local))
         stats["gen_share"] = stats.pop("gen_time") / (time.perf_counter() - t0)
@@ -434,12 +499,12 @@ class PPOModule(StrategyCheck, L.LightningModule):
         total = self._sum_over_ranks(torch.stack([stats[k].float().reshape(()) for k in keys]))
         return {k: v / self._world for k, v in zip(keys, total, strict=True)}
 
-    def _write_samples(self, prompts: list[str], gen: Generation, ro: Rollout) -> None:
+    def _write_samples(self, prompts: list[Any], gen: Generation, ro: Rollout) -> None:
         k = self.eval_cfg.samples_per_step
         if not k or not computes_on_this_rank(self.trainer, self._policy_net) or not self.trainer.loggers:
             return
         kl = (ro.logprobs - ro.ref_logprobs) * ro.response_mask
-        rewards = self.roles.reward(ro.input_ids[:k], ro.attention_mask[:k])  # all ranks when sharded
+        rewards = self.roles.reward_of(prompts[:k], gen.texts[:k])  # all ranks when sharded
         if not self.trainer.is_global_zero:
             return
         for i in range(min(k, len(prompts))):
@@ -447,7 +512,7 @@ class PPOModule(StrategyCheck, L.LightningModule):
                 run_dir(self.trainer) / "samples.jsonl",
                 {
                     "step": self.log_step,
-                    "prompt": prompts[i],
+                    "prompt": prompt_to_json(prompts[i]),
                     "completion": gen.texts[i],
                     "mode": "rollout",
                     "rm_score": float(rewards[i]),
@@ -456,28 +521,47 @@ class PPOModule(StrategyCheck, L.LightningModule):
             )
 
     # ---- evaluation -------------------------------------------------------------------------------------
-    def _eval_prompts(self) -> list[str]:
-        from lit_rlhf.stages.common import read_prompts
+    def _eval_prompts(self) -> tuple[list[Any], list[str | None]]:
+        """The held-out prompts and their reference answers (read once)."""
+        if self._eval_set is None:
+            cfg = self.eval_cfg
+            self._eval_set = read_prompts(cfg.prompts, limit=cfg.limit) if cfg.prompts else ([], [])
+        return self._eval_set
 
-        return read_prompts(self.eval_cfg.prompts, limit=self.eval_cfg.limit) if self.eval_cfg.prompts else []
-
-    def _complete(self, role: str, prompts: list[str]) -> list[str]:
-        from lit_rlhf.stages.common import generate_batched
-
-        roles = self.roles
+    def _complete(self, role: str, prompts: list[Any]) -> list[Generation]:
+        """The policy's or the SFT reference's completions, sampled as `evaluate` samples them (same seeds)."""
+        roles, cfg = self.roles, self.eval_cfg
+        net = roles._net(role)
         if role == "policy":
-            return generate_batched(
-                roles.generation_model(), roles.tokenizer, prompts, self.eval_cfg.sampling, 64, seed=1234
+            model = roles.generation_model()
+            context = contextlib.nullcontext()
+        else:
+            model = net.model
+            context = (
+                net.use_adapter(roles._adapter("reference")) if roles.is_shared else contextlib.nullcontext()
             )
-        net = roles._net("reference")
-        with net.use_adapter(roles._adapter("reference")) if roles.is_shared else contextlib.nullcontext():
-            return generate_batched(
-                net.model, roles.tokenizer, prompts, self.eval_cfg.sampling, 64, seed=1234
-            )
+        with context:
+            return generate_batches(model, roles.text_format, prompts, cfg.sampling, cfg.batch_size, cfg.seed)
+
+    @torch.no_grad()
+    def _kl_to_reference(self, gens: list[Generation]) -> list[float]:
+        """Per sequence, sum_t log pi - log pi_ref over the policy's own SAMPLED tokens and their mask (k1)."""
+        out: list[float] = []
+        was = self.roles.training
+        self.roles.eval()
+        for g in gens:
+            ids, mask = g.input_ids.to(self.device), g.attention_mask.to(self.device)
+            p = g.prompt_ids.shape[1]
+            logp = response_logprobs(self.roles.response_logits("policy", ids, mask, p), ids, p)
+            ref = response_logprobs(self.roles.response_logits("reference", ids, mask, p), ids, p)
+            out += kl_k1_per_sequence(logp, ref, g.response_mask.to(self.device).float())
+        self.roles.train(was)
+        return out
 
     @torch.no_grad()
     def pretrain_loss(self) -> float | None:
-        """Mean LM loss of the policy on the held-out pretraining rows (the alignment tax)."""
+        """LM loss per token of the policy on the held-out pretraining rows (the alignment tax), weighted by
+        the tokens of each batch as `evaluate` weights them."""
         dm = self.trainer.datamodule if self.trainer is not None else None
         batches = dm.ptx_eval_batches() if dm is not None and getattr(dm, "ptx_eval", None) else []
         if not batches:
@@ -486,68 +570,39 @@ class PPOModule(StrategyCheck, L.LightningModule):
         self.roles.eval()
         losses = [float(self.ptx_loss({k: v.to(self.device) for k, v in b.items()})) for b in batches]
         self.roles.train(was)
-        return sum(losses) / len(losses)
+        return weighted_mean(losses, [int((b["labels"][:, 1:] != -100).sum()) for b in batches])
 
     def evaluate(self) -> dict[str, float]:
-        """Labeler score and win rate vs SFT on held-out prompts, KL to the reference, pretraining loss.
+        """On held-out prompts: judge score and win rate vs SFT (with a judge), KL to the reference, reward and
+        length of the policy's samples; and the pretraining loss. The same functions as `evaluate` compute them.
 
         Rank zero's figures; with FSDP2-sharded roles every rank computes them (each forward is a collective).
         """
         if not computes_on_this_rank(self.trainer, self._policy_net):
             return {}
         metrics: dict[str, float] = {}
-        prompts = self._eval_prompts()
-        if prompts and self.eval_cfg.labeler == "demo":
-            from lit_rlhf.demo.labeler import Labeler, win_rate
-
-            labeler = Labeler()
-            if self._sft_eval is None:
-                self._sft_eval = self._complete("reference", prompts)
+        prompts, refs = self._eval_prompts()
+        if prompts:
             ours = self._complete("policy", prompts)
-            scores = [labeler.score(p, r) for p, r in zip(prompts, ours, strict=True)]
-            wr = win_rate(
-                [labeler.compare(p, a, b) for p, a, b in zip(prompts, ours, self._sft_eval, strict=True)]
-            )
-            metrics.update(
-                labeler_score=sum(scores) / len(scores),
-                win_rate_vs_sft=wr.rate,
-                win_rate_ci_low=wr.ci_low,
-                win_rate_ci_high=wr.ci_high,
-                sft_labeler_score=sum(
-                    labeler.score(p, r) for p, r in zip(prompts, self._sft_eval, strict=True)
-                )
-                / len(prompts),
-            )
-            metrics["eval_kl"] = self._kl_of(prompts, ours)
+            texts = [t for g in ours for t in g.texts]
+            metrics["eval_kl"] = mean_or_none(self._kl_to_reference(ours))
+            metrics["eval_rm_score"] = mean_or_none(self.roles.reward_of(prompts, texts).tolist())
+            metrics["eval_length"] = mean_or_none([float(n) for g in ours for n in g.response_mask.sum(1)])
+            if self.judge is not None:
+                if self._sft_eval is None:
+                    self._sft_eval = [t for g in self._complete("reference", prompts) for t in g.texts]
+                figures = judge_metrics(self.judge, prompts, texts, refs, baseline=self._sft_eval)
+                metrics.update({k: v for k, v in figures.items() if k != "judged"})
+                sft = judge_metrics(self.judge, prompts, self._sft_eval, refs)
+                if "judge_score" in sft:
+                    metrics["sft_judge_score"] = sft["judge_score"]
         ptx = self.pretrain_loss()
         if ptx is not None:
             metrics["pretrain_loss"] = ptx
+        metrics = {k: v for k, v in metrics.items() if v is not None}
         if metrics and self.logger is not None:
             self.logger.log_metrics({f"ppo/{k}": v for k, v in metrics.items()}, step=self.log_step)
         return metrics
-
-    @torch.no_grad()
-    def _kl_of(self, prompts: list[str], responses: list[str]) -> float:
-        """Mean over sequences of sum_t (log pi - log pi_ref) on the given completions (k1)."""
-        from lit_rlhf.backbone.generate import encode_prompts
-
-        tok, total = self.roles.tokenizer, 0.0
-        was = self.roles.training
-        self.roles.eval()
-        for i in range(0, len(prompts), 64):
-            pids, pmask = encode_prompts(tok, prompts[i : i + 64], self.device)
-            resp = [
-                tok(r, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
-                for r in responses[i : i + 64]
-            ]
-            rids, rmask = (t.to(self.device) for t in pad_right(resp, tok.pad_token_id))
-            ids, mask = torch.cat([pids, rids], 1), torch.cat([pmask, rmask], 1)
-            p = pids.shape[1]
-            logp = response_logprobs(self.roles.logits("policy", ids, mask), ids, p)
-            ref = response_logprobs(self.roles.logits("reference", ids, mask), ids, p)
-            total += float((kl_penalty(logp, ref, "k1") * rmask.float()).sum())
-        self.roles.train(was)
-        return total / len(prompts)
 
     # ---- checkpoint state and the stage directory -------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -20,8 +20,9 @@ from torchmetrics import MeanMetric
 from torchmetrics.functional.regression import kendall_rank_corrcoef
 
 from lit_rlhf.backbone.config import LoraSettings, Quantization
+from lit_rlhf.data.comparisons import reward_inputs
+from lit_rlhf.data.formatting import PromptSpec
 from lit_rlhf.data.io import append_jsonl
-from lit_rlhf.data.padding import pad_right
 from lit_rlhf.rl.losses import kwise_ranking_loss
 from lit_rlhf.runs import run_dir
 from lit_rlhf.stages.common import (
@@ -30,7 +31,9 @@ from lit_rlhf.stages.common import (
     build_optimizer,
     computes_on_this_rank,
     gradient_vote,
+    run_validation,
     shard_if_fsdp2,
+    stage_text_format,
 )
 from lit_rlhf.stages.guards import NumericalGuard
 
@@ -53,39 +56,22 @@ def per_prompt_kendall_tau(scores: Tensor, ranks: Tensor, group: Tensor) -> list
     return out
 
 
-def tokenize_pairs(
-    tokenizer: Any, prompts: list[str], responses: list[str], max_length: int
-) -> dict[str, Tensor]:
-    """Prompt + response + eos per row, right-padded, as the reward model saw them in training.
-
-    Sequences longer than max_length keep their LAST max_length tokens (the head reads the end).
-    Returns input_ids (B, T) and attention_mask (B, T).
-    """
-    rows = []
-    for p, r in zip(prompts, responses, strict=True):
-        ids = (
-            tokenizer(p)["input_ids"]
-            + tokenizer(r, add_special_tokens=False)["input_ids"]
-            + [tokenizer.eos_token_id]
-        )
-        rows.append(ids[-max_length:])
-    input_ids, mask = pad_right(rows, tokenizer.pad_token_id)
-    return {"input_ids": input_ids, "attention_mask": mask}
-
-
-@torch.no_grad()
 @torch.no_grad()
 def score_texts(
     backbone,
     head: str,
     adapter: str | None,
     bias: float,
-    prompts: list[str],
+    prompts: list[PromptSpec],
     responses: list[str],
     batch_size: int = 64,
-    max_length: int = 512,
+    max_length: int | None = None,
 ) -> list[float]:
-    """Reward of each (prompt, response): head `head` read through `adapter`, plus the stored bias."""
+    """Reward of each (prompt, response): head `head` read through `adapter`, plus the stored bias.
+
+    Inputs are built by `reward_inputs` with the backbone's own prompt format: the sequence the reward model
+    was trained on.
+    """
     out: list[float] = []
     was_training = backbone.training
     backbone.eval()
@@ -93,10 +79,13 @@ def score_texts(
     try:
         with backbone.use_adapter(adapter):
             for i in range(0, len(prompts), batch_size):
-                enc = tokenize_pairs(
-                    backbone.tokenizer, prompts[i : i + batch_size], responses[i : i + batch_size], max_length
+                ids, mask = reward_inputs(
+                    backbone.text_format,
+                    prompts[i : i + batch_size],
+                    responses[i : i + batch_size],
+                    max_length,
                 )
-                s = backbone.score(head, enc["input_ids"].to(device), enc["attention_mask"].to(device))
+                s = backbone.score(head, ids.to(device), mask.to(device))
                 out.extend((s + bias).tolist())
     finally:
         backbone.train(was_training)
@@ -116,9 +105,13 @@ class RewardScorer:
             )
         info = self.manifest.heads[head]
         self.head, self.adapter, self.bias = head, info.get("adapter"), float(info.get("bias", 0.0))
+        self.max_length = self.manifest.extra.get("max_length")
 
-    def score(self, prompts: list[str], responses: list[str], batch_size: int = 64) -> list[float]:
-        return score_texts(self.backbone, self.head, self.adapter, self.bias, prompts, responses, batch_size)
+    def score(self, prompts: list[PromptSpec], responses: list[str], batch_size: int = 64) -> list[float]:
+        """Reward of each (prompt, response), built and cut as the reward model's training built them."""
+        return score_texts(
+            self.backbone, self.head, self.adapter, self.bias, prompts, responses, batch_size, self.max_length
+        )
 
 
 class RewardModule(StrategyCheck, L.LightningModule):
@@ -169,18 +162,23 @@ class RewardModule(StrategyCheck, L.LightningModule):
         self.val_s, self.val_s2 = MeanMetric(), MeanMetric()
         self._table: list[dict[str, Any]] = []
         self.final_metrics: dict[str, float] = {}
+        self.metric_steps: dict[str, int] = {}
+        self._last_val_step: int | None = None
         self.guard = NumericalGuard(self.STAGE, max_nonfinite_updates)
 
     # ---- building ---------------------------------------------------------------------------------------
     @property
-    def tokenizer(self):
+    def text_format(self):
+        """The SFT stage's tokenizer and prompt format (loaded without weights; the data module needs it first)."""
         if self.net is not None:
-            return self.net.tokenizer
+            return self.net.text_format
         if self._tokenizer is None:
-            from lit_rlhf.backbone.build import load_tokenizer
-
-            self._tokenizer = load_tokenizer(str(Path(self.init_from) / "tokenizer"))
+            self._tokenizer = stage_text_format(self.init_from)
         return self._tokenizer
+
+    @property
+    def tokenizer(self):
+        return self.text_format.tokenizer
 
     def _target_device(self):
         # inside configure_model self.device can still be cpu; the strategy knows where the model will live
@@ -292,7 +290,8 @@ class RewardModule(StrategyCheck, L.LightningModule):
             if len(self._table) >= self.rankings_limit:
                 return
 
-    def on_validation_epoch_end(self) -> None:
+    def _validation_metrics(self) -> dict[str, Tensor]:
+        """The epoch's validation figures (synced across ranks by torchmetrics), then the metrics reset."""
         mean, mean2 = self.val_s.compute(), self.val_s2.compute()
         metrics = {
             "reward/val_accuracy": self.val_acc.compute(),
@@ -303,13 +302,36 @@ class RewardModule(StrategyCheck, L.LightningModule):
         }
         for m in (self.val_acc, self.val_tau, self.val_margin, self.val_s, self.val_s2):
             m.reset()
-        for k, v in metrics.items():
-            self.log(k, v, prog_bar=k == "reward/val_accuracy")
+        return metrics
+
+    def _write_rankings(self) -> None:
         if self.trainer.is_global_zero and self.trainer.loggers and not self.trainer.sanity_checking:
             path = run_dir(self.trainer) / "rankings.jsonl"
             for row in self._table:
                 append_jsonl(path, {"step": max(self.global_step - 1, 0), **row})
         self._table = []
+
+    def on_validation_epoch_end(self) -> None:
+        metrics = self._validation_metrics()
+        for k, v in metrics.items():
+            self.log(k, v, prog_bar=k == "reward/val_accuracy")
+        if not self.trainer.sanity_checking:
+            self._last_val_step = self.global_step
+        self._write_rankings()
+
+    def final_validation(self) -> dict[str, float]:
+        """Validate the final weights when the last validation came before the last step (a collective: every
+        rank calls it). Returns the figures, also logged at the final step; empty when nothing was needed."""
+        dm = self.trainer.datamodule
+        if not getattr(dm, "val_path", None) or self._last_val_step == self.global_step:
+            return {}
+        run_validation(self, dm.val_dataloader())
+        metrics = {k: float(v) for k, v in self._validation_metrics().items()}
+        self._last_val_step = self.global_step
+        self._write_rankings()
+        if self.trainer.is_global_zero and self.logger is not None:
+            self.logger.log_metrics(metrics, step=max(self.global_step - 1, 0))
+        return metrics
 
     # ---- the end: bias and stage directory --------------------------------------------------------------
     def compute_bias(self) -> float:
@@ -318,7 +340,7 @@ class RewardModule(StrategyCheck, L.LightningModule):
             from lit_rlhf.data.rows import read_rows
 
             rows, _ = read_rows(self.bias_from, "demonstration", limit=self.bias_limit)
-            pairs = [(r.prompt, r.response) for r in rows if r.prompt is not None]
+            pairs = [(r.prompt_spec, r.answer) for r in rows]
         else:
             pairs = self.trainer.datamodule.demonstrations()[: self.bias_limit]
         if not pairs:
@@ -335,7 +357,10 @@ class RewardModule(StrategyCheck, L.LightningModule):
         return -sum(scores) / len(scores)
 
     def on_train_end(self) -> None:
-        if not computes_on_this_rank(self.trainer, self.net) or not self.trainer.loggers:
+        if not self.trainer.loggers:
+            return
+        final = self.final_validation()  # every rank: the metrics sync across ranks
+        if not computes_on_this_rank(self.trainer, self.net):
             return
         from lit_rlhf.backbone.sharding import full_state
         from lit_rlhf.checkpoint.stage_dir import save_stage_dir
@@ -344,14 +369,17 @@ class RewardModule(StrategyCheck, L.LightningModule):
         state = full_state(self.net) if self.net.sharded else None  # a collective: before the rank check
         if not self.trainer.is_global_zero:
             return
-        cm = self.trainer.callback_metrics
-        metrics = {
-            k.split("/", 1)[1]: float(cm[k])
-            for k in ("reward/val_accuracy", "reward/val_kendall_tau", "reward/val_margin", "reward/loss")
-            if k in cm
-        }
-        metrics = {k: v for k, v in metrics.items() if math.isfinite(v)}
+        cm = {k: float(v) for k, v in self.trainer.callback_metrics.items()}
+        cm.update(final)
+        last_val = self._last_val_step if self._last_val_step is not None else self.global_step
+        metrics, steps = {}, {}
+        for key in ("reward/val_accuracy", "reward/val_kendall_tau", "reward/val_margin", "reward/loss"):
+            if key in cm and math.isfinite(cm[key]):
+                name = key.split("/", 1)[1]
+                metrics[name] = cm[key]
+                steps[name] = self.global_step if name == "loss" else last_val
         metrics["bias"] = bias
+        self.metric_steps = steps
         dm = self.trainer.datamodule
         if hasattr(dm, "data"):
             from lit_rlhf.data.comparisons import tie_share
@@ -371,8 +399,10 @@ class RewardModule(StrategyCheck, L.LightningModule):
             heads={REWARD: {"adapter": self.reward_adapter, "bias": bias}},
             step=self.global_step,
             metrics=metrics,
+            metric_steps=steps,
             parent=str(self.init_from),
             config_text=config.read_text() if config.is_file() else None,
+            extra={"max_length": self.max_length},
             state=state,
         )
         self.logger.log_metrics({"reward/bias": bias}, step=max(self.global_step - 1, 0))

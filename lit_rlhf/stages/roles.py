@@ -12,21 +12,27 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from lit_rlhf.backbone.build import CRITIC, POLICY, REFERENCE, REWARD, Backbone
+from lit_rlhf.backbone.build import (
+    CRITIC,
+    POLICY,
+    REFERENCE,
+    REWARD,
+    Backbone,
+    position_ids_from_mask,
+)
 from lit_rlhf.backbone.config import LoraSettings
+from lit_rlhf.data.comparisons import reward_inputs
+
+log = logging.getLogger(__name__)
 
 VALUE = "value"
-
-
-def position_ids_from_mask(attention_mask: Tensor) -> Tensor:
-    """Positions that skip left padding, as `generate` uses them: (B, L) mask -> (B, L) long."""
-    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
 def _same_base(sft_manifest, rm_manifest) -> bool:
@@ -34,7 +40,8 @@ def _same_base(sft_manifest, rm_manifest) -> bool:
     if a.get("kind") != b.get("kind"):
         return False
     if a["kind"] == "pretrained":
-        return (a.get("name_or_path"), a.get("revision")) == (b.get("name_or_path"), b.get("revision"))
+        key = lambda m: (m.get("name_or_path"), m.get("revision"), m.get("gguf_file"))  # noqa: E731
+        return key(a) == key(b)
     sizes = lambda m: {k: v for k, v in m.files.items() if k.startswith("base/")}  # noqa: E731
     return sizes(sft_manifest) == sizes(rm_manifest) and bool(sizes(sft_manifest))
 
@@ -49,6 +56,7 @@ class Roles(nn.Module):
         reference_adapter: str | None = None,
         reward_bias: float = 0.0,
         reward_adapter: str | None = REWARD,
+        reward_max_length: int | None = None,
     ) -> None:
         super().__init__()
         self.shared = shared
@@ -56,6 +64,9 @@ class Roles(nn.Module):
         self.reference_adapter = reference_adapter  # None = adapters off (shared mode)
         self.reward_bias = reward_bias
         self.reward_adapter = reward_adapter
+        self.reward_max_length = (
+            reward_max_length  # the reward model's training max_length (inputs cut alike)
+        )
 
     @property
     def is_shared(self) -> bool:
@@ -80,10 +91,14 @@ class Roles(nn.Module):
             raise ValueError(
                 f"{reward_from}: stage {rm_m.stage!r} has no reward head; pass a reward stage directory"
             )
+        check_no_gradient_checkpointing(sft_m, rm_m)
+        warn_if_requantized(rm_m.backbone.get("quantization", "none"), quantization, reward_from)
         head = rm_m.heads["reward"]
         shared = head.get("adapter") is not None
         if not shared:
-            return cls._load_separate(policy_from, reward_from, float(head.get("bias", 0.0)), device)
+            roles = cls._load_separate(policy_from, reward_from, float(head.get("bias", 0.0)), device)
+            roles.reward_max_length = rm_m.extra.get("max_length")
+            return roles
         if not _same_base(sft_m, rm_m):
             raise ValueError(
                 f"{reward_from} was not trained on the base of {policy_from}: a shared-base PPO needs "
@@ -114,7 +129,12 @@ class Roles(nn.Module):
         else:  # SFT trained the base: reference = adapters off; the policy starts as a no-op adapter
             net.add_adapter(POLICY, trainable=True)
         net.use_adapter_(POLICY)
-        return cls(shared=net.train(), reference_adapter=reference, reward_bias=float(head.get("bias", 0.0)))
+        return cls(
+            shared=net.train(),
+            reference_adapter=reference,
+            reward_bias=float(head.get("bias", 0.0)),
+            reward_max_length=rm_m.extra.get("max_length"),
+        )
 
     @classmethod
     def _load_separate(cls, policy_from: str, reward_from: str, bias: float, device: Any) -> Roles:
@@ -158,6 +178,11 @@ class Roles(nn.Module):
     def tokenizer(self):
         return self._net("policy").tokenizer
 
+    @property
+    def text_format(self):
+        """The policy's tokenizer and prompt format (the SFT stage's)."""
+        return self._net("policy").text_format
+
     def policy_parameters(self) -> list[nn.Parameter]:
         net = self._net("policy")
         if self.is_shared:
@@ -187,6 +212,23 @@ class Roles(nn.Module):
         with net.use_adapter(self._adapter(role)):
             return net(input_ids, attention_mask, pos)
 
+    def response_logits(self, role: str, input_ids: Tensor, attention_mask: Tensor, start: int) -> Tensor:
+        """(B, L) -> (B, L - start, V) float32 predictions of tokens start..L-1 by the policy or the reference."""
+        net = self._net(role)
+        pos = position_ids_from_mask(attention_mask)
+        if not self.is_shared:
+            return net.response_logits(input_ids, attention_mask, pos, start)
+        with net.use_adapter(self._adapter(role)):
+            return net.response_logits(input_ids, attention_mask, pos, start)
+
+    @torch.no_grad()
+    def reward_of(self, prompts: list[Any], responses: list[str]) -> Tensor:
+        """RM score (bias applied) of (prompt, response text) pairs, built by `reward_inputs` exactly as the
+        reward model was trained on them: (B,) float32."""
+        device = next(self._net("reward").parameters()).device
+        ids, mask = reward_inputs(self.text_format, prompts, responses, self.reward_max_length)
+        return self.reward(ids.to(device), mask.to(device))
+
     def values(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         """Critic value at every position: (B, L) -> (B, L) float32."""
         net = self._net("critic")
@@ -202,3 +244,36 @@ class Roles(nn.Module):
         pos = position_ids_from_mask(attention_mask)
         with net.use_adapter(self._adapter("reward")) if self.is_shared else contextlib.nullcontext():
             return net.score(REWARD, input_ids, attention_mask, pos) + self.reward_bias
+
+
+def check_no_gradient_checkpointing(*manifests: Any) -> None:
+    """Refuse gradient checkpointing in PPO.
+
+    PPO runs every role in eval mode (dropout off, so the first update's ratio is exactly 1), and transformers
+    checkpoints only in training mode, so it would save nothing. Were it on, the recomputation during backward
+    would run under whichever adapter is active at that moment (the policy), not the critic's: wrong value
+    gradients with a shared base.
+    """
+    for m in manifests:
+        if m.backbone.get("gradient_checkpointing"):
+            raise ValueError(
+                "PPO does not support backbone.gradient_checkpointing (a parent stage set it): the roles share one "
+                "base and switch adapters, so a recomputed forward would run the wrong adapter, and PPO runs in "
+                "eval mode, where transformers does not checkpoint anyway. Lower ppo.minibatch_size for memory"
+            )
+
+
+def warn_if_requantized(rm_quantization: str, ppo_quantization: str | None, reward_from: str) -> None:
+    """Warn when PPO runs the reward model on a base quantized differently from the one it was trained on.
+
+    Its adapter and head were fitted to that base's rounding: scores shift, and rankings can change.
+    """
+    if ppo_quantization is not None and ppo_quantization != rm_quantization:
+        log.warning(
+            "%s was trained on a base quantized as %r but PPO loads the shared base as %r: its scores will differ "
+            "from the ones it was validated with (train the reward model with quantization %r for PPO)",
+            reward_from,
+            rm_quantization,
+            ppo_quantization,
+            ppo_quantization,
+        )

@@ -12,8 +12,11 @@ import torch
 from torchmetrics import MeanMetric
 
 from lit_rlhf.backbone.config import BackboneConfig, coerce_backbone
-from lit_rlhf.backbone.generate import SamplingConfig
+from lit_rlhf.backbone.generate import SamplingConfig, generate_batches
+from lit_rlhf.data.formatting import PromptFormat, PromptSpec, prompt_to_json
 from lit_rlhf.data.io import append_jsonl
+from lit_rlhf.evaluation.metrics import judge_metrics
+from lit_rlhf.judges import judge_item, load_judge
 from lit_rlhf.rl.losses import lm_loss
 from lit_rlhf.runs import run_dir
 from lit_rlhf.stages.common import (
@@ -22,12 +25,11 @@ from lit_rlhf.stages.common import (
     StrategyCheck,
     build_optimizer,
     computes_on_this_rank,
-    generate_batched,
     gradient_vote,
-    make_scorer,
     read_prompts,
+    run_validation,
     shard_if_fsdp2,
-    summarize_judgements,
+    stage_text_format,
 )
 from lit_rlhf.stages.guards import NumericalGuard
 
@@ -38,7 +40,9 @@ class _SFTState:
 
     last_time: float = 0.0
     last_sample_step: int = -1
-    sample_prompts: list[str] = field(default_factory=list)
+    last_val_step: int | None = None
+    sample_prompts: list[PromptSpec] = field(default_factory=list)
+    sample_references: list[str | None] = field(default_factory=list)
 
 
 class SFTModule(StrategyCheck, L.LightningModule):
@@ -50,6 +54,9 @@ class SFTModule(StrategyCheck, L.LightningModule):
         optim: AdamW + warmup/cosine settings.
         samples: Completions logged during training and the held-out evaluation at the end.
         max_nonfinite_updates: Stop after this many non-finite (skipped) updates in a row (0 = never).
+        prompt_format: How prompts are rendered (the tokenizer's chat template or plain text, and a system
+            prompt). Recorded in the stage directory: every later stage renders prompts the same way. Default:
+            ``template: auto``, or the ``init_from`` stage's own format.
     """
 
     STAGE = "sft"
@@ -61,6 +68,7 @@ class SFTModule(StrategyCheck, L.LightningModule):
         optim: OptimConfig | None = None,
         samples: SampleConfig | None = None,
         max_nonfinite_updates: int = 10,
+        prompt_format: PromptFormat | None = None,
     ) -> None:
         super().__init__()
         if backbone is None and init_from is None:
@@ -71,6 +79,10 @@ class SFTModule(StrategyCheck, L.LightningModule):
         self.init_from = init_from
         self.optim_cfg = optim or OptimConfig()
         self.samples_cfg = samples or SampleConfig()
+        if isinstance(prompt_format, dict):
+            prompt_format = PromptFormat.from_dict(prompt_format)
+        self.prompt_format = prompt_format
+        self.judge = load_judge(self.samples_cfg.judge)  # a bad judge name fails here, before weights load
         self.save_hyperparameters()
         self.net = None  # the Backbone, built in configure_model
         self._tokenizer = None
@@ -87,21 +99,24 @@ class SFTModule(StrategyCheck, L.LightningModule):
 
     # ---- building ---------------------------------------------------------------------------------------
     @property
-    def tokenizer(self):
-        """The tokenizer, loaded on first use without loading weights (the data module needs it first)."""
+    def text_format(self):
+        """Tokenizer + prompt format, loaded on first use without loading weights (the data module needs it first)."""
         if self.net is not None:
-            return self.net.tokenizer
+            return self.net.text_format
         if self._tokenizer is None:
-            from lit_rlhf.backbone.build import load_tokenizer
+            from lit_rlhf.backbone.build import load_config_tokenizer
+            from lit_rlhf.data.formatting import TextFormat
 
             if self.init_from is not None:
-                self._tokenizer = load_tokenizer(str(Path(self.init_from) / "tokenizer"))
+                fmt = stage_text_format(self.init_from)
+                self._tokenizer = TextFormat(fmt.tokenizer, self.prompt_format or fmt.prompt_format)
             else:
-                cfg = self.backbone_cfg
-                self._tokenizer = load_tokenizer(
-                    cfg.tokenizer or cfg.name_or_path, cfg.revision, cfg.trust_remote_code
-                )
+                self._tokenizer = TextFormat(load_config_tokenizer(self.backbone_cfg), self.prompt_format)
         return self._tokenizer
+
+    @property
+    def tokenizer(self):
+        return self.text_format.tokenizer
 
     def _target_device(self):
         # inside configure_model self.device can still be cpu; the strategy knows where the model will live
@@ -122,6 +137,7 @@ class SFTModule(StrategyCheck, L.LightningModule):
             net = Backbone.build(self.backbone_cfg, device=self._target_device())
             if self.backbone_cfg.lora is not None:
                 net.add_adapter(POLICY)
+        net.prompt_format = self.text_format.prompt_format
         net.train()  # from_pretrained returns eval mode; dropout as configured
         shard_if_fsdp2(self, net)
         self.net = net
@@ -171,43 +187,73 @@ class SFTModule(StrategyCheck, L.LightningModule):
         self.val_loss.reset()
         self.log("sft/val_loss", val, prog_bar=True, sync_dist=False)
         self.log("sft/val_ppl", torch.exp(val), sync_dist=False)
+        if not self.trainer.sanity_checking:
+            self.state.last_val_step = self.global_step
+
+    def final_validation(self) -> dict[str, float]:
+        """Validate the final weights when the last validation came before the last step (every rank calls it).
+        Returns ``{"sft/val_loss", "sft/val_ppl"}`` (also logged at the final step), or {} when not needed."""
+        dm = self.trainer.datamodule
+        if not getattr(dm, "val_path", None) or self.state.last_val_step == self.global_step:
+            return {}
+        run_validation(self, dm.val_dataloader())
+        val = self.val_loss.compute()
+        self.val_loss.reset()
+        self.state.last_val_step = self.global_step
+        metrics = {"sft/val_loss": float(val), "sft/val_ppl": float(torch.exp(val))}
+        if self.trainer.is_global_zero and self.logger is not None:
+            self.logger.log_metrics(metrics, step=self.log_step)
+        return metrics
 
     # ---- samples and evaluation ------------------------------------------------------------------------
-    def _fixed_prompts(self) -> list[str]:
-        if not self.state.sample_prompts:
+    def _fixed_prompts(self) -> tuple[list[PromptSpec], list[str | None]]:
+        st = self.state
+        if not st.sample_prompts:
             cfg = self.samples_cfg
             if cfg.prompts is not None:
-                self.state.sample_prompts = read_prompts(cfg.prompts, limit=cfg.num_prompts)
+                st.sample_prompts, st.sample_references = read_prompts(cfg.prompts, limit=cfg.num_prompts)
             elif hasattr(self.trainer.datamodule, "val_prompts"):
-                self.state.sample_prompts = self.trainer.datamodule.val_prompts(cfg.num_prompts)
-        return self.state.sample_prompts
+                st.sample_prompts = self.trainer.datamodule.val_prompts(cfg.num_prompts)
+                st.sample_references = self.trainer.datamodule.val_references(cfg.num_prompts)
+        return st.sample_prompts, st.sample_references
 
     def log_samples(self) -> dict[str, float]:
-        """Greedy and sampled completions of the fixed prompts -> samples.jsonl; labeler metrics if any."""
-        prompts = self._fixed_prompts()
+        """Greedy and sampled completions of the fixed prompts -> samples.jsonl; judge metrics if any."""
+        prompts, refs = self._fixed_prompts()
         if not prompts or not computes_on_this_rank(self.trainer, self.net) or not self.trainer.loggers:
             return {}
         if self.state.last_sample_step == self.global_step:  # the last periodic log already covered this step
             return {}
         self.state.last_sample_step = self.global_step
-        cfg, scorer = self.samples_cfg, make_scorer(self.samples_cfg.labeler)
+        cfg = self.samples_cfg
         greedy_cfg = SamplingConfig(max_new_tokens=cfg.sampling.max_new_tokens, do_sample=False)
         modes = {"greedy": greedy_cfg, "sampled": cfg.sampling}
         metrics: dict[str, float] = {}
         for mode, sampling in modes.items():
-            texts = generate_batched(
-                self.net.model, self.tokenizer, prompts, sampling, cfg.eval_batch_size, seed=self.global_step
+            gens = generate_batches(
+                self.net.model,
+                self.text_format,
+                prompts,
+                sampling,
+                cfg.eval_batch_size,
+                seed=self.global_step,
             )
-            judged = [scorer.judge(p, t) if scorer else {} for p, t in zip(prompts, texts, strict=True)]
+            texts = [t for g in gens for t in g.texts]
+            judged = [
+                judge_item(self.judge, p, t, r) if self.judge else {}
+                for p, t, r in zip(prompts, texts, refs, strict=True)
+            ]
             rows = [
-                {"step": self.log_step, "prompt": p, "completion": t, "mode": mode, **j}
+                {"step": self.log_step, "prompt": prompt_to_json(p), "completion": t, "mode": mode, **j}
                 for p, t, j in zip(prompts, texts, judged, strict=True)
             ]
             if self.trainer.is_global_zero:  # under FSDP2 every rank generated; one writes
                 for row in rows:
                     append_jsonl(run_dir(self.trainer) / "samples.jsonl", row)
-            for k, v in summarize_judgements(judged).items():
-                metrics[f"sft/{k}" if mode == "greedy" else f"sft/{k}_sampled"] = v
+            figures = judge_metrics(self.judge, prompts, texts, refs) if self.judge else {}
+            for k, v in figures.items():
+                if k != "judged":
+                    metrics[f"sft/{k}" if mode == "greedy" else f"sft/{k}_sampled"] = v
         if metrics and self.logger is not None:
             self.logger.log_metrics(metrics, step=self.log_step)
         return metrics
@@ -218,29 +264,31 @@ class SFTModule(StrategyCheck, L.LightningModule):
             self.log_samples()
 
     def evaluate_held_out(self) -> dict[str, float]:
-        """Greedy completions of the held-out prompts scored by the labeler (empty without either)."""
+        """Greedy completions of the held-out prompts scored by the judge (empty without either)."""
         cfg = self.samples_cfg
-        scorer = make_scorer(cfg.labeler)
-        if cfg.eval_prompts is None or scorer is None:
+        if cfg.eval_prompts is None or self.judge is None:
             return {}
-        prompts = read_prompts(cfg.eval_prompts, limit=cfg.eval_limit)
+        prompts, refs = read_prompts(cfg.eval_prompts, limit=cfg.eval_limit)
         greedy = SamplingConfig(max_new_tokens=cfg.sampling.max_new_tokens, do_sample=False)
-        texts = generate_batched(self.net.model, self.tokenizer, prompts, greedy, cfg.eval_batch_size)
-        return summarize_judgements([scorer.judge(p, t) for p, t in zip(prompts, texts, strict=True)])
+        gens = generate_batches(self.net.model, self.text_format, prompts, greedy, cfg.eval_batch_size)
+        return judge_metrics(self.judge, prompts, [t for g in gens for t in g.texts], refs)
 
     def on_train_end(self) -> None:
         # on_train_end, not on_fit_end: callbacks' on_fit_end (RunStatus) runs before the module's.
-        if not computes_on_this_rank(self.trainer, self.net) or not self.trainer.loggers:
+        if not self.trainer.loggers:
             return  # no run directory (logger=False): nothing to write into
+        final = self.final_validation()  # every rank: the validation loss syncs across ranks
+        if not computes_on_this_rank(self.trainer, self.net):
+            return
         from lit_rlhf.backbone.sharding import full_state
         from lit_rlhf.checkpoint.stage_dir import save_stage_dir
 
         self.log_samples()
-        metrics = {
-            k.split("/", 1)[1]: float(v)
-            for k, v in self.trainer.callback_metrics.items()
-            if k in ("sft/loss", "sft/val_loss", "sft/val_ppl")
-        }
+        cm = {k: float(v) for k, v in self.trainer.callback_metrics.items()}
+        cm.update(final)
+        metrics = {k.split("/", 1)[1]: cm[k] for k in ("sft/loss", "sft/val_loss", "sft/val_ppl") if k in cm}
+        last_val = self.state.last_val_step if self.state.last_val_step is not None else self.global_step
+        steps = {k: last_val for k in ("val_loss", "val_ppl")}
         held_out = self.evaluate_held_out()
         metrics.update(held_out)
         if held_out and self.logger is not None:
@@ -257,6 +305,7 @@ class SFTModule(StrategyCheck, L.LightningModule):
             stage=self.STAGE,
             step=self.global_step,
             metrics=metrics,
+            metric_steps=steps,
             parent=self.init_from,
             config_text=config.read_text() if config.is_file() else None,
             state=state,

@@ -15,6 +15,7 @@ PROMPTS = ["a b c =", "d e ="]
 
 
 def _build(tiny_dir, arch, quant, lora=True) -> Backbone:
+    torch.manual_seed(0)  # LoRA's initialisation draws from the global RNG: keep it independent of test order
     cfg = BackboneConfig(
         name_or_path=str(tiny_dir / arch),
         quantization=quant,
@@ -46,7 +47,7 @@ def _base_snapshot(bb):
 def test_generate_then_train_moves_lora_and_keeps_base(tiny_dir, arch, quant):
     """Generate first (the 4-bit CPU trap), then train: LoRA grads non-zero, loss moves, base bit-identical."""
     bb = _build(tiny_dir, arch, quant)
-    gen = generate(bb.model, bb.tokenizer, PROMPTS, SamplingConfig(max_new_tokens=4, do_sample=False))
+    gen = generate(bb.model, bb.text_format, PROMPTS, SamplingConfig(max_new_tokens=4, do_sample=False))
     assert gen.response_ids.shape == (2, 4) and len(gen.texts) == 2
     base_before = _base_snapshot(bb)
     ids, mask = _batch(bb)
@@ -134,11 +135,43 @@ def test_last_token_index_left_and_right_padding():
     assert last_token_index(left).tolist() == [3, 3, 3]
 
 
+@pytest.mark.parametrize("arch", ARCHS)
+def test_response_logits_are_float32_under_bf16_autocast(tiny_dir, arch):
+    """The log-softmax of response tokens is fed fp32 logits computed from the same hidden states, not the
+    model's own bf16 logits (whose rounding is ~0.005 nats of log-ratio noise)."""
+    from lit_rlhf.backbone.build import position_ids_from_mask
+
+    bb = _build(tiny_dir, arch, "none").eval()
+    ids, mask = _batch(bb)
+    pos = position_ids_from_mask(mask)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = bb.response_logits(ids, mask, pos, start=2)  # predictions of tokens 2..L-1
+        hidden = bb.hidden_states(ids, mask, pos)
+        own = bb(ids, mask, pos)
+    assert out.dtype == torch.float32 and own.dtype == torch.bfloat16
+    weight = bb.hf_model.get_output_embeddings().weight
+    torch.testing.assert_close(out, hidden[:, 1:-1].float() @ weight.float().T)
+    assert (out - own[:, 1:-1].float()).abs().max() > 0  # the bf16 logits were rounded
+    with torch.no_grad():  # without autocast: exactly the model's own logits, shifted to the response
+        torch.testing.assert_close(bb.response_logits(ids, mask, pos, 2), bb(ids, mask, pos)[:, 1:-1])
+        logp = bb.response_logprobs(ids, mask, 2)
+    expected = torch.log_softmax(bb(ids, mask, pos)[:, 1:-1].float(), -1).gather(-1, ids[:, 2:, None])[..., 0]
+    torch.testing.assert_close(logp, expected.detach())
+
+
 def test_response_mask_stops_after_first_eos():
     ids = torch.tensor([[5, 6, 3, 7, 3], [5, 5, 5, 5, 5]])
-    mask, ended = response_mask_from_ids(ids, eos_id=3)
+    mask, ended = response_mask_from_ids(ids, 3)
     assert mask.tolist() == [[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]]
     assert ended.tolist() == [True, False]
+
+
+def test_response_mask_stops_at_whichever_stop_token_comes_first():
+    # a chat model ends its turn with end-of-turn (4), a base model with eos (3): either ends the response
+    ids = torch.tensor([[5, 4, 3, 7], [5, 3, 4, 7], [5, 5, 5, 5]])
+    mask, ended = response_mask_from_ids(ids, (4, 3))
+    assert mask.tolist() == [[1, 1, 0, 0], [1, 1, 0, 0], [1, 1, 1, 1]]
+    assert ended.tolist() == [True, True, False]
 
 
 def test_scalar_head_reads_last_real_token(tiny_dir):

@@ -117,12 +117,12 @@ def test_export_gives_same_greedy_completion(tiny_dir, tmp_path, lora):
         _perturb(bb.parameters())
     save_stage_dir(tmp_path / "s", bb, stage="sft")
     stage_bb, _ = load_stage_dir(tmp_path / "s")
-    expected = generate(stage_bb.model, stage_bb.tokenizer, PROMPTS, GREEDY).texts
+    expected = generate(stage_bb.model, stage_bb.text_format, PROMPTS, GREEDY).texts
     export_stage_dir(tmp_path / "s", tmp_path / "hf")
     plain = AutoModelForCausalLM.from_pretrained(str(tmp_path / "hf"))
     assert "Peft" not in type(plain).__name__
     assert not any("lora" in n for n, _ in plain.named_parameters())
-    assert generate(plain, stage_bb.tokenizer, PROMPTS, GREEDY).texts == expected
+    assert generate(plain, stage_bb.text_format, PROMPTS, GREEDY).texts == expected
     ids, mask = _ids(stage_bb)
     torch.testing.assert_close(plain(input_ids=ids, attention_mask=mask).logits, stage_bb.eval()(ids, mask))
 

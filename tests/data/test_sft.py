@@ -254,7 +254,8 @@ def test_module_tokenizes_masks_and_shuffles_reproducibly(tok, files):
     batch = next(iter(dm.val_dataloader()))
     assert batch["input_ids"].tolist() == [[1, 4, 6, 5, 7, 2], [1, 4, 10, 5, 11, 2], [1, 4, 11, 5, 10, 2]]
     assert batch["labels"].tolist() == [[X, X, X, X, 7, 2], [X, X, X, X, 11, 2], [X, X, X, X, 10, 2]]
-    assert dm.val_prompts(2) == ["user: hi\nassistant:", "user: c\nassistant:"]
+    assert dm.val_prompts(2) == [(("user", "hi"),), "user: c\nassistant:"]  # rendered when generating
+    assert dm.val_references(2) == ["there", " d"]
     assert [len(b["input_ids"]) for b in dm.train_dataloader()] == [3, 3, 1]
     again = SFTDataModule(train, val, batch_size=3, max_length=8, tokenizer=tok, seed=3)
     again.setup("fit")

@@ -21,7 +21,9 @@ def tiny_stages(demo_data, tmp_path_factory) -> dict[str, Path]:
     sampling = SamplingConfig(max_new_tokens=8, do_sample=True, temperature=1.5)
     for split, prompts, seed in (("train", "sft_train.jsonl", 0), ("val", "sft_val.jsonl", 1)):
         out = root / f"cmp_{split}.jsonl"
-        collect_comparisons(sft, demo_data / prompts, out, k=4, sampling=sampling, limit=48, seed=seed)
+        collect_comparisons(
+            sft, demo_data / prompts, out, k=4, sampling=sampling, limit=48, seed=seed, judge="demo"
+        )
     rm = [
         *("--model.init_args.init_from", str(sft)),
         *("--model.init_args.bias_from", str(demo_data / "sft_val.jsonl")),

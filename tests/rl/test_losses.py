@@ -131,6 +131,19 @@ def test_lm_loss_shifts_and_ignores_masked_labels():
     assert_close(lm_loss(logits, torch.tensor([[0, 9, 2]]), ignore_index=9), torch.tensor(0.5108256))
 
 
+def test_lm_loss_over_a_larger_batch_divides_the_sum_by_its_target_count():
+    logits = torch.zeros(1, 3, 3)
+    logits[0, 0] = torch.tensor([1.0, 2.0, 1.0]).log()
+    logits[0, 1] = torch.tensor([1.0, 1.0, 3.0]).log()
+    # the same two targets, as part of a batch of 5: (0.6931472 + 0.5108256) / 5
+    assert_close(lm_loss(logits, torch.tensor([[-100, 1, 2]]), num_targets=5), torch.tensor(0.2407946))
+    # split one batch into micro-batches of unequal length: the parts sum to the whole batch's token mean
+    full = torch.randn(2, 4, 3)
+    labels = torch.tensor([[-100, 1, 2, 0], [-100, -100, 1, -100]])
+    parts = lm_loss(full[:1], labels[:1], num_targets=4) + lm_loss(full[1:], labels[1:], num_targets=4)
+    assert_close(parts, lm_loss(full, labels))
+
+
 def test_lm_loss_with_every_label_ignored_is_zero():
     logits = torch.randn(2, 3, 5, requires_grad=True)
     loss = lm_loss(logits, torch.full((2, 3), -100))

@@ -162,5 +162,6 @@ def test_response_logprobs_alignment_by_hand():
         torch.tensor([[[1.0, 1.0, 1.0], [0.25, 0.25, 0.5], [0.5, 0.25, 0.25], [1.0, 1.0, 1.0]]])
     )
     ids = torch.tensor([[1, 1, 2, 0]])  # prompt = first 2 tokens, response = [2, 0]
-    out = response_logprobs(logits, ids, prompt_len=2)
+    # Backbone.response_logits gives the predictions of tokens P..L-1: logit columns P-1..L-2
+    out = response_logprobs(logits[:, 1:-1], ids, prompt_len=2)
     torch.testing.assert_close(out, torch.log(torch.tensor([[0.5, 0.5]])))

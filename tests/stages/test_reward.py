@@ -229,6 +229,8 @@ def test_main_fit_tiny_pipeline_end_to_end(demo_data, tmp_path):
                 "1.5",
                 "--max-new-tokens",
                 "8",
+                "--judge",
+                "demo",
                 "--out",
                 str(tmp_path / f"cmp_{split}.jsonl"),
             ],
@@ -301,7 +303,7 @@ def test_main_fit_tiny_pipeline_end_to_end(demo_data, tmp_path):
     m = read_manifest(ppo_run / "stage")
     assert m.stage == "ppo" and set(m.adapters) == {"policy", "critic"}
     assert {
-        "labeler_score",
+        "judge_score",
         "win_rate_vs_sft",
         "win_rate_ci_low",
         "win_rate_ci_high",
@@ -323,7 +325,7 @@ def test_main_fit_tiny_pipeline_end_to_end(demo_data, tmp_path):
         "ppo/response_length",
         "ppo/gen_tokens_per_s",
         "ppo/win_rate_vs_sft",
-        "ppo/labeler_score",
+        "ppo/judge_score",
     } <= keys
     rollouts = [json.loads(x) for x in (ppo_run / "samples.jsonl").read_text().splitlines()]
     assert rollouts and {"rm_score", "kl", "completion"} <= set(rollouts[0])

@@ -141,7 +141,7 @@ def test_main_fit_runs_tiny_sft_config(demo_data, tmp_path):
         "sft/val_ppl",
         "sft/lr",
         "sft/exact_match",
-        "sft/labeler_score",
+        "sft/judge_score",
     } <= keys
     samples = [json.loads(line) for line in (run / "samples.jsonl").read_text().splitlines()]
     # samples carry the same 0-based step as the metric rows (optimizer steps done - 1)
@@ -149,7 +149,7 @@ def test_main_fit_runs_tiny_sft_config(demo_data, tmp_path):
     assert all(0.0 <= s["score"] <= 1.0 for s in samples)
     manifest = read_manifest(run / "stage")
     assert manifest.stage == "sft" and manifest.step == 12
-    assert {"exact_match", "labeler_score", "val_loss"} <= set(manifest.metrics)
+    assert {"exact_match", "judge_score", "val_loss"} <= set(manifest.metrics)
     assert (run / "checkpoints" / "last.ckpt").is_file()
     # the stage directory exports to a plain transformers model
     proc = subprocess.run(
