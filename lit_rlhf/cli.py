@@ -25,6 +25,12 @@ def _demo_data(argv: list[str]) -> int:
     p.add_argument("--n-rl", type=int, default=2000)
     p.add_argument("--n-eval", type=int, default=300)
     p.add_argument("--n-pretrain", type=int, default=5000)
+    p.add_argument(
+        "--format",
+        choices=("plain", "chat"),
+        default="plain",
+        help="plain: {prompt, response} rows; chat: {messages} conversations for a chat model's template",
+    )
     a = p.parse_args(argv)
     from lit_rlhf.demo.datagen import write_demo_data
 
@@ -36,6 +42,7 @@ def _demo_data(argv: list[str]) -> int:
         n_rl=a.n_rl,
         n_eval=a.n_eval,
         n_pretrain=a.n_pretrain,
+        row_format=a.format,
     )
     for name, path in paths.items():
         print(f"{name:>14}: {path}")

@@ -144,7 +144,8 @@ def judge_rank(
     """ranking[i] = dense rank of responses[i] (0 = best, ties share a rank); None when they cannot be judged."""
     text = prompt_for_judge(prompt)
     if hasattr(judge, "rank"):
-        return list(judge.rank(text, list(responses), reference))
+        ranking = judge.rank(text, list(responses), reference)
+        return None if ranking is None else list(ranking)
     scores = [_checked(judge, judge.score(text, r, reference), "score()") for r in responses]
     if any(s is None for s in scores):
         return None

@@ -17,7 +17,14 @@ import torch
 from torch.utils.data import DataLoader
 
 from lit_rlhf.data.distributed import eval_sampler
-from lit_rlhf.data.formatting import PromptSpec, TextFormat, data_format
+from lit_rlhf.data.formatting import (
+    UNKNOWN_ERROR,
+    UNKNOWN_WARN,
+    PromptSpec,
+    TextFormat,
+    check_unknown_tokens,
+    data_format,
+)
 from lit_rlhf.data.padding import pad_right
 from lit_rlhf.data.resumable import BatchPlan, PositionedBatches, ResumablePosition, Source, positioned_loader
 from lit_rlhf.data.rows import Comparison, DataError, ReadReport, read_rows, split_source
@@ -143,6 +150,8 @@ class ComparisonDataModule(ResumablePosition, L.LightningDataModule):
         tokenizer: None takes the LightningModule's at setup.
         special_tokens: ``error`` rejects responses holding a special token as text (raised, or counted under
             ``skip``); ``allow`` tokenizes them as tokens.
+        unknown_tokens_warn: warn when more than this share of a file's tokens are the unknown token.
+        unknown_tokens_error: stop with an error naming the file above this share.
     """
 
     def __init__(
@@ -158,6 +167,8 @@ class ComparisonDataModule(ResumablePosition, L.LightningDataModule):
         seed: int = 0,
         tokenizer: Any = None,
         special_tokens: SpecialTokens = "error",
+        unknown_tokens_warn: float = UNKNOWN_WARN,
+        unknown_tokens_error: float = UNKNOWN_ERROR,
     ) -> None:
         super().__init__()
         problems = []
@@ -176,6 +187,7 @@ class ComparisonDataModule(ResumablePosition, L.LightningDataModule):
         self.batch_size, self.max_length, self.layout = batch_size, max_length, layout
         self.on_error, self.truncation, self.num_workers, self.seed = on_error, truncation, num_workers, seed
         self.tokenizer, self.special_tokens = tokenizer, special_tokens
+        self.unknown_limits = (unknown_tokens_warn, unknown_tokens_error)
         self.fmt: TextFormat | None = None
         self.reports: dict[str, ReadReport] = {}
         self.data: dict[str, list[EncodedComparison]] = {}
@@ -205,6 +217,8 @@ class ComparisonDataModule(ResumablePosition, L.LightningDataModule):
                 continue
             encoded.append(enc)
         report.kept = len(encoded)
+        ids = [seq for enc in encoded for seq in enc.input_ids]
+        check_unknown_tokens(path, ids, self.tokenizer, *self.unknown_limits)
         self.reports[split] = report
         logger.info(
             "%s: %s; %d comparisons, %.1f%% tied pairs",

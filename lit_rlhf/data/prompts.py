@@ -16,6 +16,7 @@ import lightning as L
 from torch import Tensor
 from torch.utils.data import DataLoader
 
+from lit_rlhf.data.formatting import UNKNOWN_ERROR, UNKNOWN_WARN, check_unknown_tokens, data_format
 from lit_rlhf.data.padding import pad_right
 from lit_rlhf.data.resumable import BatchPlan, PositionedBatches, ResumablePosition, Source, positioned_loader
 from lit_rlhf.data.rows import ReadReport, read_rows
@@ -55,6 +56,8 @@ class PPODataModule(ResumablePosition, L.LightningDataModule):
         ptx_holdout: last rows of the pretraining file kept out of training to measure the alignment tax.
         on_error: ``raise`` at the first bad row, or ``skip`` (counted and reported).
         seed: seeds the shuffles.
+        unknown_tokens_warn: warn when more than this share of a file's tokens are the unknown token.
+        unknown_tokens_error: stop with an error naming the file above this share.
 
     Under DDP each rank takes its own ``batch_size`` prompts (and pretraining rows) of every global step.
     """
@@ -70,6 +73,8 @@ class PPODataModule(ResumablePosition, L.LightningDataModule):
         on_error: Literal["raise", "skip"] = "raise",
         seed: int = 0,
         tokenizer: Any = None,
+        unknown_tokens_warn: float = UNKNOWN_WARN,
+        unknown_tokens_error: float = UNKNOWN_ERROR,
     ) -> None:
         super().__init__()
         if batch_size < 1 or ptx_batch_size < 1:
@@ -79,6 +84,7 @@ class PPODataModule(ResumablePosition, L.LightningDataModule):
         self.batch_size, self.ptx_batch_size = batch_size, ptx_batch_size
         self.ptx_max_length, self.ptx_holdout = ptx_max_length, ptx_holdout
         self.on_error, self.seed, self.tokenizer = on_error, seed, tokenizer
+        self.unknown_limits = (unknown_tokens_warn, unknown_tokens_error)
         self.reports: dict[str, ReadReport] = {}
         self.prompts: list[str] = []
         self.ptx_train: list[list[int]] = []
@@ -87,13 +93,17 @@ class PPODataModule(ResumablePosition, L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.prompts:
             return
-        if self.tokenizer is None:
-            self.tokenizer = getattr(self.trainer.lightning_module, "tokenizer", None)
+        fmt = data_format(self.tokenizer, self.trainer, "PPODataModule")
+        self.tokenizer = fmt.tokenizer
+        logger.info("PPO prompts: %s", fmt.describe())
         rows, self.reports["prompts"] = read_rows(self.prompts_path, "prompt", on_error=self.on_error)
         self.prompts = [r.prompt for r in rows]
+        rendered = [fmt.prompt_ids(p) for p in self.prompts]
+        check_unknown_tokens(self.prompts_path, rendered, self.tokenizer, *self.unknown_limits)
         if self.pretrain_path is not None:
             texts, report = read_rows(self.pretrain_path, "text", on_error=self.on_error)
             ids, report.truncated = encode_texts([t.text for t in texts], self.tokenizer, self.ptx_max_length)
+            check_unknown_tokens(self.pretrain_path, ids, self.tokenizer, *self.unknown_limits)
             self.reports["pretrain"] = report
             if len(ids) <= self.ptx_holdout:
                 raise ValueError(

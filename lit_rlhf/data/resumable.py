@@ -10,6 +10,7 @@ checkpoint (``state_dict``) and the next iterator starts there.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -84,6 +85,26 @@ class BatchPlan:
         return [perm[s % self.n] for s in slots]
 
 
+def window_total(plan: BatchPlan, counts: Sequence[int], position: int, accumulate: int) -> int:
+    """Sum of ``counts[row]`` over every row of the optimizer step that batch `position` belongs to.
+
+    With gradient accumulation an optimizer step takes `accumulate` consecutive batches of an epoch (Lightning
+    counts windows from the epoch's first batch, and the epoch's last batch closes a short window), on every
+    rank. Each rank can list every rank's rows (the plan is a pure function of the position), so all ranks agree
+    on the total without a collective.
+    """
+    per_epoch = len(plan)
+    epoch, step = divmod(position, per_epoch)
+    first = (step // accumulate) * accumulate
+    perm = plan.permutation(epoch)
+    total = 0
+    for s in range(first, min(first + accumulate, per_epoch)):
+        for rank in range(plan.world_size):
+            rows = dataclasses.replace(plan, rank=rank).indices(epoch * per_epoch + s, perm)
+            total += sum(counts[i] for i in rows)
+    return total
+
+
 @dataclass(frozen=True)
 class Source:
     """One stream of batches: rows, their plan and how a list of rows becomes a batch."""
@@ -103,10 +124,15 @@ class PositionedBatches(IterableDataset):
     workers' items round-robin, so batches still come out in position order.
     """
 
-    def __init__(self, sources: Mapping[str, Source], start: Callable[[], int]) -> None:
+    def __init__(
+        self,
+        sources: Mapping[str, Source],
+        start: Callable[[], int],
+        extra: Callable[[int], dict[str, Any]] | None = None,
+    ) -> None:
         if not sources:
             raise ValueError("PositionedBatches needs at least one source")
-        self.sources, self.start = dict(sources), start
+        self.sources, self.start, self.extra = dict(sources), start, extra
         self._main = next(iter(self.sources.values())).plan
 
     def __len__(self) -> int:
@@ -126,9 +152,10 @@ class PositionedBatches(IterableDataset):
             perm = _cache[name][1] if _cache is not None else None
             rows = [src.rows[i] for i in src.plan.indices(position, perm)]
             out[name] = src.collate(rows)
+        more = self.extra(position) if self.extra is not None else {}
         if list(out) == [""]:
-            return {**out[""], POSITION_KEY: position}
-        return {**out, POSITION_KEY: position}
+            return {**out[""], **more, POSITION_KEY: position}
+        return {**out, **more, POSITION_KEY: position}
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         positions = self.positions()

@@ -20,8 +20,22 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from lit_rlhf.data.distributed import eval_sampler
-from lit_rlhf.data.formatting import PromptSpec, TextFormat, data_format
-from lit_rlhf.data.resumable import BatchPlan, PositionedBatches, ResumablePosition, Source, positioned_loader
+from lit_rlhf.data.formatting import (
+    UNKNOWN_ERROR,
+    UNKNOWN_WARN,
+    PromptSpec,
+    TextFormat,
+    check_unknown_tokens,
+    data_format,
+)
+from lit_rlhf.data.resumable import (
+    BatchPlan,
+    PositionedBatches,
+    ResumablePosition,
+    Source,
+    positioned_loader,
+    window_total,
+)
 from lit_rlhf.data.rows import DataError, Demonstration, ReadReport, read_rows, split_source
 from lit_rlhf.data.special_tokens import SPECIAL_TOKEN_POLICIES, SpecialTokens, screen_special_tokens
 
@@ -182,6 +196,11 @@ def pack(examples: Sequence[Example], max_length: int) -> list[PackedExample]:
     return rows
 
 
+def count_targets(example: Example | PackedExample) -> int:
+    """Tokens an example is trained to predict: labels after the first (the loss shifts) that are not ignored."""
+    return sum(label != IGNORE_INDEX for label in example.labels[1:])
+
+
 def collate(examples: Sequence[Example | PackedExample], pad_id: int) -> dict[str, Tensor]:
     """Right-pad a batch: input_ids, attention_mask, labels (IGNORE_INDEX on padding), all (B, T) long.
 
@@ -263,6 +282,8 @@ class SFTDataModule(ResumablePosition, L.LightningDataModule):
         seed: int = 0,
         tokenizer: Any = None,
         special_tokens: SpecialTokens = "error",
+        unknown_tokens_warn: float = UNKNOWN_WARN,
+        unknown_tokens_error: float = UNKNOWN_ERROR,
     ) -> None:
         """
         Args:
@@ -278,6 +299,9 @@ class SFTDataModule(ResumablePosition, L.LightningDataModule):
             tokenizer: a Hugging Face tokenizer; None takes the LightningModule's at setup.
             special_tokens: "error" rejects responses and chat message contents that hold a special token as
                 text (a row error: raised, or counted under on_error="skip"); "allow" tokenizes them as tokens.
+            unknown_tokens_warn: warn when more than this share of a file's tokens are the tokenizer's unknown
+                token (the tokenizer does not cover the data).
+            unknown_tokens_error: stop with an error naming the file above this share.
         """
         super().__init__()
         problems = []
@@ -301,6 +325,8 @@ class SFTDataModule(ResumablePosition, L.LightningDataModule):
         self.on_error, self.truncation = on_error, truncation
         self.num_workers, self.seed = num_workers, seed
         self.tokenizer, self.special_tokens = tokenizer, special_tokens
+        self.unknown_limits = (unknown_tokens_warn, unknown_tokens_error)
+        self.unknown_share: dict[str, float] = {}
         self.fmt: TextFormat | None = None
         self.reports: dict[str, ReadReport] = {}
         self._data: dict[str, list[Example] | list[PackedExample]] = {}
@@ -323,6 +349,9 @@ class SFTDataModule(ResumablePosition, L.LightningDataModule):
         rows, report = read_rows(path, "demonstration", on_error=self.on_error)
         rows = screen_special_tokens(rows, self.tokenizer, report, self.on_error, self.special_tokens)
         examples = build_examples(rows, self.fmt, self.max_length, self.truncation, report)
+        self.unknown_share[split] = check_unknown_tokens(
+            path, [ex.input_ids for ex in examples], self.tokenizer, *self.unknown_limits
+        )
         self.reports[split] = report
         logger.info("%s: %s", split, report.summary())
         if report.truncated:
@@ -344,11 +373,21 @@ class SFTDataModule(ResumablePosition, L.LightningDataModule):
         return self._data[split]
 
     def train_dataloader(self) -> DataLoader:
+        """Training batches; each also carries ``num_targets``: the label tokens of its whole optimizer step
+        (every micro-batch of the gradient-accumulation window, every rank), so the loss can weigh every token
+        the same however the step is split (see `SFTModule`)."""
         rows = self._require("train")
         world, rank = self.world()
         plan = BatchPlan(len(rows), self.batch_size, self.seed, world_size=world, rank=rank)
         source = Source(rows, plan, functools.partial(collate, pad_id=self._pad_id()))
-        return positioned_loader(PositionedBatches({"": source}, self.resume_position), self.num_workers)
+        accumulate = int(getattr(self.trainer, "accumulate_grad_batches", 1) or 1) if self.trainer else 1
+        targets = [count_targets(ex) for ex in rows]
+
+        def num_targets(position: int) -> dict[str, Any]:
+            return {"num_targets": torch.tensor(window_total(plan, targets, position, accumulate))}
+
+        batches = PositionedBatches({"": source}, self.resume_position, extra=num_targets)
+        return positioned_loader(batches, self.num_workers)
 
     def val_dataloader(self) -> DataLoader | list:
         if self.val_path is None:

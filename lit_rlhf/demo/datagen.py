@@ -5,10 +5,13 @@ Every split draws from its own generator whose seed is derived from (seed, split
 count does not reshuffle the other splits. Every file is written to a temp path and renamed into place;
 world.json is written last, so its presence means the directory is complete.
 
-Row formats (one JSON object per line):
+Row formats (one JSON object per line), `row_format="plain"` (the default):
   sft_train.jsonl, sft_val.jsonl   {"prompt": str, "response": str}   labeler demonstrations
   rl_prompts.jsonl, eval_prompts.jsonl   {"prompt": str}
   pretrain.jsonl                   {"text": str}   "<prompt> <canonical answer>", always correct
+`row_format="chat"` writes the same tasks as conversations, for a chat model trained and judged through its own
+chat template: demonstrations {"messages": [{"role": "user", ...}, {"role": "assistant", ...}]}, prompts
+{"messages": [{"role": "user", ...}]}; pretraining text stays plain text.
 
 Reading and validating these files is the data package's job, not this module's.
 """
@@ -22,6 +25,7 @@ import random
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import Any, Literal
 
 from lit_rlhf.demo.labeler import Labeler
 from lit_rlhf.demo.tokenizer import train_tokenizer
@@ -92,14 +96,29 @@ def _write_atomic(path: Path, text: str) -> None:
         raise
 
 
-def _write_jsonl(path: Path, rows: Iterable[dict[str, str]]) -> None:
+def _write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:
     _write_atomic(path, "".join(json.dumps(row) + "\n" for row in rows))
 
 
-def _tokenizer_texts(splits: dict[str, list[dict[str, str]]]) -> Iterator[str]:
+def as_chat(row: dict[str, str]) -> dict[str, Any]:
+    """A plain demo row as a conversation: the prompt is the user's turn, the response the assistant's."""
+    if "prompt" not in row:
+        return row  # pretraining text stays text
+    messages = [{"role": "user", "content": row["prompt"]}]
+    if "response" in row:
+        messages.append({"role": "assistant", "content": row["response"]})
+    return {"messages": messages}
+
+
+def _tokenizer_texts(splits: dict[str, list[dict[str, Any]]]) -> Iterator[str]:
     for rows in splits.values():
         for row in rows:
-            yield from row.values()
+            if "messages" in row:
+                # without a chat template these rows are rendered as "role: content" lines
+                yield from (f"{m['role']}: {m['content']}" for m in row["messages"])
+                yield "assistant:"
+            else:
+                yield from row.values()
 
 
 def _make_splits(
@@ -137,12 +156,16 @@ def write_demo_data(
     families: Sequence[str] = FAMILIES,
     min_len: int = 3,
     max_len: int = 8,
+    row_format: Literal["plain", "chat"] = "plain",
 ) -> dict[str, Path]:
     """Write the demo data set into out_dir and return each file's path by name (see FILES).
 
     labeler: writes the demonstrations; default Labeler(seed=seed). Same arguments -> byte-identical
-    files. Eval prompts never appear in any other file (the pretrain texts included).
+    files. Eval prompts never appear in any other file (the pretrain texts included). row_format "chat" writes
+    the same tasks as chat conversations (see the module docstring).
     """
+    if row_format not in ("plain", "chat"):
+        raise ValueError(f"write_demo_data: row_format must be 'plain' or 'chat', got {row_format!r}")
     arguments = {"n_train": n_train, "n_val": n_val, "n_rl": n_rl, "n_eval": n_eval, "n_pretrain": n_pretrain}
     negative = {name: n for name, n in arguments.items() if n < 0}
     if negative:
@@ -155,7 +178,9 @@ def write_demo_data(
     # world.json marks a complete directory: drop an old one so a crash mid-rewrite cannot pass as done.
     paths["world"].unlink(missing_ok=True)
 
-    splits = _make_splits(seed, counts, labeler, families, min_len, max_len)
+    splits: dict[str, list[dict[str, Any]]] = _make_splits(seed, counts, labeler, families, min_len, max_len)
+    if row_format == "chat":
+        splits = {name: [as_chat(row) for row in rows] for name, rows in splits.items()}
     for name, rows in splits.items():
         _write_jsonl(paths[name], rows)
     tokenizer = train_tokenizer(_tokenizer_texts(splits), paths["tokenizer"])
@@ -170,6 +195,7 @@ def write_demo_data(
         "vocab_size": len(tokenizer),
         "labeler": labeler.settings(),
         "files": FILES,
+        "row_format": row_format,
     }
     _write_atomic(paths["world"], json.dumps(world, indent=2, sort_keys=True) + "\n")
     return paths

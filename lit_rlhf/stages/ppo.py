@@ -197,7 +197,9 @@ class PPOModule(StrategyCheck, L.LightningModule):
         lora: LoRA settings for the policy/critic adapters when the SFT stage trained full weights
             (default: the reward model's).
         quantization: Quantize the shared frozen base (``8bit``/``4bit``). Default: as stored.
-        ptx_coef: gamma_ptx, the weight of the pretraining LM loss in the policy objective (0 = plain PPO).
+        ptx_coef: gamma_ptx, the weight of the pretraining LM loss in the policy objective (0 = plain PPO). The
+            loss is a mean per pretraining token and the PPO loss a mean per response token; InstructGPT's
+            gamma = 27.8 weighs a differently normalised expectation, so 0.1-1 is the useful range here.
         kl: KL penalty settings. ppo: PPO hyperparameters. sampling: rollout generation settings.
         lr: Policy learning rate. eval: held-out evaluation.
         max_nonfinite_updates: Stop after this many non-finite (skipped) updates in a row (0 = never).

@@ -149,11 +149,29 @@ class SFTModule(StrategyCheck, L.LightningModule):
 
     # ---- training ---------------------------------------------------------------------------------------
     def _loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The batch's own per-token mean loss (validation, and what is logged)."""
         logits = self.net(batch["input_ids"], batch["attention_mask"], batch.get("position_ids"))  # (B, T, V)
         return lm_loss(logits, batch["labels"])
 
+    def _train_losses(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(loss to backpropagate, the micro-batch's own per-token mean for the log).
+
+        Each token weighs the same in an optimizer step whatever the micro-batches' lengths: the summed loss is
+        divided by the step's target count (``num_targets``: all micro-batches of the accumulation window on all
+        ranks), times accumulate x world size, which Lightning's division by the accumulation count and the
+        data-parallel gradient mean take back out. Averaging per-micro-batch means instead overweights the tokens
+        of short micro-batches (the bug transformers fixed in 2024).
+        """
+        logits = self.net(batch["input_ids"], batch["attention_mask"], batch.get("position_ids"))  # (B, T, V)
+        total = lm_loss(logits, batch["labels"], num_targets=1.0)  # summed over this micro-batch's targets
+        own = max(int((batch["labels"][:, 1:] != -100).sum()), 1)
+        if "num_targets" not in batch:
+            return total / own, (total / own).detach()
+        scale = self.trainer.accumulate_grad_batches * self.trainer.world_size
+        return total * scale / batch["num_targets"].clamp(min=1), (total / own).detach()
+
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor | None:
-        loss = self._loss(batch)
+        loss, mean = self._train_losses(batch)
         if not self.guard.loss_ok(loss, self.global_step, self.trainer.strategy.reduce_boolean_decision):
             self.log("sft/skipped_updates", float(self.guard.skipped), on_step=True)
             return None  # Lightning skips backward and the optimizer step
@@ -162,7 +180,7 @@ class SFTModule(StrategyCheck, L.LightningModule):
         if self.state.last_time:
             self.log("sft/tokens_per_s", tokens / max(now - self.state.last_time, 1e-9), on_step=True)
         self.state.last_time = now
-        self.log("sft/loss", loss, on_step=True, prog_bar=True)
+        self.log("sft/loss", mean, on_step=True, prog_bar=True)
         self.log("sft/lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True)
         self.log("sft/response_tokens", float((batch["labels"] != -100).sum()), on_step=True, reduce_fx="sum")
         return loss

@@ -216,3 +216,57 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny_dir, lora):
     assert grads[0].keys() == grads[1].keys() and grads[0]
     for n in grads[0]:
         torch.testing.assert_close(grads[0][n], grads[1][n], rtol=1e-4, atol=1e-6)
+
+
+def test_gradient_checkpointing_gives_the_same_adapter_and_head_gradients(tiny_dir):
+    """SFT and the reward model train one adapter (plus a head): checkpointing recomputes the same forward."""
+
+    def grads(checkpointing: bool) -> dict[str, torch.Tensor]:
+        torch.manual_seed(0)
+        cfg = BackboneConfig(
+            name_or_path=str(tiny_dir / "llama"),
+            lora=LoraSettings(r=4, alpha=8, dropout=0.0),
+            gradient_checkpointing=checkpointing,
+        )
+        bb = Backbone.build(cfg)
+        bb.add_adapter("reward")
+        bb.add_head("reward")
+        bb.train()
+        ids, mask = _batch(bb)
+        (_loss(bb, ids, mask) + bb.score("reward", ids, mask).square().sum()).backward()
+        return {n: p.grad.clone() for n, p in bb.named_parameters() if p.grad is not None}
+
+    plain, checkpointed = grads(False), grads(True)
+    assert plain.keys() == checkpointed.keys() and any("lora_" in n for n in plain)
+    for name, g in plain.items():
+        torch.testing.assert_close(checkpointed[name], g)
+
+
+def test_seeded_generation_leaves_the_callers_random_state_alone(tiny_dir):
+    """Evaluation inside a run samples with fixed seeds; the run's own random stream must not be reseeded."""
+    bb = _build(tiny_dir, "gpt2", "none")
+    sampling = SamplingConfig(max_new_tokens=4)
+    torch.manual_seed(123)
+    expected_next = torch.rand(3)
+    torch.manual_seed(123)
+    first = generate(bb.model, bb.text_format, PROMPTS, sampling, generator_seed=7)
+    assert torch.equal(torch.rand(3), expected_next)
+    again = generate(bb.model, bb.text_format, PROMPTS, sampling, generator_seed=7)
+    assert torch.equal(first.response_ids, again.response_ids)  # the seed still decides the samples
+
+
+def test_generation_ignores_the_models_own_generation_config(tiny_dir):
+    """Only SamplingConfig shapes samples: a generation_config.json with a repetition penalty, banned n-gram
+    repeats, a minimum length and top_k changes nothing, and is left as it was."""
+    bb = _build(tiny_dir, "llama", "none", lora=False)
+    greedy = SamplingConfig(max_new_tokens=6, do_sample=False)
+    plain = generate(bb.model, bb.text_format, PROMPTS, greedy).response_ids
+    config = bb.hf_model.generation_config
+    config.update(repetition_penalty=5.0, no_repeat_ngram_size=1, min_new_tokens=6, top_k=1)
+    assert torch.equal(generate(bb.model, bb.text_format, PROMPTS, greedy).response_ids, plain)
+    assert bb.hf_model.generation_config is config and config.repetition_penalty == 5.0
+    out = bb.hf_model.generate(
+        **bb.tokenizer(PROMPTS[:1], return_tensors="pt"), max_new_tokens=6, do_sample=False
+    )
+    assert len(set(out[0, -6:].tolist())) == 6  # transformers itself does apply it (no token repeats) ...
+    assert out[0, -6:].tolist() != plain[0].tolist()  # ... and it would have changed the samples

@@ -102,3 +102,15 @@ def test_batch_seeds_differ_by_rank_and_batch_and_repeat():
     torch.rand(5)
     seed_all(batch_seed(0, 0, 1))
     assert torch.equal(a, torch.rand(3))
+
+
+def test_window_total_sums_every_rank_and_micro_batch_of_the_optimizer_step():
+    from lit_rlhf.data.resumable import window_total
+
+    counts = list(range(1, 11))  # row i counts i + 1
+    plan = BatchPlan(10, 2, shuffle=False, world_size=2, rank=1)  # 3 global steps of 4 rows per epoch
+    assert window_total(plan, counts, 0, 2) == window_total(plan, counts, 1, 2) == sum(range(1, 9))
+    # the epoch's last step closes a short window; its last slots wrap to rows 0 and 1 (padding, as DDP pads)
+    assert window_total(plan, counts, 2, 2) == 9 + 10 + 1 + 2
+    assert window_total(plan, counts, 3, 2) == sum(range(1, 9))  # epoch 1 starts a new window
+    assert window_total(plan, counts, 4, 1) == 5 + 6 + 7 + 8  # no accumulation: the step's rows on both ranks

@@ -369,3 +369,20 @@ def test_module_takes_the_tokenizer_from_the_lightning_module_and_runs_without_v
     assert dm.tokenizer is model.tokenizer
     assert [b["input_ids"].shape[0] for b in model.seen_batches] == [4, 3]
     assert model.val_batches == 0  # val_dataloader() == [] means no validation, not an error
+
+
+def test_unknown_token_share_warns_then_stops_with_the_file_named(tok, tmp_path, caplog):
+    """A tokenizer that does not cover the data is loud: a warning over the warn share, an error over the limit."""
+    good = {"prompt": "user: hi\nassistant:", "response": " a b"}
+    few = write_jsonl(
+        tmp_path / "few.jsonl", [good] * 40 + [{"prompt": "user: hi\nassistant:", "response": " zz"}]
+    )
+    dm = SFTDataModule(few, tokenizer=tok, max_length=16)
+    with caplog.at_level("WARNING"):
+        dm.setup("fit")
+    assert dm.unknown_share["train"] == pytest.approx(1 / (40 * 7 + 6))  # 1 unknown token in 286
+    assert any("are the unknown token '[UNK]'" in r.message for r in caplog.records)
+    many = write_jsonl(tmp_path / "many.jsonl", [{"prompt": "user: hi\nassistant:", "response": " zz yy"}])
+    with pytest.raises(DataError, match=r"many.jsonl: 28.57% of its 7 tokens \(2\) are the unknown token"):
+        SFTDataModule(many, tokenizer=tok, max_length=16).setup("fit")
+    SFTDataModule(many, tokenizer=tok, max_length=16, unknown_tokens_error=0.5).setup("fit")  # configurable

@@ -161,3 +161,33 @@ def test_family_and_length_settings_reach_every_split(tmp_path):
     assert all(prompt.startswith("copy ") and len(prompt.split()) == 4 for prompt in prompts)
     world = json.loads(paths["world"].read_text())
     assert (world["families"], world["min_len"], world["max_len"]) == (["copy"], 2, 2)
+
+
+def test_chat_format_writes_the_same_tasks_as_conversations(data, tmp_path):
+    """demo-data --format chat: demonstrations and prompts become messages rows of the same tasks; a judge sees
+    the user's turn, and the demo tokenizer covers the plain chat rendering (no unknown tokens)."""
+    from lit_rlhf.data.formatting import TextFormat
+    from lit_rlhf.data.rows import read_rows
+    from lit_rlhf.judges import judge_item, load_judge
+
+    chat = write_demo_data(tmp_path / "chat", seed=3, row_format="chat", **SMALL)
+    plain = data[1]
+    for name in ("sft_train", "sft_val"):
+        rows, _ = read_rows(chat[name], "demonstration")
+        want = _read(plain[name])
+        assert [(r.prompt_spec, r.answer) for r in rows] == [
+            ((("user", w["prompt"]),), w["response"]) for w in want
+        ]
+    for name in ("rl_prompts", "eval_prompts"):
+        rows, _ = read_rows(chat[name], "prompt")
+        assert [r.prompt for r in rows] == [(("user", w["prompt"]),) for w in _read(plain[name])]
+    assert chat["pretrain"].read_text() == plain["pretrain"].read_text()
+    assert json.loads(chat["world"].read_text())["row_format"] == "chat"
+    fmt = TextFormat(AutoTokenizer.from_pretrained(str(chat["tokenizer"])))
+    rows, _ = read_rows(chat["sft_train"], "demonstration")
+    ids = [i for r in rows[:50] for i in sum(fmt.sequence(r.prompt_spec, r.answer), [])]
+    assert fmt.tokenizer.unk_token_id not in ids
+    prompt = rows[0].prompt_spec
+    assert judge_item(load_judge("demo"), prompt, rows[0].answer)["score"] == Labeler().score(
+        prompt[0][1], rows[0].answer
+    )

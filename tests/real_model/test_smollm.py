@@ -300,3 +300,23 @@ def test_smollm_lora_backbone_trains_in_fp32_and_bf16_mixed(smollm_folder, preci
     assert (
         grads and all("lora_" in n for n in grads) and any(float(g.abs().sum()) > 0 for g in grads.values())
     )
+
+
+@pytest.mark.parametrize("quantization", ["4bit", "8bit"])
+def test_smollm_quantized_lora_generates_then_trains(smollm_folder, quantization):
+    """The GGUF base quantizes like any other (it loads from the converted folder): generate first (the 4-bit CPU
+    repacking trap), then a backward pass reaches the adapter."""
+    net = Backbone.build(BackboneConfig(name_or_path=BUNDLED, quantization=quantization, lora=LORA))
+    net.add_adapter("policy")
+    assert net.is_quantized
+    gen = generate(
+        net.model, net.text_format, ["copy g h ="], SamplingConfig(max_new_tokens=3, do_sample=False)
+    )
+    assert gen.response_ids.shape == (1, 3)
+    prompt, response = net.text_format.sequence("copy g h =", "g h")
+    ids = torch.tensor([prompt + response])
+    net.train()
+    (-net.response_logprobs(ids, torch.ones_like(ids), len(prompt)).mean()).backward()
+    grads = [p.grad for n, p in net.named_parameters() if p.grad is not None]
+    assert grads and all("lora_" in n for n, p in net.named_parameters() if p.grad is not None)
+    assert sum(float(g.abs().sum()) for g in grads) > 0

@@ -50,9 +50,9 @@ class _NaNEvery(SFTModule):
 
     bad_steps: set[int] = set()
 
-    def _loss(self, batch):
-        loss = super()._loss(batch)
-        return loss * float("nan") if self.global_step in self.bad_steps else loss
+    def _train_losses(self, batch):
+        loss, mean = super()._train_losses(batch)
+        return (loss * float("nan"), mean) if self.global_step in self.bad_steps else (loss, mean)
 
 
 def _fit(demo_data, bad_steps, steps, max_bad=10):

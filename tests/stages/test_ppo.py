@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import lightning as L
@@ -165,3 +166,108 @@ def test_response_logprobs_alignment_by_hand():
     # Backbone.response_logits gives the predictions of tokens P..L-1: logit columns P-1..L-2
     out = response_logprobs(logits[:, 1:-1], ids, prompt_len=2)
     torch.testing.assert_close(out, torch.log(torch.tensor([[0.5, 0.5]])))
+
+
+def test_ppo_refuses_gradient_checkpointing_with_a_reason(tiny_dir, tmp_path):
+    """Roles switch adapters on one base: a recomputed forward would run the wrong adapter (and PPO runs in eval
+    mode, where transformers does not checkpoint), so PPO refuses it instead of silently doing either."""
+    sft, rm = _stages(tiny_dir, tmp_path)
+    manifest = json.loads((sft / "manifest.json").read_text())
+    manifest["backbone"]["gradient_checkpointing"] = True
+    (sft / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="PPO does not support backbone.gradient_checkpointing"):
+        _module(sft, rm).configure_model()
+
+
+def test_ppo_rollout_sampling_must_be_the_policy_distribution(tiny_dir, tmp_path):
+    sft, rm = _stages(tiny_dir, tmp_path)
+    for bad, why in (
+        (SamplingConfig(max_new_tokens=4, temperature=0.7), "temperature must be 1.0"),
+        (SamplingConfig(max_new_tokens=4, top_k=50), "top_k must be 0"),
+        (SamplingConfig(max_new_tokens=4, top_p=0.9), "top_p must be 1.0"),
+        (SamplingConfig(max_new_tokens=4, do_sample=False), "do_sample must be true"),
+    ):
+        with pytest.raises(ValueError, match=why):
+            PPOModule(str(sft), str(rm), sampling=bad)
+
+
+def test_reward_model_on_a_differently_quantized_base_is_warned_about(tiny_dir, tmp_path, caplog):
+    from lit_rlhf.stages.roles import warn_if_requantized
+
+    with caplog.at_level("WARNING"):
+        warn_if_requantized("none", None, "rm")  # as stored: nothing to say
+        warn_if_requantized("none", "none", "rm")
+    assert not caplog.records
+    with caplog.at_level("WARNING"):
+        warn_if_requantized("none", "4bit", "runs/reward/x/stage")
+    assert "trained on a base quantized as 'none' but PPO loads the shared base as '4bit'" in caplog.text
+
+
+def test_in_run_evaluation_and_evaluate_compute_the_same_figures(tiny_dir, tmp_path):
+    """One computation per metric name: PPO's held-out evaluation and `main.py evaluate` on the stage it writes
+    give the same KL (from the sampled ids), reward, length, pretraining loss, judge score and win rate."""
+    from lit_rlhf.evaluate import EvalSettings, evaluate_checkpoints
+
+    sft, rm = _stages(tiny_dir, tmp_path)
+    dm = _data(tmp_path)
+    write_jsonl(tmp_path / "eval.jsonl", [{"prompt": f"{a} =", "reference": a} for a in "abcdefgh"])
+    module = _module(sft, rm, ptx_coef=0.0)
+    module.eval_cfg = EvalConfig(
+        prompts=str(tmp_path / "eval.jsonl"),
+        every_n_steps=0,
+        sampling=SamplingConfig(max_new_tokens=4),
+        judge="exact_match",
+        samples_per_step=0,
+        batch_size=4,
+        seed=77,
+    )
+    from lit_rlhf.judges import load_judge
+
+    module.judge = load_judge("exact_match")
+    trainer = _trainer(2)
+    trainer.fit(module, dm)
+    ours = module.evaluate()
+    save_stage_dir(
+        tmp_path / "ppo",
+        module.roles.shared,
+        stage="ppo",
+        adapters=["policy"],
+        parent=str(sft),
+        extra={"reward_from": str(rm)},
+    )
+    settings = EvalSettings(
+        prompts=str(tmp_path / "eval.jsonl"),
+        max_new_tokens=4,
+        batch_size=4,
+        seed=77,
+        pretrain=str(tmp_path / "text.jsonl"),
+        pretrain_limit=dm.ptx_holdout,
+        judge="exact_match",
+    )
+    theirs = evaluate_checkpoints([str(tmp_path / "ppo")], settings)["checkpoints"][str(tmp_path / "ppo")]
+    assert ours["eval_kl"] != 0.0  # the policy moved
+    for mine, name in (
+        ("eval_kl", "kl"),
+        ("eval_rm_score", "rm_score"),
+        ("eval_length", "mean_length"),
+        ("pretrain_loss", "pretrain_loss"),
+        ("judge_score", "judge_score"),
+        ("win_rate_vs_sft", "win_rate_vs_sft"),
+    ):
+        assert ours[mine] == pytest.approx(theirs[name], rel=1e-4, abs=1e-5), name
+
+
+def test_policy_and_critic_gradients_are_clipped_separately():
+    """A large value-loss gradient must not shrink the policy's step: each role's norm is clipped on its own."""
+    policy, critic = torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(2))
+    opt = torch.optim.AdamW([{"params": [policy]}, {"params": [critic]}])
+    policy.grad, critic.grad = torch.tensor([0.3, 0.4]), torch.tensor([300.0, 400.0])  # norms 0.5 and 500
+    norms = PPOModule._clip_each_role(opt, max_norm=1.0)
+    assert (
+        float(norms["policy_grad_norm"]) == pytest.approx(0.5) and float(norms["critic_grad_norm"]) == 500.0
+    )
+    torch.testing.assert_close(policy.grad, torch.tensor([0.3, 0.4]))  # under the limit: untouched
+    torch.testing.assert_close(
+        critic.grad, torch.tensor([0.6, 0.8]), rtol=1e-5, atol=1e-6
+    )  # scaled to norm 1
+    # a joint clip would have scaled the policy's gradient by 1/500 as well

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import lightning as L
+import pytest
 import torch
 
 from lit_rlhf.backbone.build import Backbone
@@ -345,3 +346,43 @@ def test_main_fit_tiny_pipeline_end_to_end(demo_data, tmp_path):
         timeout=120,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_reported_accuracy_is_the_final_weights_even_between_validation_intervals(tiny_dir, tmp_path):
+    """val_check_interval 3 with 4 steps: the last weights were never validated by Lightning; the stage validates
+    them at the end, and the manifest says at which step each figure was measured."""
+    from lit_rlhf.runs import RunLogger
+
+    torch.manual_seed(0)
+    sft = _sft_stage(tiny_dir, tmp_path / "sft")
+    write_jsonl(tmp_path / "train.jsonl", _marker_rows(64, 3, seed=1))
+    write_jsonl(tmp_path / "val.jsonl", _marker_rows(24, 3, seed=2))
+    module = RewardModule(init_from=str(sft), optim=OptimConfig(lr=3e-3, warmup_steps=0), max_length=32)
+    dm = ComparisonDataModule(
+        str(tmp_path / "train.jsonl"), str(tmp_path / "val.jsonl"), batch_size=8, max_length=32
+    )
+    trainer = L.Trainer(
+        max_steps=4,
+        accelerator="cpu",
+        logger=RunLogger(tmp_path / "run"),
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        val_check_interval=3,
+        check_val_every_n_epoch=None,
+        num_sanity_val_steps=0,
+    )
+    trainer.fit(module, dm)
+    manifest = read_manifest(tmp_path / "run" / "stage")
+    assert manifest.step == 4
+    assert manifest.metric_steps["val_accuracy"] == manifest.metric_steps["val_kendall_tau"] == 4
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "reward/val_accuracy" in r] == [
+        2,
+        3,
+    ]  # after step 3, and the final one
+    trainer.validate(module, dm)  # the final weights, validated again by Lightning itself
+    for key in ("val_accuracy", "val_kendall_tau", "val_margin"):
+        assert manifest.metrics[key] == pytest.approx(
+            float(trainer.callback_metrics[f"reward/{key}"]), abs=1e-6
+        )

@@ -85,6 +85,64 @@ def test_sft_with_lora_trains_only_the_adapter(tiny_dir, demo_data, tmp_path):
     assert any(not torch.equal(p, lora[n]) for n, p in module.net.named_parameters() if "lora_" in n)
 
 
+class _GradRecorder(L.Callback):
+    """The summed gradient of the first optimizer step."""
+
+    def __init__(self) -> None:
+        self.grads: dict[str, torch.Tensor] | None = None
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        if self.grads is None:
+            self.grads = {
+                n: p.grad.detach().clone() for n, p in pl_module.named_parameters() if p.grad is not None
+            }
+
+
+def _first_step_grads(demo_data, path: Path, batch_size: int, accumulate: int) -> dict[str, torch.Tensor]:
+    torch.manual_seed(0)
+    module = SFTModule(
+        backbone=BackboneConfig(
+            model_config={
+                "model_type": "gpt2",
+                **{"n_layer": 1, "n_embd": 32, "n_head": 2, "n_positions": 64},
+                **{"resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0},  # no dropout: same forward
+            },
+            tokenizer=str(demo_data / "tokenizer"),
+        ),
+        samples=SampleConfig(every_n_steps=0),
+    )
+    rec = _GradRecorder()
+    L.Trainer(
+        max_steps=1,
+        accumulate_grad_batches=accumulate,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[rec],
+    ).fit(module, SFTDataModule(str(path), batch_size=batch_size, max_length=64, seed=1))
+    return rec.grads
+
+
+def test_accumulated_micro_batches_of_unequal_length_give_the_one_batch_gradient(demo_data, tmp_path):
+    """Every token weighs the same in an optimizer step however it is split: 1 batch of 4 == 4 accumulated
+    micro-batches of 1 (responses of 1 to 7 tokens). Averaging per-micro-batch means would overweight the
+    tokens of short responses."""
+    rows = [
+        {"prompt": "count a =", "response": "1"},
+        {"prompt": "reverse a b c d e f g =", "response": "g f e d c b a"},
+        {"prompt": "copy a b =", "response": "a b"},
+        {"prompt": "sort c b a d =", "response": "a b c d"},
+    ]
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    whole = _first_step_grads(demo_data, tmp_path / "d.jsonl", batch_size=4, accumulate=1)
+    split = _first_step_grads(demo_data, tmp_path / "d.jsonl", batch_size=1, accumulate=4)
+    assert whole.keys() == split.keys() and whole
+    for name in whole:
+        torch.testing.assert_close(split[name], whole[name], rtol=1e-4, atol=1e-6)
+
+
 def test_warmup_cosine_schedule_by_hand():
     # warmup 4: steps 0..3 -> 1/4, 2/4, 3/4, 4/4; then cosine from 1 to 0.1 over steps 4..14
     assert [warmup_cosine(s, 4, 14, 0.1) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
