@@ -1,6 +1,6 @@
 """InstructGPT's ablations on the demo world (run by hand; writes bench/results/ablations.{json,md}).
 
-1. SFT vs PPO (gamma_ptx = 0) vs PPO-ptx: win rate vs SFT, labeler score, KL, pretraining loss (alignment tax),
+1. SFT vs PPO (gamma_ptx = 0) vs PPO-ptx: win rate vs SFT, judge score, KL, pretraining loss (alignment tax),
    same seed and steps. The PPO-ptx run is the pipeline's (configs/demo/ppo.yaml); this script trains the
    gamma_ptx = 0 twin with the same config and seed, then evaluates all three with `main.py evaluate`.
 2. Reward model: K-wise grouped batches vs the same comparisons shuffled as independent pairs, held-out accuracy
@@ -83,6 +83,8 @@ def ppo_ablation(a: argparse.Namespace, out: Path) -> dict:
                 str(d / "eval_prompts.jsonl"),
                 "--pretrain",
                 str(d / "pretrain.jsonl"),
+                "--judge",
+                "demo",
                 "--out",
                 str(report_dir),
             ]
