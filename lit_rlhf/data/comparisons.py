@@ -17,6 +17,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from lit_rlhf.data.distributed import eval_sampler
+from lit_rlhf.data.limits import MAX_RESPONSES, screen_comparisons
 from lit_rlhf.data.padding import pad_right
 from lit_rlhf.data.resumable import BatchPlan, PositionedBatches, ResumablePosition, Source, positioned_loader
 from lit_rlhf.data.rows import Comparison, DataError, ReadReport, read_rows, split_source
@@ -121,6 +122,8 @@ class ComparisonDataModule(ResumablePosition, L.LightningDataModule):
         tokenizer: None takes the LightningModule's at setup.
         special_tokens: ``error`` rejects responses holding a special token as text (raised, or counted under
             ``skip``); ``allow`` tokenizes them as tokens.
+        max_responses: most responses (K) per prompt; a row with more is refused (raised, or counted under
+            ``skip``): the pairs a prompt brings grow as K^2.
     """
 
     def __init__(
@@ -136,6 +139,7 @@ class ComparisonDataModule(ResumablePosition, L.LightningDataModule):
         seed: int = 0,
         tokenizer: Any = None,
         special_tokens: SpecialTokens = "error",
+        max_responses: int = MAX_RESPONSES,
     ) -> None:
         super().__init__()
         problems = []
@@ -147,6 +151,8 @@ class ComparisonDataModule(ResumablePosition, L.LightningDataModule):
             problems.append(f"truncation must be one of {TRUNCATIONS}, got {truncation!r}")
         if special_tokens not in SPECIAL_TOKEN_POLICIES:
             problems.append(f"special_tokens must be 'error' or 'allow', got {special_tokens!r}")
+        if max_responses < 2:
+            problems.append(f"max_responses must be >= 2, got {max_responses}")
         if problems:
             raise ValueError("ComparisonDataModule: " + "; ".join(problems))
         self.save_hyperparameters(ignore=["tokenizer"])
@@ -154,6 +160,7 @@ class ComparisonDataModule(ResumablePosition, L.LightningDataModule):
         self.batch_size, self.max_length, self.layout = batch_size, max_length, layout
         self.on_error, self.truncation, self.num_workers, self.seed = on_error, truncation, num_workers, seed
         self.tokenizer, self.special_tokens = tokenizer, special_tokens
+        self.max_responses = max_responses
         self.reports: dict[str, ReadReport] = {}
         self.data: dict[str, list[EncodedComparison]] = {}
 
@@ -171,6 +178,7 @@ class ComparisonDataModule(ResumablePosition, L.LightningDataModule):
 
     def _load(self, split: str, path: str) -> list[EncodedComparison]:
         rows, report = read_rows(path, "comparison", on_error=self.on_error)
+        rows = screen_comparisons(rows, report, self.max_responses, self.on_error)
         rows = screen_special_tokens(rows, self.tokenizer, report, self.on_error, self.special_tokens)
         encoded = []
         for row in rows:
