@@ -1,4 +1,5 @@
-"""The stage-directory manifest: reading, writing and validating it. Standard library only.
+"""The stage-directory manifest: reading, writing and validating it. Standard library only (and lit_rlhf's
+stdlib-only `safe_io`, `checkpoint.validate`, `backbone.config`).
 
 A stage directory is the one hand-off between stages and to the dashboard (docs/checkpoint-format.md):
 
@@ -14,14 +15,19 @@ A stage directory is the one hand-off between stages and to the dashboard (docs/
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from lit_rlhf.checkpoint.validate import backbone_problems, safetensors_problems, tree_problems
+from lit_rlhf.safe_io import StrictJSONError, UnreadableFile, clip, read_bounded, strict_json
+
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
+MAX_MANIFEST_BYTES = 16 * 1024 * 1024  # a manifest is a few KB; a huge one is not ours
 STAGES = ("sft", "reward", "ppo")
 
 
@@ -69,16 +75,63 @@ def _inside(rel: str, what: str, where: Path) -> str:
     """Refuse paths that could leave the stage directory (absolute, `..`, backslashes)."""
     p = PurePosixPath(rel)
     if not rel or p.is_absolute() or ".." in p.parts or "\\" in rel:
-        raise ManifestError(f"{where / MANIFEST}: {what} path {rel!r} leaves the stage directory")
+        raise ManifestError(f"{where / MANIFEST}: {what} path {clip(repr(rel))} leaves the stage directory")
     return rel
 
 
-def _require(d: dict[str, Any], key: str, typ: type | tuple[type, ...], where: Path) -> Any:
+def _json_type(value: Any) -> str:
+    names = {bool: "boolean", int: "integer", float: "number", str: "string", list: "array", dict: "object"}
+    return "null" if value is None else names.get(type(value), type(value).__name__)
+
+
+def _require(
+    d: dict[str, Any], key: str, typ: type | tuple[type, ...], where: Path, name: str | None = None
+) -> Any:
+    """d[key], which must have type `typ`; a bool never passes for an int (`format_version: true` is not 1)."""
+    name = name or key
     if key not in d:
-        raise ManifestError(f"{where / MANIFEST}: missing field '{key}'")
-    if not isinstance(d[key], typ):
-        raise ManifestError(f"{where / MANIFEST}: field '{key}' has type {type(d[key]).__name__}")
-    return d[key]
+        raise ManifestError(f"{where / MANIFEST}: missing field '{name}'")
+    value = d[key]
+    allowed = typ if isinstance(typ, tuple) else (typ,)
+    if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
+        raise ManifestError(f"{where / MANIFEST}: field '{name}' has type {_json_type(value)}")
+    return value
+
+
+def _optional(d: dict[str, Any], key: str, typ: type | tuple[type, ...], where: Path) -> None:
+    if key in d:
+        _require(d, key, typ, where)
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _parse_base(raw: dict[str, Any], where: Path) -> None:
+    base = _require(raw, "base", dict, where)
+    if base.get("kind") == "local":
+        _inside(_require(base, "path", str, where, "base.path"), "base", where)
+    elif base.get("kind") == "pretrained":
+        _require(base, "name_or_path", str, where, "base.name_or_path")
+        if base.get("revision") is not None:
+            _require(base, "revision", str, where, "base.revision")
+    else:
+        raise ManifestError(f"{where / MANIFEST}: field 'base.kind' must be 'local' or 'pretrained'")
+
+
+def _parse_heads(raw: dict[str, Any], where: Path) -> None:
+    for name, head in _require(raw, "heads", dict, where).items():
+        field_name = f"heads.{clip(name)}"
+        if not isinstance(head, dict):
+            raise ManifestError(
+                f"{where / MANIFEST}: field '{field_name}' has type {_json_type(head)}, "
+                "expected an object with 'path', 'adapter' and 'bias'"
+            )
+        _inside(_require(head, "path", str, where, f"{field_name}.path"), f"head {clip(name)!r}", where)
+        if head.get("adapter") is not None:
+            _require(head, "adapter", str, where, f"{field_name}.adapter")
+        if not _finite(head.get("bias", 0.0)):
+            raise ManifestError(f"{where / MANIFEST}: field '{field_name}.bias' must be a finite number")
 
 
 def parse_manifest(raw: dict[str, Any], where: Path) -> Manifest:
@@ -90,45 +143,81 @@ def parse_manifest(raw: dict[str, Any], where: Path) -> Manifest:
         )
     stage = _require(raw, "stage", str, where)
     if stage not in STAGES:
-        raise ManifestError(f"{where / MANIFEST}: field 'stage' is {stage!r}, expected one of {STAGES}")
-    base = _require(raw, "base", dict, where)
-    if base.get("kind") == "local":
-        _inside(str(base.get("path", "")), "base", where)
-    elif base.get("kind") != "pretrained":
-        raise ManifestError(f"{where / MANIFEST}: field 'base.kind' must be 'local' or 'pretrained'")
-    _require(raw, "backbone", dict, where)
-    for name, rel in _require(raw, "adapters", dict, where).items():
-        _inside(str(rel), f"adapter {name!r}", where)
-    for name, head in _require(raw, "heads", dict, where).items():
-        _inside(str(head.get("path", "")), f"head {name!r}", where)
+        raise ManifestError(
+            f"{where / MANIFEST}: field 'stage' is {clip(repr(stage))}, expected one of {STAGES}"
+        )
+    _parse_base(raw, where)
+    problems = backbone_problems(_require(raw, "backbone", dict, where))
+    if problems:
+        raise ManifestError(f"{where / MANIFEST}: {problems[0]}")
+    adapters = _require(raw, "adapters", dict, where)
+    for name in adapters:
+        rel = _require(adapters, name, str, where, f"adapters.{clip(name)}")
+        _inside(rel, f"adapter {clip(name)!r}", where)
+    _parse_heads(raw, where)
     _inside(_require(raw, "tokenizer", str, where), "tokenizer", where)
-    for rel in _require(raw, "files", dict, where):
+    for rel, size in _require(raw, "files", dict, where).items():
         _inside(rel, "file", where)
+        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+            raise ManifestError(f"{where / MANIFEST}: field 'files.{clip(rel)}' must be a size in bytes")
+    for key, typ in (("parent", (str, type(None))), ("step", int), ("metrics", dict), ("created", str)):
+        _optional(raw, key, typ, where)
+    _optional(raw, "extra", dict, where)
+    if not all(_finite(v) for v in raw.get("metrics", {}).values()):
+        raise ManifestError(f"{where / MANIFEST}: field 'metrics' must map names to finite numbers")
     known = set(Manifest.__dataclass_fields__)
     return Manifest(**{k: v for k, v in raw.items() if k in known})
 
 
-def read_manifest(stage_dir: str | os.PathLike) -> Manifest:
-    """Read and validate ``manifest.json``, then check every listed file exists with its recorded size."""
-    where = Path(stage_dir)
-    path = where / MANIFEST
-    if not where.is_dir():
-        raise ManifestError(f"{where}: not a directory (expected a stage directory with {MANIFEST})")
-    if not path.is_file():
-        raise ManifestError(f"{path}: missing; {where} is not a complete stage directory")
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ManifestError(f"{path}: not valid JSON ({e})") from e
-    if not isinstance(raw, dict):
-        raise ManifestError(f"{path}: expected a JSON object")
-    manifest = parse_manifest(raw, where)
+def _check_contents(manifest: Manifest, where: Path) -> None:
+    """Every listed file has its recorded size, every file the manifest names exists, safetensors headers fit."""
     for rel, size in manifest.files.items():
         f = where / rel
         if not f.is_file():
             raise ManifestError(f"{where}: file {rel!r} listed in {MANIFEST} is missing")
         if f.stat().st_size != size:
             raise ManifestError(f"{where}: file {rel!r} has {f.stat().st_size} bytes, manifest says {size}")
+    named = {f"adapters.{k}": v for k, v in manifest.adapters.items()}
+    named.update({f"heads.{k}.path": h["path"] for k, h in manifest.heads.items()})
+    for field_name, rel in named.items():
+        if not (where / rel).is_file():
+            raise ManifestError(f"{where}: file {rel!r} (field '{field_name}' of {MANIFEST}) is missing")
+    folders = {"tokenizer": manifest.tokenizer}
+    if manifest.base["kind"] == "local":
+        folders["base.path"] = manifest.base["path"]
+    for field_name, rel in folders.items():
+        if not (where / rel).is_dir():
+            raise ManifestError(f"{where}: folder {rel!r} (field '{field_name}' of {MANIFEST}) is missing")
+    for rel in manifest.files:
+        if rel.endswith(".safetensors") and (problems := safetensors_problems(where / rel)):
+            raise ManifestError(problems[0])
+
+
+def read_manifest(stage_dir: str | os.PathLike) -> Manifest:
+    """Read and validate ``manifest.json``, then check the directory's contents against it.
+
+    Before anything else, every entry of the directory must be a regular file or a folder: links are refused
+    (never followed), so nothing outside the directory is read, copied or chmod-ed through one.
+    """
+    where = Path(stage_dir)
+    path = where / MANIFEST
+    if not where.is_dir():
+        raise ManifestError(f"{where}: not a directory (expected a stage directory with {MANIFEST})")
+    links = tree_problems(where)
+    if links:
+        raise ManifestError(links[0])
+    if not path.is_file():
+        raise ManifestError(f"{path}: missing; {where} is not a complete stage directory")
+    try:
+        raw = strict_json(read_bounded(path, MAX_MANIFEST_BYTES))
+    except UnreadableFile as e:
+        raise ManifestError(str(e)) from e
+    except StrictJSONError as e:
+        raise ManifestError(f"{path}: {e}") from e
+    if not isinstance(raw, dict):
+        raise ManifestError(f"{path}: expected a JSON object")
+    manifest = parse_manifest(raw, where)
+    _check_contents(manifest, where)
     return manifest
 
 
@@ -136,6 +225,6 @@ def list_files(root: Path) -> dict[str, int]:
     """Relative POSIX path -> size of every regular file under root (the manifest excluded)."""
     out = {}
     for p in sorted(root.rglob("*")):
-        if p.is_file() and p.name != MANIFEST:
+        if p.is_file() and not p.is_symlink() and p.name != MANIFEST:
             out[p.relative_to(root).as_posix()] = p.stat().st_size
     return out

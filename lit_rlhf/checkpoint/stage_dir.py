@@ -20,6 +20,7 @@ from safetensors.torch import load_file, save_file
 from lit_rlhf.backbone.build import Backbone
 from lit_rlhf.backbone.config import BackboneConfig
 from lit_rlhf.checkpoint.manifest import MANIFEST, Manifest, ManifestError, list_files, read_manifest
+from lit_rlhf.checkpoint.safety import refuse_links
 
 
 @contextlib.contextmanager
@@ -70,11 +71,14 @@ def _make_readable(root: Path) -> None:
     umask = os.umask(0)
     os.umask(umask)
     for p in [root, *root.rglob("*")]:
+        if p.is_symlink():  # chmod follows links: it would change the permissions of what they point at
+            continue
         p.chmod((0o777 if p.is_dir() else 0o666) & ~umask)
 
 
 def _copy_tree(src: Path, dst: Path) -> None:
     """Copy a directory, hard-linking files where the filesystem allows (base weights can be large)."""
+    refuse_links(src)
     dst.mkdir(parents=True)
     for f in src.rglob("*"):
         target = dst / f.relative_to(src)

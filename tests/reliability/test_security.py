@@ -155,3 +155,226 @@ def test_comparison_data_module_applies_the_cap_and_counts_contradictions(tmp_pa
     assert contradicting_pairs(_rows([3, 3])) == 0
     with pytest.raises(ValueError, match="max_responses must be >= 2"):
         ComparisonDataModule(str(path), max_responses=1)
+
+
+# ---- stage directories: helpers ------------------------------------------------------------------------------
+LORA = {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": None}
+
+
+def _lora_stage(tiny_dir: Path, out: Path, heads: bool = False) -> Path:
+    """A LoRA stage on the tiny GPT-2 (pretrained base: a path outside the directory), with a reward head."""
+    from lit_rlhf.backbone.build import Backbone
+    from lit_rlhf.backbone.config import BackboneConfig, LoraSettings
+    from lit_rlhf.checkpoint.stage_dir import save_stage_dir
+
+    bb = Backbone.build(BackboneConfig(name_or_path=str(tiny_dir / "gpt2"), lora=LoraSettings(**LORA)))
+    bb.add_adapter("policy")
+    if heads:
+        bb.add_head("reward")
+    save_stage_dir(out, bb, stage="sft", heads={"reward": {"adapter": "policy"}} if heads else None)
+    return out
+
+
+def _full_stage(tiny_dir: Path, out: Path) -> Path:
+    """A full-weights stage: its base lives in its own base/ folder."""
+    from lit_rlhf.backbone.build import Backbone
+    from lit_rlhf.backbone.config import BackboneConfig
+    from lit_rlhf.checkpoint.stage_dir import save_stage_dir
+
+    save_stage_dir(out, Backbone.build(BackboneConfig(name_or_path=str(tiny_dir / "gpt2"))), stage="sft")
+    return out
+
+
+def _manifest(stage: Path) -> dict:
+    return json.loads((stage / "manifest.json").read_text())
+
+
+def _write_manifest(stage: Path, m: dict) -> None:
+    (stage / "manifest.json").write_text(json.dumps(m))
+
+
+def _relist(stage: Path) -> None:
+    """Record the current files and sizes in the manifest, as a careful tamperer would."""
+    from lit_rlhf.checkpoint.manifest import list_files
+
+    m = _manifest(stage)
+    m["files"] = {k: v for k, v in list_files(stage).items() if not k.endswith(".py")}
+    _write_manifest(stage, m)
+
+
+# ---- 2. links in a stage directory ---------------------------------------------------------------------------
+def test_a_link_in_a_parent_base_is_refused_before_training_and_never_chmod_ed(tiny_dir, tmp_path):
+    from lit_rlhf.checkpoint.manifest import ManifestError
+    from lit_rlhf.checkpoint.stage_dir import load_stage_dir, save_stage_dir
+
+    key = tmp_path / "id_rsa"
+    key.write_text("PRIVATE")
+    key.chmod(0o600)
+    parent = _full_stage(tiny_dir, tmp_path / "parent")
+    os.symlink(key, parent / "base" / "id_rsa")
+    with pytest.raises(
+        ManifestError, match=r"parent/base/id_rsa: a symbolic link; a stage directory holds only"
+    ):
+        # what the reward stage does with a full-weights SFT parent: load with LoRA on, then save (copies base/)
+        net, _ = load_stage_dir(parent, backbone_overrides={"lora": LORA})
+        net.add_adapter("reward")
+        save_stage_dir(tmp_path / "child", net, stage="reward")
+    assert key.stat().st_mode & 0o777 == 0o600
+    assert not (tmp_path / "child").exists()
+
+
+def test_copying_a_base_folder_refuses_links_and_fifos(tiny_dir, tmp_path):
+    from lit_rlhf.backbone.build import Backbone
+    from lit_rlhf.backbone.config import BackboneConfig, LoraSettings
+    from lit_rlhf.checkpoint.manifest import ManifestError
+    from lit_rlhf.checkpoint.stage_dir import save_stage_dir
+
+    base = tmp_path / "weights"
+    base.mkdir()
+    for f in ("config.json", "model.safetensors"):
+        (base / f).write_bytes((tiny_dir / "gpt2" / f).read_bytes())
+    cfg = BackboneConfig(name_or_path=str(tiny_dir / "gpt2"), lora=LoraSettings(**LORA))
+    bb = Backbone.build(cfg, weights_dir=base, tokenizer_dir=tiny_dir / "tokenizer")
+    bb.add_adapter("policy")
+    os.mkfifo(base / "pipe")
+    with pytest.raises(ManifestError, match=r"weights/pipe: not a regular file"):
+        save_stage_dir(tmp_path / "s", bb, stage="sft")
+    (base / "pipe").unlink()
+    os.symlink(tmp_path / "elsewhere", base / "link")
+    with pytest.raises(ManifestError, match=r"weights/link: a symbolic link"):
+        save_stage_dir(tmp_path / "s", bb, stage="sft")
+    assert not (tmp_path / "s").exists()
+
+
+# ---- 7. tampered stage directories ---------------------------------------------------------------------------
+def _rewrite_header(path: Path, edit) -> None:
+    import struct
+
+    data = path.read_bytes()
+    (n,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8 : 8 + n])
+    edit(header)
+    raw = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + data[8 + n :])
+
+
+def _truncate_and_relist(s: Path) -> None:
+    f = s / "adapters" / "policy.safetensors"
+    f.write_bytes(f.read_bytes()[:-10])
+    _relist(s)
+
+
+def _wrong_shape(s: Path) -> None:
+    def edit(header):
+        name = sorted(k for k in header if k != "__metadata__")[0]
+        header[name]["shape"] = [x + 1 for x in header[name]["shape"]]
+
+    _rewrite_header(s / "adapters" / "policy.safetensors", edit)
+    _relist(s)
+
+
+def _edit(**changes):
+    def tamper(s: Path) -> None:
+        m = _manifest(s)
+        for dotted, value in changes.items():
+            *parents, last = dotted.split("__")
+            target = m
+            for key in parents:
+                target = target[key]
+            target[last] = value
+        _write_manifest(s, m)
+
+    return tamper
+
+
+def _no_tokenizer(s: Path) -> None:
+    import shutil
+
+    shutil.rmtree(s / "tokenizer")
+    _relist(s)
+
+
+def _raw(text_of):
+    def tamper(s: Path) -> None:
+        (s / "manifest.json").write_text(text_of(json.dumps(_manifest(s))))
+
+    return tamper
+
+
+TAMPERED = {
+    "truncated, size updated": (_truncate_and_relist, r"adapters/policy.safetensors: .*(past the|cover)"),
+    "shape does not fit the bytes": (
+        _wrong_shape,
+        r"adapters/policy.safetensors: tensor '.*': field 'shape'",
+    ),
+    "dtype float64": (
+        _edit(backbone__dtype="float64"),
+        r"manifest.json: field 'backbone.dtype': 'float64' is not one of float32, bfloat16, float16",
+    ),
+    "unknown quantization": (
+        _edit(backbone__quantization="2bit"),
+        r"manifest.json: field 'backbone.quantization': '2bit' is not one of none, 8bit, 4bit",
+    ),
+    "head is a string": (
+        _edit(heads__reward="heads/reward.safetensors"),
+        r"field 'heads.reward' has type string",
+    ),
+    "head is a list": (
+        _edit(heads__reward=["heads/reward.safetensors"]),
+        r"field 'heads.reward' has type array",
+    ),
+    "adapter is a number": (_edit(adapters__policy=3), r"field 'adapters.policy' has type integer"),
+    "format_version true": (
+        _edit(format_version=True),
+        r"manifest.json: field 'format_version' has type boolean",
+    ),
+    "missing tokenizer folder": (
+        _no_tokenizer,
+        r"folder 'tokenizer' \(field 'tokenizer' of manifest.json\) is missing",
+    ),
+    "NaN": (
+        _raw(lambda t: t.replace('"step": 0', '"step": NaN')),
+        r"manifest.json: field 'step': NaN is not valid",
+    ),
+    "duplicate key": (
+        _raw(lambda t: t.replace('"step": 0', '"step": 0, "step": 5')),
+        r"manifest.json: field 'step': key appears more than once",
+    ),
+    "deeply nested": (
+        _raw(lambda t: t.replace('"extra": {}', '"extra": ' + "[" * 100_000 + "]" * 100_000)),
+        r"manifest.json: nested too deeply",
+    ),
+    "nested past 64": (
+        _raw(lambda t: t.replace('"extra": {}', '"extra": ' + "[" * 100 + "]" * 100)),
+        r"manifest.json: nested deeper than 64 levels",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(TAMPERED))
+def test_a_tampered_stage_directory_is_refused_naming_the_file_and_field(tiny_dir, tmp_path, case):
+    from lit_rlhf.checkpoint.manifest import ManifestError
+    from lit_rlhf.checkpoint.stage_dir import load_stage_dir
+
+    tamper, message = TAMPERED[case]
+    stage = _lora_stage(tiny_dir, tmp_path / "s", heads=True)
+    tamper(stage)
+    with pytest.raises(ManifestError, match=message):
+        load_stage_dir(stage)
+
+
+def test_a_head_of_the_wrong_width_is_named(tiny_dir, tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    from lit_rlhf.checkpoint.manifest import ManifestError
+    from lit_rlhf.checkpoint.stage_dir import load_stage_dir
+
+    stage = _lora_stage(tiny_dir, tmp_path / "s", heads=True)
+    save_file(
+        {"proj.weight": torch.zeros(1, 32), "proj.bias": torch.zeros(1)},
+        str(stage / "heads" / "reward.safetensors"),
+    )
+    _relist(stage)
+    with pytest.raises(ManifestError, match=r"heads/reward.safetensors: head 'reward' does not fit the base"):
+        load_stage_dir(stage)
