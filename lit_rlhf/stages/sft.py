@@ -95,13 +95,20 @@ class SFTModule(StrategyCheck, L.LightningModule):
             from lit_rlhf.backbone.build import load_tokenizer
 
             if self.init_from is not None:
-                self._tokenizer = load_tokenizer(str(Path(self.init_from) / "tokenizer"))
+                self._tokenizer = load_tokenizer(
+                    str(Path(self.init_from) / "tokenizer"), None, self._trust_code
+                )
             else:
                 cfg = self.backbone_cfg
                 self._tokenizer = load_tokenizer(
                     cfg.tokenizer or cfg.name_or_path, cfg.revision, cfg.trust_remote_code
                 )
         return self._tokenizer
+
+    @property
+    def _trust_code(self) -> bool:
+        """The user's own backbone.trust_remote_code, also for init_from: never the stage directory's manifest."""
+        return bool(self.backbone_cfg is not None and self.backbone_cfg.trust_remote_code)
 
     def _target_device(self):
         # inside configure_model self.device can still be cpu; the strategy knows where the model will live
@@ -115,7 +122,12 @@ class SFTModule(StrategyCheck, L.LightningModule):
         if self.init_from is not None:
             from lit_rlhf.checkpoint.stage_dir import load_stage_dir
 
-            net, _ = load_stage_dir(self.init_from, device=self._target_device(), trainable=(POLICY,))
+            net, _ = load_stage_dir(
+                self.init_from,
+                device=self._target_device(),
+                trainable=(POLICY,),
+                trust_remote_code=self._trust_code,
+            )
             if net.cfg.lora is not None and POLICY not in net.adapters:
                 net.add_adapter(POLICY)
         else:

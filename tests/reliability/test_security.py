@@ -378,3 +378,126 @@ def test_a_head_of_the_wrong_width_is_named(tiny_dir, tmp_path):
     _relist(stage)
     with pytest.raises(ManifestError, match=r"heads/reward.safetensors: head 'reward' does not fit the base"):
         load_stage_dir(stage)
+
+
+# ---- 1. code in a stage directory never runs unless the user says so ------------------------------------------
+def _hostile_stage(tiny_dir: Path, out: Path, marker: Path) -> Path:
+    """A full-weights stage whose tokenizer folder ships code (auto_map) and whose manifest asks to trust it."""
+    stage = _full_stage(tiny_dir, out)
+    code = (
+        f"from pathlib import Path\nPath({str(marker)!r}).write_text('ran')\n"
+        "from transformers import PreTrainedTokenizerFast\n\n\nclass EvilTokenizer(PreTrainedTokenizerFast):\n    pass\n"
+    )
+    (stage / "tokenizer" / "tokenization_evil.py").write_text(code)
+    config = stage / "tokenizer" / "tokenizer_config.json"
+    cfg = json.loads(config.read_text())
+    cfg.update(
+        tokenizer_class="EvilTokenizer", auto_map={"AutoTokenizer": [None, "tokenization_evil.EvilTokenizer"]}
+    )
+    config.write_text(json.dumps(cfg))
+    m = _manifest(stage)
+    m["backbone"]["trust_remote_code"] = True
+    _write_manifest(stage, m)
+    _relist(stage)
+    return stage
+
+
+def test_a_manifest_asking_for_remote_code_runs_none_anywhere(tiny_dir, tmp_path, monkeypatch):
+    from dashboard.modeling import load_model
+    from lit_rlhf.checkpoint.manifest import ManifestError, read_manifest
+    from lit_rlhf.checkpoint.stage_dir import export_stage_dir, load_stage_dir
+    from lit_rlhf.cli import main
+    from lit_rlhf.evaluate import check_same_tokenizer
+    from lit_rlhf.stages.reward import RewardScorer
+    from lit_rlhf.stages.sft import SFTModule
+
+    marker = tmp_path / "PWNED"
+    stage = _hostile_stage(tiny_dir, tmp_path / "stage", marker)
+    refused = r"tokenizer_config.json: field 'auto_map' names code shipped in the stage directory \(tokenizer/tokenization_evil.py\)"
+    loaders = {
+        "load_stage_dir": lambda: load_stage_dir(stage),
+        "export_stage_dir": lambda: export_stage_dir(stage, tmp_path / "hf"),
+        "dashboard": lambda: load_model(stage, device="cpu"),
+        "evaluate": lambda: check_same_tokenizer(
+            {str(stage): read_manifest(stage)}, str(stage), read_manifest(stage)
+        ),
+        "reward scorer": lambda: RewardScorer(stage),
+        "sft init_from": lambda: SFTModule(init_from=str(stage)).configure_model(),
+    }
+    for name, load in loaders.items():
+        with pytest.raises(ManifestError, match=refused):
+            load()
+        assert not marker.exists(), name
+    assert main(["export", "--ckpt", str(stage), "--out", str(tmp_path / "hf")]) == 2
+    assert not marker.exists() and not (tmp_path / "hf").exists()
+
+
+def test_the_callers_trust_flag_is_what_decides(tiny_dir, tmp_path, caplog):
+    from lit_rlhf.checkpoint.stage_dir import export_stage_dir, load_stage_dir
+
+    marker = tmp_path / "ran"
+    stage = _hostile_stage(tiny_dir, tmp_path / "stage", marker)
+    backbone, _ = load_stage_dir(stage, trust_remote_code=True)  # the user's own, explicit choice
+    assert marker.exists() and type(backbone.tokenizer).__name__ == "EvilTokenizer"
+    m = _manifest(stage)
+    m["backbone"]["trust_remote_code"] = (
+        False  # and a manifest saying no does not stop a trusting user either
+    )
+    _write_manifest(stage, m)
+    with caplog.at_level(logging.WARNING):
+        out = export_stage_dir(stage, tmp_path / "hf", trust_remote_code=True)
+    assert not list(out.rglob("*.py")), "an export never hands shipped code on"
+    assert "auto_map" not in json.loads((out / "tokenizer_config.json").read_text())
+    assert "left out shipped code (tokenization_evil.py, tokenizer_config.json: auto_map)" in caplog.text
+
+
+def test_a_base_outside_the_stage_directory_is_logged_and_can_be_refused(
+    tiny_dir, tmp_path, caplog, monkeypatch
+):
+    from lit_rlhf.checkpoint.manifest import ManifestError
+    from lit_rlhf.checkpoint.stage_dir import load_stage_dir
+    from lit_rlhf.cli import main
+
+    stage = _lora_stage(tiny_dir, tmp_path / "s")
+    with caplog.at_level(logging.WARNING):
+        load_stage_dir(stage)
+    assert f"the base is the folder {str(tiny_dir / 'gpt2')!r}, outside the stage directory" in caplog.text
+    refused = r"manifest.json: field 'base': the base is the folder .* refused because only bases inside"
+    with pytest.raises(ManifestError, match=refused):
+        load_stage_dir(stage, allow_external_base=False)
+    monkeypatch.setenv("LIT_RLHF_LOCAL_BASES_ONLY", "1")
+    with pytest.raises(ManifestError, match=refused):
+        load_stage_dir(stage)
+    load_stage_dir(_full_stage(tiny_dir, tmp_path / "full"))  # a base inside the directory is fine
+    monkeypatch.delenv("LIT_RLHF_LOCAL_BASES_ONLY")
+    assert main(["export", "--ckpt", str(stage), "--out", str(tmp_path / "hf"), "--local-bases-only"]) == 2
+    m = _manifest(stage)
+    m["base"] = {"kind": "pretrained", "name_or_path": "someone/model", "revision": "abc"}
+    _write_manifest(stage, m)
+    with pytest.raises(
+        ManifestError, match=r"the base is the Hugging Face model 'someone/model' at revision abc"
+    ):
+        load_stage_dir(stage, allow_external_base=False)
+
+
+# ---- 4. export never deletes a folder it did not write --------------------------------------------------------
+def test_export_refuses_to_replace_a_folder_that_is_not_an_earlier_export(tiny_dir, tmp_path, capsys):
+    from lit_rlhf.checkpoint.stage_dir import export_stage_dir
+    from lit_rlhf.cli import main
+
+    stage = _full_stage(tiny_dir, tmp_path / "s")
+    thesis = tmp_path / "thesis"
+    thesis.mkdir()
+    (thesis / "chapter1.tex").write_text("\\chapter{One}")
+    assert main(["export", "--ckpt", str(stage), "--out", str(thesis)]) == 2
+    assert "a non-empty folder that is not an earlier export" in capsys.readouterr().err
+    assert (thesis / "chapter1.tex").read_text() == "\\chapter{One}"
+    with pytest.raises(FileExistsError, match="is not a folder"):
+        export_stage_dir(stage, thesis / "chapter1.tex")
+    out = tmp_path / "hf"
+    out.mkdir()  # an empty folder is fine
+    export_stage_dir(stage, out)
+    export_stage_dir(stage, out)  # so is an earlier export (it carries the marker)
+    assert (out / ".lit-rlhf-export").is_file() and (out / "config.json").is_file()
+    assert main(["export", "--ckpt", str(stage), "--out", str(thesis), "--overwrite"]) == 0
+    assert not (thesis / "chapter1.tex").exists() and (thesis / "config.json").is_file()
