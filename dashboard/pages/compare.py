@@ -15,15 +15,16 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from dashboard import loaders, ui
+from dashboard import loaders, safety, ui
 from dashboard.labeling import save_ranking
+from dashboard.safety import UnsafePath
 from lit_rlhf.data.rows import DataError
 
 RESULT_KEY = "compare_result"
 RANK_KEY = "compare_rank_"  # + completion index
 TOKENS_PER_ROW = 6
 COLUMNS = 3  # completions side by side
-DEFAULT_COMPARISONS = "data/dashboard_comparisons.jsonl"
+DEFAULT_COMPARISONS = "comparisons/dashboard.jsonl"  # relative to the labels folder
 
 
 @dataclass(frozen=True)
@@ -53,14 +54,14 @@ class Result:
 def _model(path: str, manifest_mtime_ns: int, label: str):
     from dashboard.modeling import load_model
 
-    return load_model(path, label)
+    return load_model(path, label, trust_remote_code=safety.trust_remote_code())
 
 
 @st.cache_resource(max_entries=2, show_spinner=False)
 def _scorer(path: str, manifest_mtime_ns: int):
     from lit_rlhf.stages.reward import RewardScorer
 
-    return RewardScorer(path)
+    return RewardScorer(path, trust_remote_code=safety.trust_remote_code())
 
 
 def _scorer_missing() -> str | None:
@@ -93,6 +94,9 @@ def _sampling_inputs() -> tuple[dict[str, Any], int]:
 def _request(found: list[loaders.StageDirInfo]) -> Request | None:
     """The settings widgets; a Request when Generate is pressed, else None."""
     chosen = st.multiselect("Stage directories to compare", found, default=found[:2], format_func=_describe)
+    for d in chosen:  # plain text: the name comes from a manifest someone else may have written
+        if d.external_base:
+            st.text(f"Note: {d.label}: {d.external_base}.")
     prompt = st.text_area("Prompt", placeholder="e.g. sort d c b =")
     sampling, seed = _sampling_inputs()
     reference = st.selectbox("KL reference", chosen, format_func=_describe) if chosen else None
@@ -200,12 +204,19 @@ def _rank_and_save(result: Result) -> None:
         int(col.number_input(f"Rank of #{i + 1} (0 = best)", 0, k - 1, i, key=f"{RANK_KEY}{i}"))
         for i, col in enumerate(st.columns(k))
     ]
-    path = st.text_input("Comparisons file (JSONL, appended to)", DEFAULT_COMPARISONS, key="compare_file")
+    root = ui.labels_root()
+    path = st.text_input(
+        f"Comparisons file (JSONL in {root}, appended to)", DEFAULT_COMPARISONS, key="compare_file"
+    )
     if st.button("Save ranking", key="compare_save"):
         try:
-            saved = save_ranking(path, result.prompt, [c.text for c in result.completions], ranking)
+            texts = [c.text for c in result.completions]
+            saved = save_ranking(path, result.prompt, texts, ranking, root=root)
         except DataError as err:
             st.error("Not saved: the row is not a valid comparison.")
+            st.code(str(err), language=None)
+        except (UnsafePath, OSError) as err:  # outside the labels folder, a folder or FIFO in the way
+            st.error("Not saved: the dashboard does not write there.")
             st.code(str(err), language=None)
         else:
             st.success("Saved.")
