@@ -25,6 +25,7 @@ from typing import Any
 import pandas as pd
 
 from dashboard.safety import inside
+from lit_rlhf.checkpoint.manifest import resolve_link
 from lit_rlhf.checkpoint.safety import external_base
 from lit_rlhf.data.rows import DataError, parse_json_line
 from lit_rlhf.safe_io import (
@@ -228,10 +229,10 @@ def _run_from_dir(stage: str, run_dir: Path, root: str | os.PathLike | None = No
     else:
         status, problem = _read_json_object(run_dir / STATUS, root)
     parent = _text(status.get("parent"))
-    if (
-        parent is None and problem is None
-    ):  # a status predating the field: the stage directory's manifest knows
-        parent = _text(_read_json_object(run_dir / STAGE_DIR / MANIFEST, root)[0].get("parent"))
+    # a status predating the field: the stage directory's manifest knows
+    if parent is None and problem is None:
+        manifest, _ = _read_json_object(run_dir / STAGE_DIR / MANIFEST, root)
+        parent = _manifest_parent(run_dir / STAGE_DIR, manifest)
     state = status.get("status")
     return Run(
         stage=stage,
@@ -245,6 +246,11 @@ def _run_from_dir(stage: str, run_dir: Path, root: str | os.PathLike | None = No
         error=_text(status.get("error")),
         problem=problem,
     )
+
+
+def _manifest_parent(stage_dir: Path, manifest: Mapping[str, Any]) -> str | None:
+    """A raw manifest's parent as a usable path (new manifests record it relative to the stage directory)."""
+    return _text(resolve_link(stage_dir, manifest.get("parent"), manifest.get("relative_links") is True))
 
 
 def discover_runs(root: str | os.PathLike) -> list[Run]:
@@ -650,7 +656,7 @@ def find_stage_dirs(root: str | os.PathLike) -> tuple[list[StageDirInfo], list[s
                 label=f"{stage_dir.parent.parent.name}/{stage_dir.parent.name}",
                 stage=manifest["stage"],
                 step=_int(manifest.get("step")),
-                parent=_text(manifest.get("parent")),
+                parent=_manifest_parent(stage_dir, manifest),
                 manifest_mtime_ns=manifest_path.stat().st_mtime_ns,
                 external_base=external_base(manifest.get("base")),
             )

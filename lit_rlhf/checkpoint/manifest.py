@@ -47,10 +47,13 @@ class Manifest:
         adapters: role name -> relative path of its safetensors file.
         heads: head name -> ``{"path": ..., "adapter": <adapter it reads through or null>, "bias": float}``.
         tokenizer: relative path of the tokenizer directory.
-        parent: the stage directory this one started from (informative; nothing is loaded from it).
+        parent: the stage directory this one started from (informative; `evaluate` takes it as the SFT baseline).
         step: optimizer steps taken in this stage.
         metrics: key figures (e.g. ``exact_match``, ``val_accuracy``, ``win_rate_vs_sft``).
         files: relative path -> size in bytes of every file written, checked on load.
+        relative_links: True when `parent` and ``extra["reward_from"]`` were written relative to this stage
+            directory (`link_for`); `read_manifest` resolves them, so a read manifest holds usable paths. Older
+            manifests (False) hold them as their writer gave them: absolute, or relative to its working folder.
     """
 
     stage: str
@@ -66,9 +69,43 @@ class Manifest:
     format_version: int = FORMAT_VERSION
     created: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     extra: dict[str, Any] = field(default_factory=dict)
+    relative_links: bool = False
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True, allow_nan=False)
+
+
+LINKS_IN_EXTRA = ("reward_from",)  # `extra` entries that name another stage directory
+
+
+def link_for(stage_dir: str | os.PathLike, target: str | os.PathLike | None) -> str | None:
+    """How the manifest of `stage_dir` records another stage directory `target`.
+
+    Relative to `stage_dir` (``../../../sft/a/stage``) when `target` lies in the same runs root (the folder
+    holding ``<stage>/<name>/stage``), so a manifest does not carry the writer's user name and folder layout and
+    still points right when the runs root moves; absolute otherwise.
+    """
+    if target is None:
+        return None
+    out, to = os.path.abspath(stage_dir), os.path.abspath(target)
+    runs_root = os.path.dirname(os.path.dirname(os.path.dirname(out)))
+    if os.path.commonpath([runs_root, to]) != runs_root:
+        return to
+    return PurePosixPath(*Path(os.path.relpath(to, out)).parts).as_posix()
+
+
+def resolve_link(stage_dir: str | os.PathLike, value: Any, relative: bool) -> Any:
+    """A recorded link as a usable path: joined to `stage_dir` when written relative to it (`relative_links`)."""
+    if not relative or not isinstance(value, str) or not value or os.path.isabs(value):
+        return value
+    return os.path.normpath(os.path.join(stage_dir, value))
+
+
+def _resolve_links(manifest: Manifest, where: Path) -> None:
+    manifest.parent = resolve_link(where, manifest.parent, manifest.relative_links)
+    for key in LINKS_IN_EXTRA:
+        if key in manifest.extra:
+            manifest.extra[key] = resolve_link(where, manifest.extra[key], manifest.relative_links)
 
 
 def _inside(rel: str, what: str, where: Path) -> str:
@@ -160,7 +197,8 @@ def parse_manifest(raw: dict[str, Any], where: Path) -> Manifest:
         _inside(rel, "file", where)
         if isinstance(size, bool) or not isinstance(size, int) or size < 0:
             raise ManifestError(f"{where / MANIFEST}: field 'files.{clip(rel)}' must be a size in bytes")
-    for key, typ in (("parent", (str, type(None))), ("step", int), ("metrics", dict), ("created", str)):
+    checks = (("parent", (str, type(None))), ("step", int), ("metrics", dict), ("created", str))
+    for key, typ in (*checks, ("relative_links", bool)):
         _optional(raw, key, typ, where)
     _optional(raw, "extra", dict, where)
     if not all(_finite(v) for v in raw.get("metrics", {}).values()):
@@ -218,6 +256,7 @@ def read_manifest(stage_dir: str | os.PathLike) -> Manifest:
         raise ManifestError(f"{path}: expected a JSON object")
     manifest = parse_manifest(raw, where)
     _check_contents(manifest, where)
+    _resolve_links(manifest, where)
     return manifest
 
 

@@ -6,6 +6,7 @@ from. Lives here:
   passes trust_remote_code; a base outside the directory (a hub name or another folder) is logged, and refused
   when local bases only are asked for (`allow_external_base=False` or LIT_RLHF_LOCAL_BASES_ONLY=1).
 - `refuse_links`: no link is followed when a folder is copied into a stage directory.
+- `record_links`: other stage directories a manifest names, recorded relative to it where possible.
 - `check_export_target` / `finish_export`: an export replaces only an earlier export (unless told to overwrite)
   and never carries code.
 Must not live here: reading the manifest (`manifest.py`) or building models (`stage_dir.py`).
@@ -19,7 +20,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from lit_rlhf.checkpoint.manifest import MANIFEST, Manifest, ManifestError
+from lit_rlhf.checkpoint.manifest import LINKS_IN_EXTRA, MANIFEST, Manifest, ManifestError, link_for
 from lit_rlhf.checkpoint.validate import tree_problems
 from lit_rlhf.safe_io import StrictJSONError, UnreadableFile, clip, read_bounded, strict_json
 
@@ -29,6 +30,17 @@ LOCAL_BASES_ONLY_ENV = "LIT_RLHF_LOCAL_BASES_ONLY"
 EXPORT_MARKER = ".lit-rlhf-export"  # written into every export; `--out` may replace a folder holding it
 # The files transformers reads an `auto_map` from (it names classes in .py files shipped next to them).
 _CODE_MAPS = ("tokenizer_config.json", "config.json", "processor_config.json", "preprocessor_config.json")
+
+
+def record_links(
+    stage_dir: str | os.PathLike, parent: str | None, extra: dict[str, Any] | None
+) -> tuple[str | None, dict[str, Any]]:
+    """`parent` and the links in `extra` as the manifest of `stage_dir` records them (`manifest.link_for`).
+
+    A manifest handed to someone else then says ``../../../sft/a/stage``, not ``/home/alice/work/runs/...``.
+    """
+    extra = {k: link_for(stage_dir, v) if k in LINKS_IN_EXTRA else v for k, v in (extra or {}).items()}
+    return link_for(stage_dir, parent), extra
 
 
 def refuse_links(folder: str | os.PathLike) -> None:

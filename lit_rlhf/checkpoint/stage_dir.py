@@ -20,7 +20,13 @@ from safetensors.torch import load_file, save_file
 from lit_rlhf.backbone.build import Backbone
 from lit_rlhf.backbone.config import BackboneConfig
 from lit_rlhf.checkpoint.manifest import MANIFEST, Manifest, ManifestError, list_files, read_manifest
-from lit_rlhf.checkpoint.safety import check_export_target, check_load, finish_export, refuse_links
+from lit_rlhf.checkpoint.safety import (
+    check_export_target,
+    check_load,
+    finish_export,
+    record_links,
+    refuse_links,
+)
 
 
 @contextlib.contextmanager
@@ -177,6 +183,7 @@ def save_stage_dir(
             }
         if config_text is not None:
             (tmp / "config.yaml").write_text(config_text, encoding="utf-8")
+        parent, extra = record_links(out, parent, extra)  # relative to `out` where possible: no user names
         manifest = Manifest(
             stage=stage,
             base=base,
@@ -188,6 +195,7 @@ def save_stage_dir(
             metrics={k: float(v) for k, v in (metrics or {}).items()},
             files=list_files(tmp),
             extra=extra or {},
+            relative_links=True,
         )
         (tmp / MANIFEST).write_text(manifest.to_json(), encoding="utf-8")
     return manifest

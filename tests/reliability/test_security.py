@@ -501,3 +501,82 @@ def test_export_refuses_to_replace_a_folder_that_is_not_an_earlier_export(tiny_d
     assert (out / ".lit-rlhf-export").is_file() and (out / "config.json").is_file()
     assert main(["export", "--ckpt", str(stage), "--out", str(thesis), "--overwrite"]) == 0
     assert not (thesis / "chapter1.tex").exists() and (thesis / "config.json").is_file()
+
+
+# ---- 11. torch floor, .ckpt files, and what a manifest tells about its writer -----------------------------------
+def test_the_torch_floor_loads_checkpoints_weights_only_by_default():
+    from packaging.requirements import Requirement
+
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+
+    root = Path(__file__).resolve().parents[2]
+    deps = tomllib.loads((root / "pyproject.toml").read_text())["project"]["dependencies"]
+    (torch_req,) = [Requirement(d) for d in deps if Requirement(d).name == "torch"]
+    assert "2.6.0" in torch_req.specifier and "2.5.1" not in torch_req.specifier
+    assert (root / "constraints.txt").read_text().strip() == "torch==2.13.0"  # the install pin is untouched
+
+
+def test_resuming_from_a_planted_last_ckpt_does_not_unpickle_code(tmp_path):
+    """What `--ckpt_path` (and `pipeline`'s automatic resume) calls: Lightning's loader, under torch's default."""
+    import pickle
+
+    import torch
+    from lightning.fabric.utilities.cloud_io import _load
+
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (exec, (f"open({str(marker)!r}, 'w').write('ran')",))
+
+    ckpt = tmp_path / "last.ckpt"
+    torch.save({"state_dict": {}, "payload": Payload()}, ckpt)
+    with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
+        _load(ckpt)
+    assert not marker.exists()
+
+
+def test_manifests_record_other_stages_relative_to_themselves(tiny_dir, tmp_path):
+    import shutil
+
+    from dashboard import loaders
+    from lit_rlhf.backbone.build import Backbone
+    from lit_rlhf.backbone.config import BackboneConfig
+    from lit_rlhf.checkpoint.manifest import read_manifest
+    from lit_rlhf.checkpoint.stage_dir import save_stage_dir
+    from lit_rlhf.evaluate import resolve_rm, resolve_sft
+
+    runs = tmp_path / "home" / "alice" / "runs"
+    sft, rm, ppo = runs / "sft/a/stage", runs / "reward/r/stage", runs / "ppo/p/stage"
+    bb = Backbone.build(BackboneConfig(name_or_path=str(tiny_dir / "gpt2")))
+    save_stage_dir(sft, bb, stage="sft", parent=str(tiny_dir / "elsewhere"))  # outside the runs root
+    save_stage_dir(rm, bb, stage="reward", parent=str(sft))
+    save_stage_dir(ppo, bb, stage="ppo", parent=str(sft), extra={"reward_from": str(rm), "ptx_coef": 0.5})
+    raw = _manifest(ppo)
+    assert (raw["parent"], raw["extra"]) == (
+        "../../../sft/a/stage",
+        {"reward_from": "../../../reward/r/stage", "ptx_coef": 0.5},
+    )
+    assert "alice" not in raw["parent"] + raw["extra"]["reward_from"]
+    assert _manifest(sft)["parent"] == str(tiny_dir / "elsewhere")  # outside the runs root: stays absolute
+
+    moved = tmp_path / "bob" / "runs"
+    shutil.move(runs, moved)  # someone else's copy of the runs root
+    m = read_manifest(moved / "ppo/p/stage")
+    assert (m.parent, m.extra["reward_from"]) == (str(moved / "sft/a/stage"), str(moved / "reward/r/stage"))
+    assert resolve_sft({"ppo": m}, None) == str(moved / "sft/a/stage")
+    assert resolve_rm({"ppo": m}, None) == str(moved / "reward/r/stage")
+    found = {d.label: d for d in loaders.find_stage_dirs(moved)[0]}
+    assert found["ppo/p"].parent == str(moved / "sft/a/stage")
+
+
+def test_manifests_written_with_absolute_paths_still_load(tiny_dir, tmp_path):
+    from lit_rlhf.checkpoint.manifest import read_manifest
+
+    stage = _full_stage(tiny_dir, tmp_path / "runs/reward/r/stage")
+    m = _manifest(stage)
+    del m["relative_links"]  # as written before links were recorded relative
+    m["parent"], m["extra"] = "/old/home/runs/sft/a/stage", {"reward_from": "runs/reward/x/stage"}
+    _write_manifest(stage, m)
+    read = read_manifest(stage)
+    assert (read.parent, read.extra["reward_from"]) == ("/old/home/runs/sft/a/stage", "runs/reward/x/stage")
