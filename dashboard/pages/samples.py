@@ -20,7 +20,7 @@ if not runs:
     st.stop()
 
 reads = {run.id: ui.read_jsonl(run.file(loaders.SAMPLES)) for run in runs}
-frame, problems = loaders.samples_frame({run_id: read for run_id, read in reads.items() if read.rows})
+frame, problems = loaders.samples_frame(reads)  # a run whose file cannot be read brings its problem
 ui.show_problems(problems)
 if frame.empty:
     st.info(

@@ -173,8 +173,8 @@ def _nested(depth: int) -> str:
 def build_hostile_runs(root: Path, outside: Path) -> Path:
     """`build_runs`, plus what a hostile or careless writer can leave in a runs root (and `outside` it):
 
-    sft/nested (status.json nested 100,000 deep), sft/fifo (status.json is a FIFO), reward/folder (a folder named
-    metrics.jsonl), ppo/linked (a link to a run directory outside the root), sft/deep/stage (a manifest nested
+    sft/nested (status.json nested 100,000 deep), sft/fifo (status.json is a FIFO), reward/folder (folders named
+    metrics.jsonl and rankings.jsonl, a FIFO samples.jsonl), ppo/linked (a link to a run directory outside the root), sft/deep/stage (a manifest nested
     100,000 deep), sft/badmetrics (NaN, a repeated key, float and boolean steps), eval/leak/report.md (the newest
     report, a link to a private key outside the root), and a sample completion that is a spreadsheet formula.
     """
@@ -190,6 +190,8 @@ def build_hostile_runs(root: Path, outside: Path) -> Path:
     os.mkfifo(root / "sft" / "fifo" / "status.json")  # a reader that open()s it waits for a writer forever
     write_json(root / "reward" / "folder" / "status.json", status("reward", "folder", "finished", 1))
     (root / "reward" / "folder" / "metrics.jsonl").mkdir()
+    (root / "reward" / "folder" / "rankings.jsonl").mkdir()
+    os.mkfifo(root / "reward" / "folder" / "samples.jsonl")
     elsewhere = outside / "run"
     write_json(elsewhere / "status.json", status("ppo", "linked", "finished", 7, parent=str(secret)))
     write_jsonl(elsewhere / "metrics.jsonl", [{"step": 1, "ppo/kl": 0.5}])

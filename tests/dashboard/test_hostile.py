@@ -64,6 +64,12 @@ def test_runs_page_names_every_bad_file(hostile):
     assert "win rate 0.61" in shown  # the newest report inside the root is the one shown
 
 
+def test_rankings_and_samples_name_their_bad_files(hostile):
+    folder = hostile / "reward" / "folder"
+    assert f"{folder / 'rankings.jsonl'}: a folder, not a regular file" in _shown(_page(PAGES[2]))
+    assert f"{folder / 'samples.jsonl'}: a FIFO (named pipe), not a regular file" in _shown(_page(PAGES[3]))
+
+
 def test_compare_names_a_deeply_nested_manifest(hostile):
     at = _page(PAGES[4])
     assert (
