@@ -62,26 +62,33 @@ class JsonlTail:
         path = os.fspath(path)
         with self._lock:
             entry = self._update(path, root)
-            if entry is None:
-                return self._problem_or_empty(path, root)
-            return JsonlRows(
-                path, tuple(entry.rows), tuple(entry.lines), tuple(entry.problems), entry.partial
-            )
+            return self._problem_or_empty(path, root) if entry is None else self._rows(path, entry)
 
     def derived(
-        self, path: str | os.PathLike, name: str, compute: Callable[[JsonlRows], Any], root: str | None = None
+        self,
+        path: str | os.PathLike,
+        name: str,
+        compute: Callable[[JsonlRows], Any],
+        root: str | os.PathLike | None = None,
     ) -> Any:
-        """`compute(rows)`, recomputed only when rows were appended since it was last asked for."""
-        read = self.read(path, root)
+        """`compute(rows)`, recomputed only when rows were appended since it was last asked for.
+
+        Computed under the lock, so the value stored always belongs to the rows it is stored with.
+        """
+        path = os.fspath(path)
         with self._lock:
-            entry = self._entries.get(os.fspath(path))
+            entry = self._update(path, root)
             if entry is None:
-                return compute(read)
+                return compute(self._problem_or_empty(path, root))
             if name not in entry.derived:
-                entry.derived[name] = compute(read)
+                entry.derived[name] = compute(self._rows(path, entry))
             return entry.derived[name]
 
     # ---- internals ------------------------------------------------------------------------------------------
+    @staticmethod
+    def _rows(path: str, entry: _Entry) -> JsonlRows:
+        return JsonlRows(path, tuple(entry.rows), tuple(entry.lines), tuple(entry.problems), entry.partial)
+
     def _problem_or_empty(self, path: str, root: str | os.PathLike | None) -> JsonlRows:
         problem = read_problem(path, root)
         return JsonlRows(path, problems=(problem,) if problem else ())
