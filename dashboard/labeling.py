@@ -10,14 +10,17 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from dashboard.safety import labels_path
 from lit_rlhf.data.io import append_jsonl
 from lit_rlhf.data.rows import Comparison, validate_row
+from lit_rlhf.safe_io import open_regular
 
 
 def _next_line(path: Path) -> int:
     """The line number a row appended to `path` will have (for error messages that name it)."""
     try:
-        data = path.read_bytes()
+        with open_regular(path) as f:  # a FIFO or folder raises UnreadableFile instead of blocking
+            data = f.read()
     except FileNotFoundError:
         return 1
     # append_jsonl first ends a half-written last line, so the new row goes on the line after it.
@@ -25,14 +28,21 @@ def _next_line(path: Path) -> int:
 
 
 def save_ranking(
-    path: str | os.PathLike, prompt: str, responses: Sequence[str], ranking: Sequence[int]
+    path: str | os.PathLike,
+    prompt: str,
+    responses: Sequence[str],
+    ranking: Sequence[int],
+    *,
+    root: str | os.PathLike | None = None,
 ) -> Comparison:
     """Validate `{"prompt", "responses", "ranking"}` (ranking[i] is the rank of responses[i], 0 = best, ties
     allowed) and append it to the comparisons file at `path`, creating the file and its folder if needed.
 
-    Raises DataError (naming the file, the line the row would have had, and the field) without writing.
+    With `root`, `path` is relative to it (or absolute) and must resolve inside it: links leaving it are not
+    followed and no folder is created elsewhere (safety.UnsafePath). Raises DataError (naming the file, the line
+    the row would have had, and the field) without writing.
     """
-    path = Path(path)
+    path = Path(path) if root is None else labels_path(str(path), root)
     row = {"prompt": prompt, "responses": list(responses), "ranking": list(ranking)}
     comparison = validate_row(row, "comparison", str(path), _next_line(path))
     path.parent.mkdir(parents=True, exist_ok=True)

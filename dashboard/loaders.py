@@ -7,11 +7,13 @@ Must not live here: Streamlit (the cached wrappers are in `ui.py`) and torch: a 
 a fresh interpreter and checks that torch stayed out. Every function takes paths or plain data.
 
 A bad row never stops a page: it comes back as a problem string naming the file, the line and the field.
+A bad file neither: a folder, FIFO or device where a file should be, a link leading out of the runs root, JSON
+nested too deeply or too large, each reads as empty with a problem naming the file (readers given `root`
+refuse paths that resolve outside it).
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -22,7 +24,19 @@ from typing import Any
 
 import pandas as pd
 
+from dashboard.safety import inside
+from lit_rlhf.checkpoint.manifest import resolve_link
+from lit_rlhf.checkpoint.safety import external_base
 from lit_rlhf.data.rows import DataError, parse_json_line
+from lit_rlhf.safe_io import (
+    StrictJSONError,
+    UnreadableFile,
+    check_regular,
+    clip,
+    open_regular,
+    read_bounded,
+    strict_json,
+)
 
 STAGES = ("sft", "reward", "ppo")
 STATUS, METRICS, SAMPLES, RANKINGS, STAGE_DIR, MANIFEST = (
@@ -44,6 +58,8 @@ SAMPLE_COLUMNS = ("run", "step", "mode", "prompt", "completion", *SAMPLE_SCORES)
 FIRST_RUN_COMMAND = "python main.py fit --config configs/demo/sft.yaml"
 # status.json is rewritten at least every 10 optimizer steps; this long without one, a run is likely dead.
 STALE_AFTER_S = 15 * 60
+MAX_JSON_BYTES = 16 * 1024 * 1024  # status.json and manifest.json are a few KB; past this they are not ours
+MAX_REPORT_BYTES = 16 * 1024 * 1024
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -74,18 +90,40 @@ class JsonlRows:
     partial_tail: bool = False  # a last line without its newline: a row still being written
 
 
-def read_jsonl(path: str | os.PathLike) -> JsonlRows:
+def read_problem(path: str | os.PathLike, root: str | os.PathLike | None = None) -> str | None:
+    """Why `path` must not be read, or None: it exists but is no regular file, or it resolves outside `root`.
+
+    A missing file is no problem (it reads as empty).
+    """
+    try:
+        check_regular(path)
+    except FileNotFoundError:
+        return None
+    except UnreadableFile as e:
+        return str(e)
+    if root is not None and inside(root, path) is None:
+        return f"{path}: leads outside the runs root {root}; not read"
+    return None
+
+
+def read_jsonl(path: str | os.PathLike, root: str | os.PathLike | None = None) -> JsonlRows:
     """Read a JSONL file another process may be appending to; a missing file reads as empty.
 
     The trailing half-written line is left out (it is normal while training, not an error); a bad complete
-    line is reported in `problems` and skipped, so one corrupt row does not hide a whole run.
+    line is reported in `problems` and skipped, so one corrupt row does not hide a whole run. A path that is
+    not a readable regular file (or leaves `root`) reads as empty with one problem.
     """
     path = os.fspath(path)
+    problem = read_problem(path, root)
+    if problem is not None:
+        return JsonlRows(path, problems=(problem,))
     try:
-        with open(path, "rb") as f:
+        with open_regular(path) as f:
             data = f.read()
     except FileNotFoundError:
         return JsonlRows(path)
+    except OSError as e:  # UnreadableFile (swapped since the check), PermissionError
+        return JsonlRows(path, problems=(f"{path}: cannot be read ({e})",))
     *complete, tail = data.split(b"\n")
     rows, lines, problems = [], [], []
     for line_no, raw in enumerate(complete, start=1):
@@ -99,13 +137,21 @@ def read_jsonl(path: str | os.PathLike) -> JsonlRows:
     return JsonlRows(path, tuple(rows), tuple(lines), tuple(problems), bool(tail.strip()))
 
 
-def _read_json_object(path: Path) -> tuple[dict[str, Any], str | None]:
-    """A small JSON object file (status.json, manifest.json): (object, None) or ({}, problem)."""
+def _read_json_object(path: Path, root: str | os.PathLike | None = None) -> tuple[dict[str, Any], str | None]:
+    """A small JSON object file (status.json, manifest.json): (object, None) or ({}, problem).
+
+    Strict (no NaN, repeated keys or deep nesting) and bounded: nothing in it can hang or crash a page.
+    """
+    problem = read_problem(path, root)
+    if problem is not None:
+        return {}, problem
     try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
+        obj = strict_json(read_bounded(path, MAX_JSON_BYTES))
     except FileNotFoundError:
         return {}, None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    except UnreadableFile as e:
+        return {}, f"{path}: cannot be read ({e.reason})"
+    except (OSError, StrictJSONError) as e:
         return {}, f"{path}: cannot be read ({e})"
     if not isinstance(obj, dict):
         return {}, f"{path}: expected a JSON object"
@@ -158,12 +204,17 @@ class Run:
         return os.path.join(self.path, name)
 
 
-def infer_parent_stage(parent: str | None) -> str | None:
-    """The stage of a parent stage directory: its manifest's "stage", else `<stage>/<name>/stage` in the path."""
+def infer_parent_stage(parent: str | None, root: str | os.PathLike | None = None) -> str | None:
+    """The stage of a parent stage directory: its manifest's "stage", else `<stage>/<name>/stage` in the path.
+
+    With `root`, a parent outside it is judged by its path alone (its manifest is not opened).
+    """
     if not parent:
         return None
     path = Path(parent)
-    manifest, _ = _read_json_object(path / MANIFEST)
+    manifest = {}
+    if root is None or inside(root, path) is not None:
+        manifest, _ = _read_json_object(path / MANIFEST, root)
     if manifest.get("stage") in STAGES:
         return manifest["stage"]
     parts = path.parts
@@ -172,11 +223,16 @@ def infer_parent_stage(parent: str | None) -> str | None:
     return None
 
 
-def _run_from_dir(stage: str, run_dir: Path) -> Run:
-    status, problem = _read_json_object(run_dir / STATUS)
+def _run_from_dir(stage: str, run_dir: Path, root: str | os.PathLike | None = None) -> Run:
+    if root is not None and inside(root, run_dir) is None:
+        status, problem = {}, f"{run_dir}: leads outside the runs root {root}; not read"
+    else:
+        status, problem = _read_json_object(run_dir / STATUS, root)
     parent = _text(status.get("parent"))
-    if parent is None:  # a run whose status predates the field: the stage directory's manifest knows
-        parent = _text(_read_json_object(run_dir / STAGE_DIR / MANIFEST)[0].get("parent"))
+    # a status predating the field: the stage directory's manifest knows
+    if parent is None and problem is None:
+        manifest, _ = _read_json_object(run_dir / STAGE_DIR / MANIFEST, root)
+        parent = _manifest_parent(run_dir / STAGE_DIR, manifest)
     state = status.get("status")
     return Run(
         stage=stage,
@@ -185,31 +241,37 @@ def _run_from_dir(stage: str, run_dir: Path) -> Run:
         status=state if state in ("running", "finished", "failed") else "unknown",
         step=_int(status.get("step")),
         parent=parent,
-        parent_stage=infer_parent_stage(parent),
+        parent_stage=infer_parent_stage(parent, root),
         updated=_number(status.get("updated")),
         error=_text(status.get("error")),
         problem=problem,
     )
 
 
+def _manifest_parent(stage_dir: Path, manifest: Mapping[str, Any]) -> str | None:
+    """A raw manifest's parent as a usable path (new manifests record it relative to the stage directory)."""
+    return _text(resolve_link(stage_dir, manifest.get("parent"), manifest.get("relative_links") is True))
+
+
 def discover_runs(root: str | os.PathLike) -> list[Run]:
     """Every run under `root`, sorted by stage (sft, reward, ppo) then name.
 
-    A directory is a run once it has status.json or metrics.jsonl; hidden directories (atomic-write
-    temporaries) are skipped.
+    A directory is a run once it has status.json or metrics.jsonl (whatever they turn out to be: a FIFO or a
+    folder is shown as the run's problem); hidden directories (atomic-write temporaries) are skipped. A run
+    directory that is a link out of `root` is listed with that problem and none of its files is read.
     """
     runs = []
     for stage in STAGES:
         stage_root = Path(root) / stage
-        if not stage_root.is_dir():
+        if not stage_root.is_dir() or inside(root, stage_root) is None:
             continue
         for d in sorted(stage_root.iterdir()):
             if (
                 d.is_dir()
                 and not d.name.startswith(".")
-                and any((d / f).is_file() for f in (STATUS, METRICS))
+                and any(os.path.lexists(d / f) for f in (STATUS, METRICS))
             ):
-                runs.append(_run_from_dir(stage, d))
+                runs.append(_run_from_dir(stage, d, root))
     return runs
 
 
@@ -275,6 +337,25 @@ def metrics_frame(rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
         return pd.DataFrame(index=pd.Index([], dtype="int64", name="step"))
     frame = pd.DataFrame.from_records(records).groupby("step", sort=True).last().astype("float64")
     return frame[sorted(frame.columns)]
+
+
+def metrics_frame_and_problems(read: JsonlRows) -> tuple[pd.DataFrame, list[str]]:
+    """`metrics_frame` of a metrics.jsonl, and every line it could not use (file:line: field: why).
+
+    Unusable: lines that do not parse (NaN, repeated keys, bad JSON: `read.problems`) and rows whose step is
+    missing or not an integer (a float or boolean step would put the value at a made-up step).
+    """
+    problems = list(read.problems)
+    for row, line in zip(read.rows, read.lines, strict=True):
+        if _int(row.get("step")) is None:
+            got = "missing" if "step" not in row else f"{_json_type(row['step'])} {clip(repr(row['step']))}"
+            problems.append(f"{read.path}:{line}: field 'step': expected an integer step, got {got}")
+    return metrics_frame(read.rows), problems
+
+
+def _json_type(value: Any) -> str:
+    names = {bool: "boolean", int: "integer", float: "number", str: "string", list: "array", dict: "object"}
+    return "null" if value is None else names.get(type(value), type(value).__name__)
 
 
 def group_by_prefix(keys: Iterable[str]) -> dict[str, list[str]]:
@@ -548,16 +629,20 @@ class StageDirInfo:
     step: int | None
     parent: str | None
     manifest_mtime_ns: int  # with `path`, the cache key of a loaded model
+    external_base: str | None = None  # where the base comes from when not from the directory itself
 
 
 def find_stage_dirs(root: str | os.PathLike) -> tuple[list[StageDirInfo], list[str]]:
     """Stage directories under `root`, sorted by label, and the manifests that could not be read.
 
-    Only the manifest is read (no weights, no file-size checks: loading does those).
+    Only the manifest is read (no weights, no file-size checks: loading does those); one reached through a
+    link out of `root` is a problem, not read.
     """
     found, problems = [], []
     for manifest_path in sorted(Path(root).glob(f"*/*/{STAGE_DIR}/{MANIFEST}")):
-        manifest, problem = _read_json_object(manifest_path)
+        manifest, problem = _read_json_object(manifest_path, root)
+        if problem is None and inside(root, manifest_path.parent) is None:
+            problem = f"{manifest_path.parent}: leads outside the runs root {root}; not read"
         if problem is not None:
             problems.append(problem)
             continue
@@ -571,20 +656,30 @@ def find_stage_dirs(root: str | os.PathLike) -> tuple[list[StageDirInfo], list[s
                 label=f"{stage_dir.parent.parent.name}/{stage_dir.parent.name}",
                 stage=manifest["stage"],
                 step=_int(manifest.get("step")),
-                parent=_text(manifest.get("parent")),
+                parent=_manifest_parent(stage_dir, manifest),
                 manifest_mtime_ns=manifest_path.stat().st_mtime_ns,
+                external_base=external_base(manifest.get("base")),
             )
         )
     return found, problems
 
 
 def latest_report(root: str | os.PathLike) -> tuple[str, str] | None:
-    """(path, text) of the newest `<root>/eval/*/report.md`, or None when there is none."""
-    reports = [p for p in Path(root).glob("eval/*/report.md") if p.is_file()]
+    """(path, text) of the newest `<root>/eval/*/report.md`, or None when there is none.
+
+    Reports reached through a link out of `root` are ignored: a `report.md` linked to a private key is not shown.
+    """
+    reports = [p for p in Path(root).glob("eval/*/report.md") if p.is_file() and inside(root, p) is not None]
     if not reports:
         return None
     newest = max(reports, key=lambda p: (p.stat().st_mtime_ns, str(p)))
     try:
-        return str(newest), newest.read_text(encoding="utf-8", errors="replace")
+        return str(newest), read_bounded(newest, MAX_REPORT_BYTES).decode("utf-8", errors="replace")
     except OSError:
         return None
+
+
+def report_figure(report_path: str | os.PathLike, root: str | os.PathLike) -> str | None:
+    """The `report.png` next to a report, when it is a regular file inside `root`."""
+    png = Path(report_path).with_name("report.png")
+    return str(png) if png.is_file() and read_problem(png, root) is None else None

@@ -33,15 +33,20 @@ class LoadedModel:
 
 
 def load_model(
-    stage_dir: str | os.PathLike, label: str | None = None, device: str | None = None
+    stage_dir: str | os.PathLike,
+    label: str | None = None,
+    device: str | None = None,
+    *,
+    trust_remote_code: bool = False,
 ) -> LoadedModel:
     """Load a stage directory; its ``policy`` adapter generates when it has one, else the bare base does.
 
     A reward stage has no policy adapter, so it generates with its base: the model its RM was built on.
-    `device` defaults to the first GPU when there is one.
+    `device` defaults to the first GPU when there is one. `trust_remote_code` is the dashboard's start-up flag,
+    never the manifest's.
     """
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    backbone, manifest = load_stage_dir(stage_dir, device=device)
+    backbone, manifest = load_stage_dir(stage_dir, device=device, trust_remote_code=trust_remote_code)
     backbone.eval()
     adapter = POLICY if POLICY in backbone.adapters else None
     return LoadedModel(str(stage_dir), label or str(stage_dir), manifest.stage, backbone, adapter)

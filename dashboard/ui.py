@@ -1,32 +1,33 @@
 """Streamlit glue shared by the pages: the runs root, cached loaders, the shared run selection, empty states.
 
-Caching lives here, not in `loaders.py`: every cached function takes a file's `(path, mtime_ns, size)` so a
-file that training appended to is read again on the next rerun and an unchanged one is not. No torch here,
+Caching lives here, not in `loaders.py`: JSONL files are read through one process-wide `tail.JsonlTail`, which
+parses only what was appended since the last rerun and holds all files under a byte budget. No torch here,
 and nothing that renders file contents as Markdown or HTML: text from runs is shown with st.text, st.code
-or st.dataframe only.
+or st.dataframe only, and tables go through `table` (formula-like cells neutralised for CSV downloads).
+The runs root typed in the sidebar must lie inside the one the dashboard was started with.
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import altair as alt
 import pandas as pd
 import streamlit as st
 
-from dashboard import loaders
+from dashboard import loaders, safety, tail
 
 RUNS_ROOT_KEY = "runs_root"
 _RUNS_ROOT_INPUT = "runs_root_input"
+MAX_PROBLEMS_SHOWN = 20
 SELECTED_KEY = "selected_runs"  # run ids chosen on the Runs page and overlaid on the Curves page
-DEFAULT_RUNS_ROOT = "runs"
 DEFAULT_SELECTED = 6
+MAX_CACHED_BYTES = 256 * 1024 * 1024  # JSONL bytes held parsed, all runs and sessions together
 
 
 def default_runs_root() -> str:
     """The runs root from the environment (`LIT_RLHF_RUNS`, set by `python main.py dashboard`), else `runs`."""
-    return os.environ.get("LIT_RLHF_RUNS") or DEFAULT_RUNS_ROOT
+    return str(safety.startup_runs_root())
 
 
 def sidebar_runs_root() -> Path:
@@ -43,40 +44,72 @@ def sidebar_runs_root() -> Path:
         st.session_state[RUNS_ROOT_KEY] = st.session_state[_RUNS_ROOT_INPUT]
 
     st.sidebar.text_input(
-        "Runs root", key=_RUNS_ROOT_INPUT, on_change=_share, help="the folder holding <stage>/<name>/ runs"
+        "Runs root",
+        key=_RUNS_ROOT_INPUT,
+        on_change=_share,
+        help="the folder holding <stage>/<name>/ runs: the one given at start-up, or a folder inside it",
     )
+    if _typed_root() != runs_root():
+        st.sidebar.text(
+            f"{_typed_root()} is not inside the runs root this dashboard was started with; showing "
+            f"{runs_root()}. Start it with --runs to look elsewhere."
+        )
     return runs_root()
 
 
-def runs_root() -> Path:
+def _typed_root() -> Path:
     return Path(st.session_state.get(RUNS_ROOT_KEY) or default_runs_root())
 
 
-@st.cache_data(max_entries=512, show_spinner=False)
-def _read_jsonl(path: str, mtime_ns: int, size: int) -> loaders.JsonlRows:
-    return loaders.read_jsonl(path)
+def runs_root() -> Path:
+    """The runs root in use: the sidebar's when it lies inside the start-up runs root, else the start-up one.
+
+    A page must not become a reader of any folder on the machine because someone typed its path.
+    """
+    typed = _typed_root()
+    return typed if safety.inside(default_runs_root(), typed) is not None else Path(default_runs_root())
 
 
-@st.cache_data(max_entries=256, show_spinner=False)
-def _metrics_frame(path: str, mtime_ns: int, size: int) -> pd.DataFrame:
-    return loaders.metrics_frame(_read_jsonl(path, mtime_ns, size).rows)
+def labels_root() -> Path:
+    """The folder the Compare page may append comparisons to (`--labels` at start-up, else the runs root)."""
+    return safety.labels_root()
+
+
+@st.cache_resource(show_spinner=False)
+def _tail() -> tail.JsonlTail:
+    return tail.JsonlTail(MAX_CACHED_BYTES)
 
 
 def read_jsonl(path: str) -> loaders.JsonlRows:
-    """`loaders.read_jsonl`, cached on the file's (path, mtime, size)."""
-    key = loaders.file_key(path)
-    return loaders.JsonlRows(path) if key is None else _read_jsonl(*key)
+    """`loaders.read_jsonl` under the runs root, parsing only what was appended since the last rerun."""
+    return _tail().read(path, root=runs_root())
+
+
+def _metrics(run: loaders.Run) -> tuple[pd.DataFrame, list[str]]:
+    return _tail().derived(
+        run.file(loaders.METRICS), "metrics", loaders.metrics_frame_and_problems, root=runs_root()
+    )
 
 
 def metrics_of(run: loaders.Run) -> pd.DataFrame:
-    """The run's `metrics_frame`, cached on metrics.jsonl's (path, mtime, size)."""
-    key = loaders.file_key(run.file(loaders.METRICS))
-    return loaders.metrics_frame([]) if key is None else _metrics_frame(*key)
+    """The run's `metrics_frame`, rebuilt only when metrics.jsonl got new rows."""
+    return _metrics(run)[0]
+
+
+def metric_problems(runs: list[loaders.Run]) -> list[str]:
+    """The metrics.jsonl lines of `runs` that no chart can use (bad JSON, NaN, a step that is not an integer)."""
+    return [problem for run in runs for problem in _metrics(run)[1]]
 
 
 def discover_runs() -> list[loaders.Run]:
     # Not cached: a directory listing and a few small status files, and it must see new runs at once.
     return loaders.discover_runs(runs_root())
+
+
+def table(frame: pd.DataFrame, **kwargs) -> None:
+    """st.dataframe of `frame`, text cells that a spreadsheet would run as formulas neutralised (its toolbar
+    offers the table as a CSV download)."""
+    st.dataframe(safety.safe_cells(frame), **kwargs)
 
 
 def pick_runs(options: list[str], page: str, label: str = "Runs to overlay") -> list[str]:
@@ -125,7 +158,10 @@ def no_runs_yet() -> None:
 
 
 def show_problems(problems: list[str], what: str = "rows") -> None:
-    """Rows that could not be read, as plain text in a collapsed box (never as Markdown)."""
+    """Rows that could not be read: how many, and the first few as plain text in a collapsed box (never as
+    Markdown)."""
     if problems:
         with st.expander(f"{len(problems)} {what} could not be read and were skipped"):
-            st.code("\n".join(problems[:200]), language=None)
+            shown = problems[:MAX_PROBLEMS_SHOWN]
+            more = len(problems) - len(shown)
+            st.code("\n".join(shown + ([f"... and {more} more"] if more else [])), language=None)

@@ -56,10 +56,35 @@ def _export(argv: list[str]) -> int:
     p.add_argument("--ckpt", required=True, help="stage directory (runs/<stage>/<name>/stage)")
     p.add_argument("--out", required=True, help="output directory for the transformers model")
     p.add_argument("--adapter", default=None, help="adapter to merge (default: policy)")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace --out even if it is not an earlier export"
+    )
+    p.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="let code shipped in the stage directory run (trust it)",
+    )
+    p.add_argument(
+        "--local-bases-only",
+        action="store_true",
+        help="refuse a base outside the stage directory (hub or path)",
+    )
     a = p.parse_args(argv)
+    from lit_rlhf.checkpoint.manifest import ManifestError
     from lit_rlhf.checkpoint.stage_dir import export_stage_dir
 
-    out = export_stage_dir(a.ckpt, a.out, adapter=a.adapter)
+    try:
+        out = export_stage_dir(
+            a.ckpt,
+            a.out,
+            adapter=a.adapter,
+            overwrite=a.overwrite,
+            trust_remote_code=a.trust_remote_code,
+            allow_external_base=False if a.local_bases_only else None,
+        )
+    except (FileExistsError, ManifestError) as e:  # each names the path at fault
+        print(f"main.py export: error: {e}", file=sys.stderr)
+        return 2
     print(f"exported {a.ckpt} -> {out} (load with AutoModelForCausalLM.from_pretrained({str(out)!r}))")
     return 0
 

@@ -2,7 +2,10 @@
 
 Builds the `streamlit run dashboard/app.py` command and replaces this process with it. It binds the loopback
 address unless told otherwise (the dashboard can generate with your models and write files), runs headless
-and sends no usage statistics. No torch or Streamlit import here: the command starts instantly.
+and sends no usage statistics (dashboard/.streamlit/config.toml says the same for any other way of starting
+it). The start-up settings reach the app as environment variables: the runs root it may read, the labels
+folder it may write, whether stage directories' code may run and whether external bases are refused.
+No torch or Streamlit import here: the command starts instantly.
 """
 
 from __future__ import annotations
@@ -13,8 +16,13 @@ import os
 import sys
 from pathlib import Path
 
+from lit_rlhf.checkpoint.safety import LOCAL_BASES_ONLY_ENV
+
 APP = Path(__file__).resolve().parent.parent / "dashboard" / "app.py"
 RUNS_ENV = "LIT_RLHF_RUNS"
+LABELS_ENV = "LIT_RLHF_LABELS"
+TRUST_ENV = "LIT_RLHF_TRUST_REMOTE_CODE"
+JUDGE_ENV = "LIT_RLHF_JUDGE"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -29,6 +37,26 @@ def _parser() -> argparse.ArgumentParser:
         "--host",
         default="127.0.0.1",
         help="address to bind (default: 127.0.0.1, this machine only; 0.0.0.0 exposes it to the network)",
+    )
+    p.add_argument(
+        "--labels",
+        default=None,
+        help="folder the Compare page may save comparisons in (default: the runs root); it writes nowhere else",
+    )
+    p.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="let code shipped in a stage directory run when the Compare page loads it (only for ones you trust)",
+    )
+    p.add_argument(
+        "--judge",
+        default=None,
+        help="judge that scores the Compare page's completions: demo, exact_match or package.module:callable",
+    )
+    p.add_argument(
+        "--local-bases-only",
+        action="store_true",
+        help="refuse to load stage directories whose base is a hub name or a folder outside them",
     )
     return p
 
@@ -53,6 +81,16 @@ def dashboard_command(argv: list[str]) -> tuple[list[str], dict[str, str]]:
     ]
     # Absolute, so the runs root means the same folder whatever directory Streamlit resolves paths from.
     env = {**os.environ, RUNS_ENV: os.path.abspath(args.runs)}
+    env.pop(LABELS_ENV, None)
+    if args.labels is not None:
+        env[LABELS_ENV] = os.path.abspath(args.labels)
+    # Set from the flags only: a variable left in the shell must not turn code execution on unnoticed.
+    env[TRUST_ENV] = "1" if args.trust_remote_code else "0"
+    env.pop(JUDGE_ENV, None)
+    if args.judge is not None:
+        env[JUDGE_ENV] = args.judge
+    if args.local_bases_only:
+        env[LOCAL_BASES_ONLY_ENV] = "1"
     return command, env
 
 

@@ -36,6 +36,7 @@ from torch import Tensor
 
 from lit_rlhf.backbone.generate import Generation, SamplingConfig, generate_batches
 from lit_rlhf.checkpoint.manifest import MANIFEST, Manifest, ManifestError, read_manifest
+from lit_rlhf.checkpoint.safety import LOCAL_BASES_ONLY_ENV
 from lit_rlhf.data.rows import DataError
 from lit_rlhf.evaluation.metrics import judge_metrics, kl_k1_per_sequence, mean_or_none, weighted_mean
 from lit_rlhf.judges import JudgeError, load_judge
@@ -78,6 +79,8 @@ class EvalSettings:
         device: Where the models run.
         judge: Judges the completions (``demo``, ``exact_match``, ``package.module:callable``; null = no judge
             figures). See lit_rlhf.judges.
+        trust_remote_code: Let code shipped in a stage directory run (--trust-remote-code); never read from a
+            manifest.
     """
 
     prompts: str
@@ -90,6 +93,7 @@ class EvalSettings:
     pretrain_limit: int = 256
     device: str = "cpu"
     judge: str | None = None
+    trust_remote_code: bool = False
 
     def problems(self) -> list[str]:
         """Every invalid setting (empty when all are valid)."""
@@ -270,18 +274,18 @@ def pretrain_loss(backbone: Any, texts: list[str], batch_size: int) -> float:
     return weighted_mean(losses, counts)
 
 
-def load_policy(path: str, device: str) -> Any:
+def load_policy(path: str, device: str, trust_remote_code: bool = False) -> Any:
     """A stage directory's backbone in eval mode, its policy adapter (if any) active."""
     from lit_rlhf.checkpoint.stage_dir import load_stage_dir
 
-    backbone, _ = load_stage_dir(path, device=device)
+    backbone, _ = load_stage_dir(path, device=device, trust_remote_code=trust_remote_code)
     return backbone.eval()
 
 
 def policy_pass(path: str, prompts: list[Any], texts: list[str] | None, s: EvalSettings) -> PolicyPass:
     """Step 1 for one checkpoint: sample, score its own tokens, measure the pretraining loss."""
     log.info("evaluate: sampling %d completions from %s", len(prompts), path)
-    backbone = load_policy(path, s.device)
+    backbone = load_policy(path, s.device, s.trust_remote_code)
     batches = sample(backbone, prompts, s.sampling(), s.batch_size, s.seed)
     logprobs = response_token_logprobs(backbone, batches)
     ptx = pretrain_loss(backbone, texts, s.batch_size) if texts else None
@@ -293,7 +297,7 @@ def sft_pass(
 ) -> tuple[list[str], dict[str, list[float]]]:
     """Step 2: the SFT completions, and each checkpoint's per-prompt KL to the SFT model on its own tokens."""
     log.info("evaluate: SFT baseline %s", sft)
-    backbone = load_policy(sft, s.device)
+    backbone = load_policy(sft, s.device, s.trust_remote_code)
     baseline = [t for g in sample(backbone, prompts, s.sampling(), s.batch_size, s.seed) for t in g.texts]
     kl: dict[str, list[float]] = {}
     for path, run in runs.items():
@@ -314,26 +318,30 @@ def rm_pass(
 
     log.info("evaluate: reward model %s", rm)
     try:
-        scorer = RewardScorer(rm, device=s.device)
+        scorer = RewardScorer(rm, device=s.device, trust_remote_code=s.trust_remote_code)
     except ValueError as e:
         raise EvalError(str(e)) from e
     return {path: scorer.score(prompts, run.texts, s.batch_size) for path, run in runs.items()}
 
 
 # ---- orchestration -------------------------------------------------------------------------------------
-def _vocab_fingerprint(path: str, manifest: Manifest) -> str:
+def _vocab_fingerprint(path: str, manifest: Manifest, trust_remote_code: bool = False) -> str:
     from lit_rlhf.backbone.build import load_tokenizer
+    from lit_rlhf.checkpoint.safety import check_code
 
-    trust = bool(manifest.backbone.get("trust_remote_code", False))
-    tok = load_tokenizer(str(Path(path) / manifest.tokenizer), trust_remote_code=trust)
+    # the user's flag, never the manifest's own trust_remote_code: a copied stage directory must not run code
+    check_code(path, manifest, trust_remote_code)
+    tok = load_tokenizer(str(Path(path) / manifest.tokenizer), trust_remote_code=trust_remote_code)
     return hashlib.sha256(json.dumps(sorted(tok.get_vocab().items())).encode()).hexdigest()
 
 
-def check_same_tokenizer(manifests: dict[str, Manifest], sft: str, sft_manifest: Manifest) -> None:
+def check_same_tokenizer(
+    manifests: dict[str, Manifest], sft: str, sft_manifest: Manifest, trust_remote_code: bool = False
+) -> None:
     """KL compares log-probs of the same token ids: every checkpoint must share the SFT model's vocabulary."""
-    want = _vocab_fingerprint(sft, sft_manifest)
+    want = _vocab_fingerprint(sft, sft_manifest, trust_remote_code)
     for path, m in manifests.items():
-        if _vocab_fingerprint(path, m) != want:
+        if _vocab_fingerprint(path, m, trust_remote_code) != want:
             raise EvalError(f"{path}: its tokenizer's vocabulary differs from the SFT baseline {sft}'s")
 
 
@@ -352,7 +360,7 @@ def _read_inputs(s: EvalSettings) -> tuple[list[Any], list[str | None], list[str
 
 
 def _resolve(
-    ckpts: Sequence[str], sft: str | None, rm: str | None
+    ckpts: Sequence[str], sft: str | None, rm: str | None, trust_remote_code: bool = False
 ) -> tuple[dict[str, Manifest], str, Manifest, str | None]:
     """Read every manifest up front: a wrong directory fails before any model loads."""
     if len(set(ckpts)) != len(ckpts):
@@ -365,7 +373,7 @@ def _resolve(
     sft_path = resolve_sft(manifests, sft)
     sft_manifest = read_stage(sft_path, "" if sft else _origin(manifests, sft_path, "parent"))
     check_policy_stage(sft_path, sft_manifest, "--sft")
-    check_same_tokenizer(manifests, sft_path, sft_manifest)
+    check_same_tokenizer(manifests, sft_path, sft_manifest, trust_remote_code)
     rm_path = resolve_rm(manifests, rm)
     if rm_path is not None:
         rm_manifest = read_stage(rm_path, "" if rm else _origin(manifests, rm_path, "reward_from"))
@@ -410,7 +418,7 @@ def evaluate_checkpoints(
         judge = load_judge(settings.judge)
     except JudgeError as e:
         raise EvalError(str(e)) from e
-    manifests, sft_path, sft_manifest, rm_path = _resolve(ckpts, sft, rm)
+    manifests, sft_path, sft_manifest, rm_path = _resolve(ckpts, sft, rm, settings.trust_remote_code)
     prompts, refs, texts = _read_inputs(settings)
     runs: dict[str, PolicyPass] = {}
     for path in manifests:  # 1
@@ -620,6 +628,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", default=None, help="report directory (default: runs/eval/<name>)")
     p.add_argument("--name", default="default", help="report name, for the default --out")
+    p.add_argument(
+        "--trust-remote-code", action="store_true", help="let code shipped in the stage directories run"
+    )
+    p.add_argument(
+        "--local-bases-only", action="store_true", help="refuse bases outside the stage directories"
+    )
     return p
 
 
@@ -639,7 +653,10 @@ def cli_main(argv: list[str]) -> int:
         pretrain_limit=a.pretrain_limit,
         device=a.device,
         judge=a.judge,
+        trust_remote_code=a.trust_remote_code,
     )
+    if a.local_bases_only:  # read by every load_stage_dir of this process (policies, SFT, reward model)
+        os.environ[LOCAL_BASES_ONLY_ENV] = "1"
     try:
         report = evaluate_checkpoints(a.ckpt, settings, sft=a.sft, rm=a.rm)
     except (EvalError, DataError, ManifestError) as e:  # each names the file or flag at fault

@@ -32,9 +32,14 @@ def test_tiny_pipeline_runs_then_skips(tmp_path):
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     runs = tmp_path / "runs"
     stages = {s: read_manifest(runs / s / "tiny" / "stage") for s in ("sft", "reward", "ppo")}
-    assert stages["reward"].parent == str(Path("runs/sft/tiny/stage"))
-    assert stages["ppo"].parent == str(Path("runs/sft/tiny/stage"))
-    assert stages["ppo"].extra["reward_from"] == str(Path("runs/reward/tiny/stage"))
+    assert stages["reward"].parent == str(runs / "sft/tiny/stage")
+    assert stages["ppo"].parent == str(runs / "sft/tiny/stage")
+    assert stages["ppo"].extra["reward_from"] == str(runs / "reward/tiny/stage")
+    raw = json.loads((runs / "ppo/tiny/stage/manifest.json").read_text())  # on disk: relative, no user paths
+    assert (raw["parent"], raw["extra"]["reward_from"]) == (
+        "../../../sft/tiny/stage",
+        "../../../reward/tiny/stage",
+    )
     report = json.loads((runs / "eval/tiny/report.json").read_text())
     assert len(report["checkpoints"]) == 2
     ppo_row = next(v for v in report["checkpoints"].values() if v["stage"] == "ppo")

@@ -15,15 +15,16 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from dashboard import loaders, ui
+from dashboard import loaders, safety, ui
 from dashboard.labeling import save_ranking
+from dashboard.safety import UnsafePath
 from lit_rlhf.data.rows import DataError
 
 RESULT_KEY = "compare_result"
 RANK_KEY = "compare_rank_"  # + completion index
 TOKENS_PER_ROW = 6
 COLUMNS = 3  # completions side by side
-DEFAULT_COMPARISONS = "data/dashboard_comparisons.jsonl"
+DEFAULT_COMPARISONS = "comparisons/dashboard.jsonl"  # relative to the labels folder
 
 
 @dataclass(frozen=True)
@@ -47,20 +48,24 @@ class Result:
     completions: list[Any]  # (M,) dashboard.modeling.Completion
     scores: list[float] | None  # (M,) RM scores
     note: str | None  # why there are no RM scores although an RM was picked
+    judged: list[dict[str, float]] | None = (
+        None  # (M,) the start-up judge's score and details, when there is one
+    )
+    judge_note: str | None = None  # why the judge gave nothing
 
 
 @st.cache_resource(max_entries=6, show_spinner=False)
 def _model(path: str, manifest_mtime_ns: int, label: str):
     from dashboard.modeling import load_model
 
-    return load_model(path, label)
+    return load_model(path, label, trust_remote_code=safety.trust_remote_code())
 
 
 @st.cache_resource(max_entries=2, show_spinner=False)
 def _scorer(path: str, manifest_mtime_ns: int):
     from lit_rlhf.stages.reward import RewardScorer
 
-    return RewardScorer(path)
+    return RewardScorer(path, trust_remote_code=safety.trust_remote_code())
 
 
 def _scorer_missing() -> str | None:
@@ -93,6 +98,9 @@ def _sampling_inputs() -> tuple[dict[str, Any], int]:
 def _request(found: list[loaders.StageDirInfo]) -> Request | None:
     """The settings widgets; a Request when Generate is pressed, else None."""
     chosen = st.multiselect("Stage directories to compare", found, default=found[:2], format_func=_describe)
+    for d in chosen:  # plain text: the name comes from a manifest someone else may have written
+        if d.external_base:
+            st.text(f"Note: {d.label}: {d.external_base}.")
     prompt = st.text_area("Prompt", placeholder="e.g. sort d c b =")
     sampling, seed = _sampling_inputs()
     reference = st.selectbox("KL reference", chosen, format_func=_describe) if chosen else None
@@ -124,6 +132,30 @@ def _score(request: Request, texts: list[str]) -> tuple[list[float] | None, str 
         return None, f"RM scoring failed: {type(err).__name__}: {err}"
 
 
+@st.cache_resource(max_entries=2, show_spinner=False)
+def _judge(spec: str):
+    from lit_rlhf.judges import load_judge
+
+    return load_judge(spec)
+
+
+def _judged(prompt: str, texts: list[str]) -> tuple[list[dict[str, float]] | None, str | None]:
+    """The start-up judge's view of each completion (`--judge`), or None and why (a bad judge must not hide the
+    completions)."""
+    from dashboard.safety import judge_spec
+
+    spec = judge_spec()
+    if spec is None:
+        return None, None
+    try:
+        from lit_rlhf.judges import judge_item
+
+        judge = _judge(spec)
+        return [judge_item(judge, prompt, t) for t in texts], None
+    except Exception as err:  # JudgeError, an import failing inside the judge's module
+        return None, f"Judge {spec!r} failed: {type(err).__name__}: {err}"
+
+
 def _generate(request: Request) -> Result:
     """Load the models (cached), generate and score every token against the reference."""
     from dashboard.modeling import compare
@@ -136,7 +168,8 @@ def _generate(request: Request) -> Result:
     sampling = SamplingConfig(**request.sampling)
     completions = compare(models, request.prompt, sampling, model(request.reference), request.seed)
     scores, note = _score(request, [c.text for c in completions])
-    return Result(request.prompt, request.reference.label, completions, scores, note)
+    judged, judge_note = _judged(request.prompt, [c.text for c in completions])
+    return Result(request.prompt, request.reference.label, completions, scores, note, judged, judge_note)
 
 
 def _kl_chart(tokens: list[str], kl: list[float]) -> alt.Chart:
@@ -165,12 +198,17 @@ def _kl_chart(tokens: list[str], kl: list[float]) -> alt.Chart:
     return (cells + text).properties(width=alt.Step(52), height=alt.Step(30))
 
 
-def _show_one(i: int, completion: Any, score: float | None) -> None:
+def _show_one(i: int, completion: Any, score: float | None, judged: dict[str, float] | None = None) -> None:
     st.text(f"#{i + 1}  {completion.label}")
     st.text(completion.text)
     facts = [f"{len(completion.tokens)} tokens"]
     if score is not None:
         facts.append(f"RM score {score:+.4f}")
+    if judged:
+        details = ", ".join(f"{k} {v:g}" for k, v in judged.items() if k != "score")
+        facts.append(f"judge score {judged['score']:.4f}" + (f" ({details})" if details else ""))
+    elif judged is not None:
+        facts.append("the judge cannot judge this prompt")
     if completion.kl_sum is None:
         facts.append("no KL: the reference's vocabulary differs")
     else:
@@ -184,13 +222,16 @@ def _show(result: Result) -> None:
     """The completions side by side, at most COLUMNS to a row."""
     st.text(f"Prompt: {result.prompt}")
     st.text(f"KL reference: {result.reference}")
-    if result.note:
-        st.text(result.note)
+    for note in (result.note, result.judge_note):
+        if note:
+            st.text(note)
     for start in range(0, len(result.completions), COLUMNS):
         for i, col in enumerate(st.columns(COLUMNS), start=start):
             if i < len(result.completions):
                 with col:
-                    _show_one(i, result.completions[i], None if result.scores is None else result.scores[i])
+                    score = None if result.scores is None else result.scores[i]
+                    judged = None if result.judged is None else result.judged[i]
+                    _show_one(i, result.completions[i], score, judged)
 
 
 def _rank_and_save(result: Result) -> None:
@@ -200,12 +241,19 @@ def _rank_and_save(result: Result) -> None:
         int(col.number_input(f"Rank of #{i + 1} (0 = best)", 0, k - 1, i, key=f"{RANK_KEY}{i}"))
         for i, col in enumerate(st.columns(k))
     ]
-    path = st.text_input("Comparisons file (JSONL, appended to)", DEFAULT_COMPARISONS, key="compare_file")
+    root = ui.labels_root()
+    path = st.text_input(
+        f"Comparisons file (JSONL in {root}, appended to)", DEFAULT_COMPARISONS, key="compare_file"
+    )
     if st.button("Save ranking", key="compare_save"):
         try:
-            saved = save_ranking(path, result.prompt, [c.text for c in result.completions], ranking)
+            texts = [c.text for c in result.completions]
+            saved = save_ranking(path, result.prompt, texts, ranking, root=root)
         except DataError as err:
             st.error("Not saved: the row is not a valid comparison.")
+            st.code(str(err), language=None)
+        except (UnsafePath, OSError) as err:  # outside the labels folder, a folder or FIFO in the way
+            st.error("Not saved: the dashboard does not write there.")
             st.code(str(err), language=None)
         else:
             st.success("Saved.")

@@ -33,6 +33,7 @@ right.button("Refresh")
 @st.fragment(run_every=REFRESH_SECONDS if follow else None)
 def charts() -> None:
     frames = {run_id: ui.metrics_of(runs[run_id]) for run_id in chosen}
+    ui.show_problems(ui.metric_problems([runs[run_id] for run_id in chosen]), what="metric rows")
     groups = loaders.group_by_prefix(key for frame in frames.values() for key in frame.columns)
     if not groups:
         st.info("The chosen runs have logged no metrics yet.")

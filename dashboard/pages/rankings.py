@@ -37,13 +37,13 @@ steps = sorted({r.step for r in rows})
 step = st.select_slider("Validation step", steps, value=steps[-1]) if len(steps) > 1 else steps[0]
 table = loaders.ranking_table(rows, step)
 st.subheader("Prompts, most disagreement first")
-st.dataframe(table.drop(columns=["row"]), hide_index=True)
+ui.table(table.drop(columns=["row"]), hide_index=True)
 
 position = st.number_input("Show prompt #", 1, len(table), 1, help="position in the table above (1 = worst)")
 row = rows[int(table["row"].iloc[int(position) - 1])]
 st.text(f"Prompt ({row.source}):")
 st.code(row.prompt, language=None)
-st.dataframe(loaders.ranking_detail(row), hide_index=True)
+ui.table(loaders.ranking_detail(row), hide_index=True)
 for rank, rm_score, response in sorted(zip(row.labeled_rank, row.scores, row.responses, strict=True)):
     st.text(f"labeled rank {rank}, RM score {rm_score:+.3f}:")
     st.code(response, language=None)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import streamlit as st
 
 from dashboard import loaders, ui
@@ -16,13 +14,14 @@ if not runs:
     st.stop()
 
 frames = {run.id: ui.metrics_of(run) for run in runs}
-st.dataframe(loaders.runs_table(runs, frames), hide_index=True)
+ui.table(loaders.runs_table(runs, frames), hide_index=True)
 ui.pick_runs([run.id for run in runs], page="runs", label="Runs to overlay on the Curves page")
 
 failed = [run for run in runs if run.status == "failed" and run.error]
 for run in failed:
     st.text(f"{run.id} failed: {run.error}")
 ui.show_problems([run.problem for run in runs if run.problem], what="status files")
+ui.show_problems(ui.metric_problems(runs), what="metric rows")
 
 report = loaders.latest_report(root)
 if report is not None:
@@ -30,6 +29,6 @@ if report is not None:
     st.subheader("Latest evaluation report")
     st.text(path)
     st.code(text, language=None)
-    png = Path(path).with_name("report.png")
-    if png.is_file():
-        st.image(str(png))
+    png = loaders.report_figure(path, root)
+    if png is not None:
+        st.image(png)

@@ -20,7 +20,7 @@ if not runs:
     st.stop()
 
 reads = {run.id: ui.read_jsonl(run.file(loaders.SAMPLES)) for run in runs}
-frame, problems = loaders.samples_frame({run_id: read for run_id, read in reads.items() if read.rows})
+frame, problems = loaders.samples_frame(reads)  # a run whose file cannot be read brings its problem
 ui.show_problems(problems)
 if frame.empty:
     st.info(
@@ -39,7 +39,7 @@ text = st.text_input("Search prompts and completions", "")
 shown = loaders.filter_samples(frame, chosen_runs, chosen_modes, steps, text)
 
 st.text(f"{len(shown)} of {len(frame)} samples")
-st.dataframe(shown.tail(MAX_ROWS), hide_index=True)
+ui.table(shown.tail(MAX_ROWS), hide_index=True)
 if shown.empty:
     st.stop()
 
@@ -47,7 +47,7 @@ st.subheader("One prompt over steps")
 prompts = list(dict.fromkeys(shown["prompt"]))  # first-seen order, no repeats
 prompt = st.selectbox("Prompt", prompts)
 history = loaders.prompt_history(shown, prompt)
-st.dataframe(history.drop(columns=["prompt"]), hide_index=True)
+ui.table(history.drop(columns=["prompt"]), hide_index=True)
 for record in history.tail(MAX_HISTORY).to_dict("records"):
     st.text(loaders.sample_heading(record))
     st.text(record["completion"])

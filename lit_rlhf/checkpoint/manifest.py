@@ -1,4 +1,5 @@
-"""The stage-directory manifest: reading, writing and validating it. Standard library only.
+"""The stage-directory manifest: reading, writing and validating it. Standard library only (and lit_rlhf's
+stdlib-only `safe_io`, `checkpoint.validate`, `backbone.config`).
 
 A stage directory is the one hand-off between stages and to the dashboard (docs/checkpoint-format.md):
 
@@ -14,14 +15,19 @@ A stage directory is the one hand-off between stages and to the dashboard (docs/
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from lit_rlhf.checkpoint.validate import backbone_problems, safetensors_problems, tree_problems
+from lit_rlhf.safe_io import StrictJSONError, UnreadableFile, clip, read_bounded, strict_json
+
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
+MAX_MANIFEST_BYTES = 16 * 1024 * 1024  # a manifest is a few KB; a huge one is not ours
 STAGES = ("sft", "reward", "ppo")
 
 
@@ -41,7 +47,7 @@ class Manifest:
         adapters: role name -> relative path of its safetensors file.
         heads: head name -> ``{"path": ..., "adapter": <adapter it reads through or null>, "bias": float}``.
         tokenizer: relative path of the tokenizer directory.
-        parent: the stage directory this one started from (informative; nothing is loaded from it).
+        parent: the stage directory this one started from (informative; `evaluate` takes it as the SFT baseline).
         step: optimizer steps taken in this stage.
         metrics: key figures (e.g. ``exact_match``, ``val_accuracy``, ``win_rate_vs_sft``).
         files: relative path -> size in bytes of every file written, checked on load.
@@ -49,6 +55,9 @@ class Manifest:
             later stage and every tool that loads the directory renders prompts the same way. Empty in
             directories written before it existed: the defaults.
         metric_steps: metric name -> the optimizer step at which it was measured.
+        relative_links: True when `parent` and ``extra["reward_from"]`` were written relative to this stage
+            directory (`link_for`); `read_manifest` resolves them, so a read manifest holds usable paths. Older
+            manifests (False) hold them as their writer gave them: absolute, or relative to its working folder.
     """
 
     stage: str
@@ -66,25 +75,107 @@ class Manifest:
     extra: dict[str, Any] = field(default_factory=dict)
     prompt_format: dict[str, Any] = field(default_factory=dict)
     metric_steps: dict[str, int] = field(default_factory=dict)
+    relative_links: bool = False
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True, allow_nan=False)
+
+
+LINKS_IN_EXTRA = ("reward_from",)  # `extra` entries that name another stage directory
+
+
+def link_for(stage_dir: str | os.PathLike, target: str | os.PathLike | None) -> str | None:
+    """How the manifest of `stage_dir` records another stage directory `target`.
+
+    Relative to `stage_dir` (``../../../sft/a/stage``) when `target` lies in the same runs root (the folder
+    holding ``<stage>/<name>/stage``), so a manifest does not carry the writer's user name and folder layout and
+    still points right when the runs root moves; absolute otherwise.
+    """
+    if target is None:
+        return None
+    out, to = os.path.abspath(stage_dir), os.path.abspath(target)
+    runs_root = os.path.dirname(os.path.dirname(os.path.dirname(out)))
+    if os.path.commonpath([runs_root, to]) != runs_root:
+        return to
+    return PurePosixPath(*Path(os.path.relpath(to, out)).parts).as_posix()
+
+
+def resolve_link(stage_dir: str | os.PathLike, value: Any, relative: bool) -> Any:
+    """A recorded link as a usable path: joined to `stage_dir` when written relative to it (`relative_links`)."""
+    if not relative or not isinstance(value, str) or not value or os.path.isabs(value):
+        return value
+    return os.path.normpath(os.path.join(stage_dir, value))
+
+
+def _resolve_links(manifest: Manifest, where: Path) -> None:
+    manifest.parent = resolve_link(where, manifest.parent, manifest.relative_links)
+    for key in LINKS_IN_EXTRA:
+        if key in manifest.extra:
+            manifest.extra[key] = resolve_link(where, manifest.extra[key], manifest.relative_links)
 
 
 def _inside(rel: str, what: str, where: Path) -> str:
     """Refuse paths that could leave the stage directory (absolute, `..`, backslashes)."""
     p = PurePosixPath(rel)
     if not rel or p.is_absolute() or ".." in p.parts or "\\" in rel:
-        raise ManifestError(f"{where / MANIFEST}: {what} path {rel!r} leaves the stage directory")
+        raise ManifestError(f"{where / MANIFEST}: {what} path {clip(repr(rel))} leaves the stage directory")
     return rel
 
 
-def _require(d: dict[str, Any], key: str, typ: type | tuple[type, ...], where: Path) -> Any:
+def _json_type(value: Any) -> str:
+    names = {bool: "boolean", int: "integer", float: "number", str: "string", list: "array", dict: "object"}
+    return "null" if value is None else names.get(type(value), type(value).__name__)
+
+
+def _require(
+    d: dict[str, Any], key: str, typ: type | tuple[type, ...], where: Path, name: str | None = None
+) -> Any:
+    """d[key], which must have type `typ`; a bool never passes for an int (`format_version: true` is not 1)."""
+    name = name or key
     if key not in d:
-        raise ManifestError(f"{where / MANIFEST}: missing field '{key}'")
-    if not isinstance(d[key], typ):
-        raise ManifestError(f"{where / MANIFEST}: field '{key}' has type {type(d[key]).__name__}")
-    return d[key]
+        raise ManifestError(f"{where / MANIFEST}: missing field '{name}'")
+    value = d[key]
+    allowed = typ if isinstance(typ, tuple) else (typ,)
+    if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
+        raise ManifestError(f"{where / MANIFEST}: field '{name}' has type {_json_type(value)}")
+    return value
+
+
+def _optional(d: dict[str, Any], key: str, typ: type | tuple[type, ...], where: Path) -> None:
+    if key in d:
+        _require(d, key, typ, where)
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _parse_base(raw: dict[str, Any], where: Path) -> None:
+    base = _require(raw, "base", dict, where)
+    if base.get("kind") == "local":
+        _inside(_require(base, "path", str, where, "base.path"), "base", where)
+    elif base.get("kind") == "pretrained":
+        _require(base, "name_or_path", str, where, "base.name_or_path")
+        for key in ("revision", "gguf_file"):
+            if base.get(key) is not None:
+                _require(base, key, str, where, f"base.{key}")
+    else:
+        raise ManifestError(f"{where / MANIFEST}: field 'base.kind' must be 'local' or 'pretrained'")
+
+
+def _parse_heads(raw: dict[str, Any], where: Path) -> None:
+    for name, head in _require(raw, "heads", dict, where).items():
+        field_name = f"heads.{clip(name)}"
+        if not isinstance(head, dict):
+            raise ManifestError(
+                f"{where / MANIFEST}: field '{field_name}' has type {_json_type(head)}, "
+                "expected an object with 'path', 'adapter' and 'bias'"
+            )
+        _inside(_require(head, "path", str, where, f"{field_name}.path"), f"head {clip(name)!r}", where)
+        if head.get("adapter") is not None:
+            _require(head, "adapter", str, where, f"{field_name}.adapter")
+        if not _finite(head.get("bias", 0.0)):
+            raise ManifestError(f"{where / MANIFEST}: field '{field_name}.bias' must be a finite number")
 
 
 def parse_manifest(raw: dict[str, Any], where: Path) -> Manifest:
@@ -96,45 +187,84 @@ def parse_manifest(raw: dict[str, Any], where: Path) -> Manifest:
         )
     stage = _require(raw, "stage", str, where)
     if stage not in STAGES:
-        raise ManifestError(f"{where / MANIFEST}: field 'stage' is {stage!r}, expected one of {STAGES}")
-    base = _require(raw, "base", dict, where)
-    if base.get("kind") == "local":
-        _inside(str(base.get("path", "")), "base", where)
-    elif base.get("kind") != "pretrained":
-        raise ManifestError(f"{where / MANIFEST}: field 'base.kind' must be 'local' or 'pretrained'")
-    _require(raw, "backbone", dict, where)
-    for name, rel in _require(raw, "adapters", dict, where).items():
-        _inside(str(rel), f"adapter {name!r}", where)
-    for name, head in _require(raw, "heads", dict, where).items():
-        _inside(str(head.get("path", "")), f"head {name!r}", where)
+        raise ManifestError(
+            f"{where / MANIFEST}: field 'stage' is {clip(repr(stage))}, expected one of {STAGES}"
+        )
+    _parse_base(raw, where)
+    problems = backbone_problems(_require(raw, "backbone", dict, where))
+    if problems:
+        raise ManifestError(f"{where / MANIFEST}: {problems[0]}")
+    adapters = _require(raw, "adapters", dict, where)
+    for name in adapters:
+        rel = _require(adapters, name, str, where, f"adapters.{clip(name)}")
+        _inside(rel, f"adapter {clip(name)!r}", where)
+    _parse_heads(raw, where)
     _inside(_require(raw, "tokenizer", str, where), "tokenizer", where)
-    for rel in _require(raw, "files", dict, where):
+    for rel, size in _require(raw, "files", dict, where).items():
         _inside(rel, "file", where)
+        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+            raise ManifestError(f"{where / MANIFEST}: field 'files.{clip(rel)}' must be a size in bytes")
+    checks = (("parent", (str, type(None))), ("step", int), ("metrics", dict), ("created", str))
+    for key, typ in (*checks, ("relative_links", bool)):
+        _optional(raw, key, typ, where)
+    for key in ("extra", "prompt_format", "metric_steps"):
+        _optional(raw, key, dict, where)
+    if not all(_finite(v) for v in raw.get("metrics", {}).values()):
+        raise ManifestError(f"{where / MANIFEST}: field 'metrics' must map names to finite numbers")
     known = set(Manifest.__dataclass_fields__)
     return Manifest(**{k: v for k, v in raw.items() if k in known})
 
 
-def read_manifest(stage_dir: str | os.PathLike) -> Manifest:
-    """Read and validate ``manifest.json``, then check every listed file exists with its recorded size."""
-    where = Path(stage_dir)
-    path = where / MANIFEST
-    if not where.is_dir():
-        raise ManifestError(f"{where}: not a directory (expected a stage directory with {MANIFEST})")
-    if not path.is_file():
-        raise ManifestError(f"{path}: missing; {where} is not a complete stage directory")
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ManifestError(f"{path}: not valid JSON ({e})") from e
-    if not isinstance(raw, dict):
-        raise ManifestError(f"{path}: expected a JSON object")
-    manifest = parse_manifest(raw, where)
+def _check_contents(manifest: Manifest, where: Path) -> None:
+    """Every listed file has its recorded size, every file the manifest names exists, safetensors headers fit."""
     for rel, size in manifest.files.items():
         f = where / rel
         if not f.is_file():
             raise ManifestError(f"{where}: file {rel!r} listed in {MANIFEST} is missing")
         if f.stat().st_size != size:
             raise ManifestError(f"{where}: file {rel!r} has {f.stat().st_size} bytes, manifest says {size}")
+    named = {f"adapters.{k}": v for k, v in manifest.adapters.items()}
+    named.update({f"heads.{k}.path": h["path"] for k, h in manifest.heads.items()})
+    for field_name, rel in named.items():
+        if not (where / rel).is_file():
+            raise ManifestError(f"{where}: file {rel!r} (field '{field_name}' of {MANIFEST}) is missing")
+    folders = {"tokenizer": manifest.tokenizer}
+    if manifest.base["kind"] == "local":
+        folders["base.path"] = manifest.base["path"]
+    for field_name, rel in folders.items():
+        if not (where / rel).is_dir():
+            raise ManifestError(f"{where}: folder {rel!r} (field '{field_name}' of {MANIFEST}) is missing")
+    for rel in manifest.files:
+        if rel.endswith(".safetensors") and (problems := safetensors_problems(where / rel)):
+            raise ManifestError(problems[0])
+
+
+def read_manifest(stage_dir: str | os.PathLike) -> Manifest:
+    """Read and validate ``manifest.json``, then check the directory's contents against it.
+
+    Before anything else, every entry of the directory must be a regular file or a folder: links are refused
+    (never followed), so nothing outside the directory is read, copied or chmod-ed through one.
+    """
+    where = Path(stage_dir)
+    path = where / MANIFEST
+    if not where.is_dir():
+        raise ManifestError(f"{where}: not a directory (expected a stage directory with {MANIFEST})")
+    links = tree_problems(where)
+    if links:
+        raise ManifestError(links[0])
+    if not path.is_file():
+        raise ManifestError(f"{path}: missing; {where} is not a complete stage directory")
+    try:
+        raw = strict_json(read_bounded(path, MAX_MANIFEST_BYTES))
+    except UnreadableFile as e:
+        raise ManifestError(str(e)) from e
+    except StrictJSONError as e:
+        raise ManifestError(f"{path}: {e}") from e
+    if not isinstance(raw, dict):
+        raise ManifestError(f"{path}: expected a JSON object")
+    manifest = parse_manifest(raw, where)
+    _check_contents(manifest, where)
+    _resolve_links(manifest, where)
     return manifest
 
 
@@ -142,6 +272,6 @@ def list_files(root: Path) -> dict[str, int]:
     """Relative POSIX path -> size of every regular file under root (the manifest excluded)."""
     out = {}
     for p in sorted(root.rglob("*")):
-        if p.is_file() and p.name != MANIFEST:
+        if p.is_file() and not p.is_symlink() and p.name != MANIFEST:
             out[p.relative_to(root).as_posix()] = p.stat().st_size
     return out

@@ -20,6 +20,13 @@ from safetensors.torch import load_file, save_file
 from lit_rlhf.backbone.build import Backbone
 from lit_rlhf.backbone.config import BackboneConfig
 from lit_rlhf.checkpoint.manifest import MANIFEST, Manifest, ManifestError, list_files, read_manifest
+from lit_rlhf.checkpoint.safety import (
+    check_export_target,
+    check_load,
+    finish_export,
+    record_links,
+    refuse_links,
+)
 from lit_rlhf.data.formatting import PromptFormat
 
 
@@ -71,11 +78,14 @@ def _make_readable(root: Path) -> None:
     umask = os.umask(0)
     os.umask(umask)
     for p in [root, *root.rglob("*")]:
+        if p.is_symlink():  # chmod follows links: it would change the permissions of what they point at
+            continue
         p.chmod((0o777 if p.is_dir() else 0o666) & ~umask)
 
 
 def _copy_tree(src: Path, dst: Path) -> None:
     """Copy a directory, hard-linking files where the filesystem allows (base weights can be large)."""
+    refuse_links(src)
     dst.mkdir(parents=True)
     for f in src.rglob("*"):
         target = dst / f.relative_to(src)
@@ -179,6 +189,7 @@ def save_stage_dir(
             }
         if config_text is not None:
             (tmp / "config.yaml").write_text(config_text, encoding="utf-8")
+        parent, extra = record_links(out, parent, extra)  # relative to `out` where possible: no user names
         manifest = Manifest(
             stage=stage,
             base=base,
@@ -192,6 +203,7 @@ def save_stage_dir(
             files=list_files(tmp),
             extra=extra or {},
             prompt_format=backbone.prompt_format.to_dict(),
+            relative_links=True,
         )
         (tmp / MANIFEST).write_text(manifest.to_json(), encoding="utf-8")
     return manifest
@@ -211,6 +223,8 @@ def load_stage_dir(
     quantize: bool = True,
     backbone_overrides: dict[str, Any] | None = None,
     trainable: tuple[str, ...] = (),
+    trust_remote_code: bool = False,
+    allow_external_base: bool | None = None,
 ) -> tuple[Backbone, Manifest]:
     """Rebuild the backbone, adapters and heads a stage directory describes.
 
@@ -218,14 +232,20 @@ def load_stage_dir(
         quantize: False loads the base in full precision whatever the stage used (export).
         backbone_overrides: Fields of the stored BackboneConfig to replace (e.g. quantization for a later stage).
         trainable: Adapter names to load as trainable (the others are frozen).
+        trust_remote_code: Let code shipped in the directory or with its base run. The caller's choice (a flag or
+            the user's own config); the manifest's own value is never used: a copied directory must not run code.
+        allow_external_base: False refuses a base outside the directory (a hub name or another folder); None
+            follows LIT_RLHF_LOCAL_BASES_ONLY. Such a base is logged either way.
     """
     root = Path(stage_dir)
     manifest = read_manifest(root)
+    check_load(root, manifest, trust_remote_code, allow_external_base)
     cfg_dict = {**manifest.backbone, **(backbone_overrides or {})}
     try:
         cfg = BackboneConfig.from_dict(cfg_dict)
     except (TypeError, ValueError) as e:
         raise ManifestError(f"{root / MANIFEST}: field 'backbone': {e}") from e
+    cfg.trust_remote_code = trust_remote_code
     weights_dir = root / manifest.base["path"] if manifest.base["kind"] == "local" else None
     if weights_dir is None:
         cfg.name_or_path = manifest.base["name_or_path"]
@@ -258,14 +278,28 @@ def load_stage_dir(
 
 
 def export_stage_dir(
-    stage_dir: str | os.PathLike, out: str | os.PathLike, adapter: str | None = None
+    stage_dir: str | os.PathLike,
+    out: str | os.PathLike,
+    adapter: str | None = None,
+    *,
+    overwrite: bool = False,
+    trust_remote_code: bool = False,
+    allow_external_base: bool | None = None,
 ) -> Path:
     """Write a plain transformers model: the base in full precision with `adapter` merged into it.
 
     With a quantized stage the adapter is merged into the original-precision base weights (the usual QLoRA
     export); the base is never saved quantized. `adapter` defaults to ``policy`` when the stage has one.
+    `out` is replaced whole: it must be absent, empty or an earlier export, unless `overwrite`. The export never
+    carries code (``.py`` files, ``auto_map``). The other keywords are `load_stage_dir`'s.
     """
-    backbone, manifest = load_stage_dir(stage_dir, quantize=False)
+    check_export_target(out, overwrite)
+    backbone, manifest = load_stage_dir(
+        stage_dir,
+        quantize=False,
+        trust_remote_code=trust_remote_code,
+        allow_external_base=allow_external_base,
+    )
     model = backbone.model
     if backbone.adapters:
         if adapter is None:
@@ -281,4 +315,5 @@ def export_stage_dir(
     with atomic_dir(out) as tmp:
         model.save_pretrained(str(tmp), safe_serialization=True)
         backbone.tokenizer.save_pretrained(str(tmp))
+        finish_export(tmp, stage_dir, adapter)
     return Path(out)

@@ -25,6 +25,7 @@ from lit_rlhf.data.formatting import (
     check_unknown_tokens,
     data_format,
 )
+from lit_rlhf.data.limits import MAX_RESPONSES, screen_comparisons
 from lit_rlhf.data.padding import pad_right
 from lit_rlhf.data.resumable import BatchPlan, PositionedBatches, ResumablePosition, Source, positioned_loader
 from lit_rlhf.data.rows import Comparison, DataError, ReadReport, read_rows, split_source
@@ -152,6 +153,8 @@ class ComparisonDataModule(ResumablePosition, L.LightningDataModule):
             ``skip``); ``allow`` tokenizes them as tokens.
         unknown_tokens_warn: warn when more than this share of a file's tokens are the unknown token.
         unknown_tokens_error: stop with an error naming the file above this share.
+        max_responses: most responses (K) per prompt; a row with more is refused (raised, or counted under
+            ``skip``): the pairs a prompt brings grow as K^2.
     """
 
     def __init__(
@@ -169,6 +172,7 @@ class ComparisonDataModule(ResumablePosition, L.LightningDataModule):
         special_tokens: SpecialTokens = "error",
         unknown_tokens_warn: float = UNKNOWN_WARN,
         unknown_tokens_error: float = UNKNOWN_ERROR,
+        max_responses: int = MAX_RESPONSES,
     ) -> None:
         super().__init__()
         problems = []
@@ -180,6 +184,8 @@ class ComparisonDataModule(ResumablePosition, L.LightningDataModule):
             problems.append(f"truncation must be one of {TRUNCATIONS}, got {truncation!r}")
         if special_tokens not in SPECIAL_TOKEN_POLICIES:
             problems.append(f"special_tokens must be 'error' or 'allow', got {special_tokens!r}")
+        if max_responses < 2:
+            problems.append(f"max_responses must be >= 2, got {max_responses}")
         if problems:
             raise ValueError("ComparisonDataModule: " + "; ".join(problems))
         self.save_hyperparameters(ignore=["tokenizer"])
@@ -189,6 +195,7 @@ class ComparisonDataModule(ResumablePosition, L.LightningDataModule):
         self.tokenizer, self.special_tokens = tokenizer, special_tokens
         self.unknown_limits = (unknown_tokens_warn, unknown_tokens_error)
         self.fmt: TextFormat | None = None
+        self.max_responses = max_responses
         self.reports: dict[str, ReadReport] = {}
         self.data: dict[str, list[EncodedComparison]] = {}
 
@@ -204,6 +211,7 @@ class ComparisonDataModule(ResumablePosition, L.LightningDataModule):
 
     def _load(self, split: str, path: str) -> list[EncodedComparison]:
         rows, report = read_rows(path, "comparison", on_error=self.on_error)
+        rows = screen_comparisons(rows, report, self.max_responses, self.on_error)
         rows = screen_special_tokens(rows, self.tokenizer, report, self.on_error, self.special_tokens)
         encoded = []
         for row in rows:

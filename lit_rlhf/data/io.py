@@ -17,6 +17,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from lit_rlhf.data.rows import parse_json_line
+from lit_rlhf.safe_io import open_regular
 
 
 def _encode_line(row: dict[str, Any]) -> bytes:
@@ -101,7 +102,7 @@ def read_jsonl_tolerant(path: str | os.PathLike) -> list[dict[str, Any]]:
     before it is corruption, not a race, and raises DataError naming the line. Blank lines are skipped.
     """
     path = os.fspath(path)
-    with open(path, "rb") as f:
+    with open_regular(path) as f:  # a FIFO or device raises instead of blocking or reading forever
         data = f.read()
     lines = data.split(b"\n")
     # After split, the last element is what follows the final newline: empty, or a half-written row.

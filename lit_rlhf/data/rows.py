@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from lit_rlhf.data.formatting import Messages, PromptSpec
+from lit_rlhf.safe_io import CLIP_CHARS, UnreadableFile, check_regular, clip, open_regular
 
 logger = logging.getLogger(__name__)
 
@@ -37,8 +38,9 @@ class DataError(ValueError):
         super().__init__(path, line, field, reason)
         self.path = str(path)
         self.line = line
-        self.field = field
-        self.reason = reason
+        # Both can quote a value from the file (a JSON key, a bad rank): cut, so a huge value gives a short message.
+        self.field = None if field is None else clip(field)
+        self.reason = clip(reason, 2 * CLIP_CHARS)
 
     def __str__(self) -> str:
         parts = [self.path if self.line is None else f"{self.path}:{self.line}"]
@@ -267,6 +269,8 @@ def _validate_comparison(obj: dict, at: _Where) -> Comparison:
     if "responses" not in obj and ("chosen" in obj or "rejected" in obj):
         chosen = _string(_required(obj, "chosen", at, needs), "chosen", at)
         rejected = _string(_required(obj, "rejected", at, needs), "rejected", at)
+        if chosen == rejected:
+            raise at.error("rejected", "identical to 'chosen': a response cannot be preferred to itself")
         return Comparison(prompt, (chosen, rejected), (0, 1), source=at.source)
     if "chosen" in obj or "rejected" in obj:
         raise at.error("responses", "give either 'responses'/'ranking' or 'chosen'/'rejected', not both")
@@ -275,6 +279,11 @@ def _validate_comparison(obj: dict, at: _Where) -> Comparison:
         raise at.error("responses", f"expected at least 2 responses, got {len(items)}")
     responses = tuple(_string(r, f"responses[{i}]", at) for i, r in enumerate(items))
     ranking = _validate_ranking(_required(obj, "ranking", at, needs), len(responses), at)
+    first_rank: dict[str, int] = {}  # the same text ranked twice differently says both "better" and "worse"
+    for i, (text, rank) in enumerate(zip(responses, ranking, strict=True)):
+        if first_rank.setdefault(text, rank) != rank:
+            reason = f"responses[{i}] repeats a response ranked {first_rank[text]}: contradictory labels"
+            raise at.error(f"ranking[{i}]", reason)
     return Comparison(prompt, responses, ranking, source=at.source)
 
 
@@ -442,7 +451,7 @@ def _summary_key(err: DataError) -> str:
 
 def _iter_jsonl(path: str):
     """(line number, decoded object or DataError) for every non-blank line."""
-    with open(path, "rb") as f:
+    with open_regular(path) as f:
         for line_no, raw in enumerate(f, start=1):
             if not raw.strip():
                 continue
@@ -476,8 +485,12 @@ def _open_rows(path: str):
         raise DataError(
             path, None, None, f"unknown file type {ext or '(none)'!r}: expected .jsonl or .parquet"
         )
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"data file not found: {path}")
+    try:
+        check_regular(path)  # a folder, FIFO, device or symlink loop: a clear error, never a hang
+    except FileNotFoundError:
+        raise FileNotFoundError(f"data file not found: {path}") from None
+    except UnreadableFile as e:
+        raise DataError(path, None, None, e.reason) from None
     return _READERS[ext](path)
 
 

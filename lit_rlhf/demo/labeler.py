@@ -150,14 +150,18 @@ class Labeler:
     def rank(self, prompt: str, responses: Sequence[str]) -> list[int]:
         """ranking[i] = dense rank of responses[i] by score, 0 = best; equal scores share a rank.
 
-        With rank_noise > 0 each score gets Gaussian noise first. The noise is seeded by the labeler's
+        With rank_noise > 0 each score gets Gaussian noise first (the same for repeated texts). The noise is seeded by the labeler's
         seed and the question itself, so asking the same question twice gets the same answer,
         whatever else was asked in between (data stays reproducible under any iteration order).
         """
         scores = [self.score(prompt, response) for response in responses]
         if self.rank_noise > 0:
             rng = random.Random(self._question_seed(prompt, responses))
-            scores = [s + rng.gauss(0.0, self.rank_noise) for s in scores]
+            # One draw per position (the stream stays as it was), but a repeated text keeps its first draw: one
+            # response ranked two ways would be a contradictory row, which the comparison reader refuses.
+            noise: dict[str, float] = {}
+            draws = [noise.setdefault(r, rng.gauss(0.0, self.rank_noise)) for r in responses]
+            scores = [s + d for s, d in zip(scores, draws, strict=True)]
         rounded = [round(s, TIE_DECIMALS) for s in scores]
         levels = sorted(set(rounded), reverse=True)
         return [levels.index(r) for r in rounded]

@@ -94,17 +94,18 @@ def read_prompts(path: str | Path, limit: int | None = None) -> tuple[list[Any],
     return [r.prompt for r in rows], [r.reference for r in rows]
 
 
-def stage_text_format(stage_dir: str | Path) -> Any:
+def stage_text_format(stage_dir: str | Path, trust_remote_code: bool = False) -> Any:
     """A stage directory's tokenizer with its recorded prompt format, without loading any weights.
 
     Later stages render prompts exactly as the stage they start from (the SFT model) was trained to read them.
+    `trust_remote_code` is the caller's own setting, never the manifest's.
     """
     from lit_rlhf.backbone.build import load_tokenizer
     from lit_rlhf.checkpoint.manifest import read_manifest
     from lit_rlhf.data.formatting import PromptFormat, TextFormat
 
     manifest = read_manifest(stage_dir)
-    tokenizer = load_tokenizer(str(Path(stage_dir) / manifest.tokenizer))
+    tokenizer = load_tokenizer(str(Path(stage_dir) / manifest.tokenizer), None, trust_remote_code)
     return TextFormat(tokenizer, PromptFormat.from_dict(manifest.prompt_format))
 
 

@@ -95,10 +95,19 @@ def score_texts(
 class RewardScorer:
     """Load a reward stage directory once and score (prompt, response) texts, bias applied."""
 
-    def __init__(self, stage_dir: str | Path, device: str = "cpu", head: str = REWARD) -> None:
+    def __init__(
+        self,
+        stage_dir: str | Path,
+        device: str = "cpu",
+        head: str = REWARD,
+        *,
+        trust_remote_code: bool = False,
+    ) -> None:
         from lit_rlhf.checkpoint.stage_dir import load_stage_dir
 
-        self.backbone, self.manifest = load_stage_dir(stage_dir, device=device)
+        self.backbone, self.manifest = load_stage_dir(
+            stage_dir, device=device, trust_remote_code=trust_remote_code
+        )
         if head not in self.manifest.heads:
             raise ValueError(
                 f"{stage_dir}: no head {head!r} (stage {self.manifest.stage!r}); is it a reward stage directory?"

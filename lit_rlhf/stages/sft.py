@@ -108,7 +108,7 @@ class SFTModule(StrategyCheck, L.LightningModule):
             from lit_rlhf.data.formatting import TextFormat
 
             if self.init_from is not None:
-                fmt = stage_text_format(self.init_from)
+                fmt = stage_text_format(self.init_from, self._trust_code)
                 self._tokenizer = TextFormat(fmt.tokenizer, self.prompt_format or fmt.prompt_format)
             else:
                 self._tokenizer = TextFormat(load_config_tokenizer(self.backbone_cfg), self.prompt_format)
@@ -117,6 +117,11 @@ class SFTModule(StrategyCheck, L.LightningModule):
     @property
     def tokenizer(self):
         return self.text_format.tokenizer
+
+    @property
+    def _trust_code(self) -> bool:
+        """The user's own backbone.trust_remote_code, also for init_from: never the stage directory's manifest."""
+        return bool(self.backbone_cfg is not None and self.backbone_cfg.trust_remote_code)
 
     def _target_device(self):
         # inside configure_model self.device can still be cpu; the strategy knows where the model will live
@@ -130,7 +135,12 @@ class SFTModule(StrategyCheck, L.LightningModule):
         if self.init_from is not None:
             from lit_rlhf.checkpoint.stage_dir import load_stage_dir
 
-            net, _ = load_stage_dir(self.init_from, device=self._target_device(), trainable=(POLICY,))
+            net, _ = load_stage_dir(
+                self.init_from,
+                device=self._target_device(),
+                trainable=(POLICY,),
+                trust_remote_code=self._trust_code,
+            )
             if net.cfg.lora is not None and POLICY not in net.adapters:
                 net.add_adapter(POLICY)
         else:

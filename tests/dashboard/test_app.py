@@ -177,11 +177,25 @@ assert not heavy, heavy
 
 def test_the_sidebar_runs_root_switches_folders(runs_root, tmp_path):
     at = open_page(runs_root, PAGES[0])
-    at.sidebar.text_input[0].set_value(str(tmp_path / "elsewhere")).run()
+    at.sidebar.text_input[0].set_value(
+        str(runs_root / "elsewhere")
+    ).run()  # a folder inside the start-up root
     assert [c.value for c in at.code] == [loaders.FIRST_RUN_COMMAND]
-    assert texts(at)[-1].startswith(f"Runs root: {tmp_path / 'elsewhere'}")
+    assert texts(at)[-1].startswith(f"Runs root: {runs_root / 'elsewhere'}")
     at.sidebar.text_input[0].set_value(str(runs_root)).run()
     assert at.dataframe[0].value["run"].tolist() == ["sft/alpha", "reward/rm", "ppo/live"]
+
+
+def test_the_sidebar_runs_root_cannot_leave_the_start_up_root(runs_root, tmp_path):
+    from .helpers import build_runs
+
+    build_runs(tmp_path / "private")  # runs a user did not start the dashboard on
+    at = open_page(runs_root, PAGES[0])
+    at.sidebar.text_input[0].set_value(str(tmp_path / "private")).run()
+    assert not at.exception
+    assert "is not inside the runs root this dashboard was started with" in at.sidebar.text[0].value
+    assert set(at.dataframe[0].value["run"]) == {"sft/alpha", "reward/rm", "ppo/live"}
+    assert all(str(tmp_path / "private") not in c.value for c in at.code)  # nothing from there is shown
 
 
 def test_curves_metric_choice_follows_the_runs_chosen(runs_root):

@@ -20,7 +20,7 @@ import pytest
 from dashboard.loaders import FIRST_RUN_COMMAND
 from lit_rlhf.dashboard_cmd import dashboard_command
 
-from .helpers import SFT_PROMPT, XSS_IMG, XSS_SCRIPT
+from .helpers import SECRET, SFT_PROMPT, XSS_IMG, XSS_SCRIPT, build_hostile_runs
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -60,6 +60,16 @@ def _wait_until_serving(proc: subprocess.Popen, port: int, log: Path) -> None:
 @pytest.fixture
 def served(runs_root, tmp_path):
     """The dashboard on a free loopback port over the fixture runs; yields its base URL."""
+    yield from _serve(runs_root, tmp_path)
+
+
+@pytest.fixture
+def served_hostile(tmp_path):
+    """The dashboard over a runs root holding hostile files (tests/dashboard/helpers.build_hostile_runs)."""
+    yield from _serve(build_hostile_runs(tmp_path / "runs", tmp_path / "outside"), tmp_path)
+
+
+def _serve(runs_root, tmp_path):
     port = _free_port()
     command, env = dashboard_command(["--runs", str(runs_root), "--port", str(port)])
     log = tmp_path / "streamlit.log"
@@ -105,7 +115,7 @@ def sync_api():
     )
 
 
-def test_every_page_in_chromium_shows_payloads_as_text(sync_api, served, tmp_path):
+def test_every_page_in_chromium_shows_payloads_as_text(sync_api, served, runs_root):
     expect = sync_api.expect
     expect.set_options(timeout=TIMEOUT_MS)  # 2 busy cores: Streamlit reruns can take seconds
     with sync_api.sync_playwright() as pw:
@@ -149,11 +159,50 @@ def test_every_page_in_chromium_shows_payloads_as_text(sync_api, served, tmp_pat
 
             # The sidebar's runs root: an edit sticks, shows the empty state, and survives a page switch.
             root = page.get_by_role("textbox", name="Runs root")
-            root.fill(str(tmp_path / "no-runs"))
+            root.fill(str(runs_root / "no-runs"))  # a folder inside the runs root given at start-up
             root.press("Enter")
             expect(page.locator("code").filter(has_text="configs/demo/sft.yaml")).to_be_visible()
             page.get_by_role("link", name="Runs", exact=True).click()
             expect(page.locator("code").filter(has_text=FIRST_RUN_COMMAND)).to_be_visible()
-            expect(page.get_by_role("textbox", name="Runs root")).to_have_value(str(tmp_path / "no-runs"))
+            expect(page.get_by_role("textbox", name="Runs root")).to_have_value(str(runs_root / "no-runs"))
+        finally:
+            browser.close()
+
+
+def test_every_page_renders_over_a_hostile_runs_root_in_chromium(sync_api, served_hostile):
+    """Deeply nested JSON, a FIFO status.json, a folder named metrics.jsonl, links out of the root: every page
+    renders, names the bad files, and shows nothing from outside the root."""
+    expect = sync_api.expect
+    expect.set_options(timeout=TIMEOUT_MS)
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.set_default_timeout(TIMEOUT_MS)
+
+            _visit(page, served_hostile + "/", "Runs")
+            expect(shown(page.get_by_text("sft/alpha", exact=True))).to_be_visible()  # a run-picker chip
+            expect(shown(page.get_by_text("status files could not be read and were skipped"))).to_be_visible()
+            expect(shown(page.get_by_text("metric rows could not be read and were skipped"))).to_be_visible()
+            expect(page.locator("code").filter(has_text="win rate 0.61")).to_be_visible()
+            assert SECRET not in page.content()
+
+            _visit(page, served_hostile + "/curves", "Curves")
+            page.get_by_role("heading", name="sft/", exact=True).wait_for()
+            page.locator(".vega-embed").first.wait_for()
+
+            _visit(page, served_hostile + "/rankings", "Rankings")  # reward/folder first: no rankings
+            page.get_by_role("heading", name="RM accuracy over time").wait_for()
+            page.get_by_text("This run has written no rankings yet", exact=False).first.wait_for()
+
+            _visit(page, served_hostile + "/samples", "Samples")
+            expect(page.get_by_role("combobox", name="Prompt")).to_have_value(SFT_PROMPT)
+
+            _visit(page, served_hostile + "/compare", "Compare")
+            expect(
+                shown(page.get_by_text("stage directories could not be read and were skipped"))
+            ).to_be_visible()
+            expect(shown(page.get_by_text("sft/alpha  [sft, step 20]"))).to_be_visible()
+            assert SECRET not in page.content()
         finally:
             browser.close()

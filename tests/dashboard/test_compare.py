@@ -149,8 +149,9 @@ def test_empty_prompt_is_refused(models):
 class FakeRewardScorer:
     """Stands in for lit_rlhf.stages.reward.RewardScorer: the score is the response's length."""
 
-    def __init__(self, stage_dir):
+    def __init__(self, stage_dir, trust_remote_code=False):
         self.stage_dir = stage_dir
+        assert trust_remote_code is False  # the dashboard was not started with --trust-remote-code
 
     def score(self, prompts, responses):
         assert len(prompts) == len(responses)
@@ -168,17 +169,24 @@ def fake_reward(monkeypatch, model_root):
     (model_root / "reward" / "rm" / "stage" / "manifest.json").unlink()
 
 
-def _compare_page(model_root, monkeypatch) -> AppTest:
+def _texts(at: AppTest) -> list[str]:
+    """The page's text lines without the notes on where each chosen model's base comes from."""
+    return [t.value for t in at.text if not t.value.startswith("Note: ")]
+
+
+def _compare_page(model_root, monkeypatch, labels=None) -> AppTest:
     st.cache_resource.clear()  # models and scorers cached by an earlier test must not leak into this one
     monkeypatch.setenv("LIT_RLHF_RUNS", str(model_root))
+    if labels is not None:
+        monkeypatch.setenv("LIT_RLHF_LABELS", str(labels))
     at = AppTest.from_file(str(REPO / "dashboard" / "app.py"), default_timeout=60)
     at.run()
     at.switch_page("pages/compare.py").run()
     return at
 
 
-def test_page_generates_scores_ranks_and_saves(model_root, fake_reward, monkeypatch, tmp_path):
-    at = _compare_page(model_root, monkeypatch)
+def test_page_generates_scores_ranks_and_saves(model_root, fake_reward, monkeypatch, tmp_path, tiny_dir):
+    at = _compare_page(model_root, monkeypatch, labels=tmp_path / "labels")
     found = {d.label: d for d in loaders.find_stage_dirs(model_root)[0]}
     a, b = found["sft/a"], found["ppo/b"]
     at.multiselect[0].set_value([b, a]).run()
@@ -191,10 +199,16 @@ def test_page_generates_scores_ranks_and_saves(model_root, fake_reward, monkeypa
         at.number_input[0].set_value(seed)
         at.button(key="compare_generate").click().run()
         assert not at.exception, [e.value for e in at.exception]
-        shown = [t.value for t in at.text]
+        shown = _texts(at)
         if shown[3] and shown[6]:
             break
     assert shown[:2] == [f"Prompt: {PROMPT}", "KL reference: sft/a"]
+    notes = [t.value for t in at.text if t.value.startswith("Note: ")]
+    base = str(tiny_dir / "gpt2")  # both tiny stages are LoRA on a base folder outside them: the user is told
+    assert notes == [
+        f"Note: {d}: the base is the folder {base!r}, outside the stage directory."
+        for d in ("ppo/b", "sft/a")
+    ]
     assert shown[2] == "#1  ppo/b" and shown[5] == "#2  sft/a"
     completions = [shown[3], shown[6]]
     assert f"RM score {len(completions[0]):+.4f}" in shown[4]
@@ -204,8 +218,8 @@ def test_page_generates_scores_ranks_and_saves(model_root, fake_reward, monkeypa
     ]
     assert len(kl_frames) == 2 and (kl_frames[1]["kl"] == 0.0).all()  # sft/a against itself
 
-    path = tmp_path / "labels" / "comparisons.jsonl"
-    at.text_input(key="compare_file").set_value(str(path))
+    path = tmp_path / "labels" / "mine" / "comparisons.jsonl"
+    at.text_input(key="compare_file").set_value("mine/comparisons.jsonl")  # relative to the labels folder
     at.number_input(key="compare_rank_0").set_value(1)
     at.number_input(key="compare_rank_1").set_value(0)
     at.button(key="compare_save").click().run()
@@ -232,7 +246,7 @@ def test_a_failing_reward_model_still_shows_the_completions(model_root, fake_rew
     at.text_area[0].set_value(PROMPT)
     at.selectbox[1].set_value(found["reward/rm"]).run()
     at.button(key="compare_generate").click().run()
-    shown = [t.value for t in at.text]
+    shown = _texts(at)
     assert shown[2] == "RM scoring failed: RuntimeError: no reward head"
     assert shown[3] == "#1  sft/a" and "RM score" not in shown[5]
 
@@ -258,3 +272,24 @@ def test_page_reports_a_broken_stage_dir_without_crashing(model_root, monkeypatc
         assert "ManifestError" in at.code[-1].value
     finally:
         (broken / "manifest.json").unlink()
+
+
+@pytest.mark.parametrize(
+    ("judge", "expected"),
+    [
+        ("tests.test_judges:length_judge", "judge score "),
+        ("no.such.module:judge", "Judge 'no.such.module:judge' failed: JudgeError"),
+    ],
+)
+def test_the_start_up_judge_scores_each_completion_or_says_why_not(model_root, monkeypatch, judge, expected):
+    """`dashboard --judge`: each completion shows the judge's score; a judge that fails leaves the completions."""
+    monkeypatch.setenv("LIT_RLHF_JUDGE", judge)
+    at = _compare_page(model_root, monkeypatch)
+    found = {d.label: d for d in loaders.find_stage_dirs(model_root)[0]}
+    at.multiselect[0].set_value([found["ppo/b"], found["sft/a"]]).run()
+    at.text_area[0].set_value(PROMPT).run()
+    at.button(key="compare_generate").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    shown = _texts(at)
+    assert any(expected in line for line in shown), shown
+    assert shown[0] == f"Prompt: {PROMPT}"

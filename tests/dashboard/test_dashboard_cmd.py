@@ -52,3 +52,41 @@ def test_bad_port_is_a_usage_error():
     with pytest.raises(SystemExit) as exit_info:
         dashboard_cmd.dashboard_command(["--port", "http"])
     assert exit_info.value.code == 2
+
+
+def test_start_up_settings_come_from_the_flags_only(monkeypatch, tmp_path):
+    monkeypatch.setenv("LIT_RLHF_TRUST_REMOTE_CODE", "1")  # left over in the shell: must not turn code on
+    monkeypatch.setenv("LIT_RLHF_LABELS", "/somewhere/else")
+    monkeypatch.delenv("LIT_RLHF_LOCAL_BASES_ONLY", raising=False)
+    _, env = dashboard_cmd.dashboard_command(["--runs", str(tmp_path / "r")])
+    assert env["LIT_RLHF_TRUST_REMOTE_CODE"] == "0"
+    assert "LIT_RLHF_LABELS" not in env and "LIT_RLHF_LOCAL_BASES_ONLY" not in env
+    _, env = dashboard_cmd.dashboard_command(
+        ["--trust-remote-code", "--local-bases-only", "--labels", str(tmp_path / "labels")]
+    )
+    assert env["LIT_RLHF_TRUST_REMOTE_CODE"] == "1" and env["LIT_RLHF_LOCAL_BASES_ONLY"] == "1"
+    assert env["LIT_RLHF_LABELS"] == str(tmp_path / "labels")
+
+
+def test_the_judge_comes_from_the_flag(monkeypatch):
+    from dashboard import safety
+
+    monkeypatch.setenv("LIT_RLHF_JUDGE", "left.over:judge")
+    _, env = dashboard_cmd.dashboard_command([])
+    assert "LIT_RLHF_JUDGE" not in env
+    _, env = dashboard_cmd.dashboard_command(["--judge", "demo"])
+    assert env["LIT_RLHF_JUDGE"] == "demo"
+    monkeypatch.setenv("LIT_RLHF_JUDGE", "demo")
+    assert safety.judge_spec() == "demo"
+
+
+def test_the_app_reads_the_start_up_settings(monkeypatch, tmp_path):
+    from dashboard import safety
+
+    monkeypatch.setenv("LIT_RLHF_RUNS", str(tmp_path / "r"))
+    monkeypatch.delenv("LIT_RLHF_LABELS", raising=False)
+    monkeypatch.setenv("LIT_RLHF_TRUST_REMOTE_CODE", "0")
+    assert safety.labels_root() == tmp_path / "r" and not safety.trust_remote_code()
+    monkeypatch.setenv("LIT_RLHF_LABELS", str(tmp_path / "l"))
+    monkeypatch.setenv("LIT_RLHF_TRUST_REMOTE_CODE", "1")
+    assert safety.labels_root() == tmp_path / "l" and safety.trust_remote_code()

@@ -398,7 +398,7 @@ valid_rows = st.one_of(
         lambda k: st.builds(
             lambda p, rs, rk: Comparison(p, tuple(rs), tuple(rk)),
             words,
-            st.lists(words, min_size=k, max_size=k),
+            st.lists(words, min_size=k, max_size=k, unique=True),  # a repeat ranked twice is refused
             st.lists(st.integers(0, k - 1), min_size=k, max_size=k).filter(lambda rk: len(set(rk)) > 1),
         )
     ),

@@ -96,7 +96,7 @@ def test_rank_and_compare_treat_scores_equal_to_1e6_as_ties():
 
 
 def test_rank_noise_breaks_ties_reproducibly():
-    responses = ["b a c"] * 6
+    responses = ["q", "w", "e", "r t", "y", "u u"]  # all wrong: equal scores
     assert Labeler().rank(REVERSE, responses) == [0] * 6
     noisy = Labeler(seed=1, rank_noise=1.0)
     ranking = noisy.rank(REVERSE, responses)
@@ -105,6 +105,12 @@ def test_rank_noise_breaks_ties_reproducibly():
     assert noisy.rank(REVERSE, responses) == ranking
     assert Labeler(seed=1, rank_noise=1.0).rank(REVERSE, responses) == ranking
     assert Labeler(seed=2, rank_noise=1.0).rank(REVERSE, responses) != ranking
+
+
+def test_rank_noise_gives_a_repeated_response_one_rank():
+    ranking = Labeler(seed=1, rank_noise=1.0).rank(REVERSE, ["q", "w", "q", "e", "w"])
+    assert ranking[0] == ranking[2] and ranking[1] == ranking[4]
+    assert len(set(ranking)) == 3
 
 
 def test_small_rank_noise_keeps_clear_preferences():

@@ -117,7 +117,12 @@ def valid_rows(draw, kind: str) -> tuple[dict[str, Any], dict[str, Any]]:
     if kind == "demonstration":
         row = {"prompt": draw(GOOD_STRING), "response": draw(GOOD_STRING)}
     elif kind == "comparison" and draw(st.booleans()):
-        row = {"prompt": draw(GOOD_STRING), "chosen": draw(GOOD_STRING), "rejected": draw(GOOD_STRING)}
+        chosen = draw(GOOD_STRING)  # a row preferring a response to itself is refused (contradictory)
+        row = {
+            "prompt": draw(GOOD_STRING),
+            "chosen": chosen,
+            "rejected": draw(GOOD_STRING.filter(lambda r: r != chosen)),
+        }
         return row, {
             "prompt": row["prompt"],
             "responses": [row["chosen"], row["rejected"]],
@@ -125,7 +130,11 @@ def valid_rows(draw, kind: str) -> tuple[dict[str, Any], dict[str, Any]]:
         }
     elif kind == "comparison":
         k = draw(st.integers(2, 5))
-        row = {"prompt": draw(GOOD_STRING), "responses": [draw(GOOD_STRING) for _ in range(k)]}
+        # distinct texts: a repeated response ranked twice differently is refused (contradictory labels)
+        row = {
+            "prompt": draw(GOOD_STRING),
+            "responses": draw(st.lists(GOOD_STRING, min_size=k, max_size=k, unique=True)),
+        }
         row["ranking"] = draw(_ranking(k))
     else:
         field = "text" if kind == "text" else "prompt"
@@ -418,7 +427,7 @@ def comparison_rows(draw) -> dict[str, Any]:
     k = draw(st.integers(2, 4))
     return {
         "prompt": draw(WORDS),
-        "responses": draw(st.lists(WORDS, min_size=k, max_size=k)),
+        "responses": draw(st.lists(WORDS, min_size=k, max_size=k, unique=True)),
         "ranking": draw(_ranking(k)),
     }
 
@@ -492,7 +501,7 @@ def with_special_text(draw) -> tuple[dict[str, Any], str | None]:
     Returns the row and the field the screen must name (None: clean, or only the raw prompt holds one).
     """
     kind = draw(st.sampled_from(["plain", "chat", "comparison"]))
-    words = draw(st.lists(CLEAN_WORDS, min_size=3, max_size=3))
+    words = draw(st.lists(CLEAN_WORDS, min_size=3, max_size=3, unique=True))
     token, where, at = draw(SPECIAL_TEXT), draw(st.integers(0, 3)), draw(st.integers(0, 200))
 
     def splice(text: str) -> str:
