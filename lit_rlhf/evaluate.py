@@ -17,6 +17,7 @@ Every model samples with the same seeds, so the SFT model evaluated against itse
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import gc
 import hashlib
@@ -57,6 +58,7 @@ METRICS = (
 # PPODataModule's default ptx_max_length: the alignment tax is measured on rows cut as training cut them.
 PRETRAIN_MAX_LENGTH = 128
 REPORT_FILES = ("report.json", "report.md", "report.png")
+BASE_ROW = "base (adapters off)"
 
 
 class EvalError(ValueError):
@@ -79,6 +81,8 @@ class EvalSettings:
         device: Where the models run.
         judge: Judges the completions (``demo``, ``exact_match``, ``package.module:callable``; null = no judge
             figures). See lit_rlhf.judges.
+        base: Also evaluate the SFT stage's base model with its adapters off (the pretrained model, zero-shot),
+            as the first row (``BASE_ROW``). Needs a LoRA SFT stage.
         trust_remote_code: Let code shipped in a stage directory run (--trust-remote-code); never read from a
             manifest.
     """
@@ -93,6 +97,7 @@ class EvalSettings:
     pretrain_limit: int = 256
     device: str = "cpu"
     judge: str | None = None
+    base: bool = False
     trust_remote_code: bool = False
 
     def problems(self) -> list[str]:
@@ -282,13 +287,25 @@ def load_policy(path: str, device: str, trust_remote_code: bool = False) -> Any:
     return backbone.eval()
 
 
-def policy_pass(path: str, prompts: list[Any], texts: list[str] | None, s: EvalSettings) -> PolicyPass:
-    """Step 1 for one checkpoint: sample, score its own tokens, measure the pretraining loss."""
-    log.info("evaluate: sampling %d completions from %s", len(prompts), path)
+def policy_pass(
+    path: str, prompts: list[Any], texts: list[str] | None, s: EvalSettings, adapters_off: bool = False
+) -> PolicyPass:
+    """Step 1 for one checkpoint: sample, score its own tokens, measure the pretraining loss.
+
+    `adapters_off` evaluates the stage's base model with every adapter off (the pretrained model, zero-shot).
+    """
+    log.info(
+        "evaluate: sampling %d completions from %s%s", len(prompts), path, " (base)" if adapters_off else ""
+    )
     backbone = load_policy(path, s.device, s.trust_remote_code)
-    batches = sample(backbone, prompts, s.sampling(), s.batch_size, s.seed)
-    logprobs = response_token_logprobs(backbone, batches)
-    ptx = pretrain_loss(backbone, texts, s.batch_size) if texts else None
+    if adapters_off and not backbone.adapters:
+        raise EvalError(
+            f"{path}: --base needs a LoRA SFT stage (its base is the pretrained model); this one has none"
+        )
+    with backbone.use_adapter(None) if adapters_off else contextlib.nullcontext():
+        batches = sample(backbone, prompts, s.sampling(), s.batch_size, s.seed)
+        logprobs = response_token_logprobs(backbone, batches)
+        ptx = pretrain_loss(backbone, texts, s.batch_size) if texts else None
     return PolicyPass(batches, logprobs, ptx)
 
 
@@ -421,6 +438,9 @@ def evaluate_checkpoints(
     manifests, sft_path, sft_manifest, rm_path = _resolve(ckpts, sft, rm, settings.trust_remote_code)
     prompts, refs, texts = _read_inputs(settings)
     runs: dict[str, PolicyPass] = {}
+    if settings.base:  # the pretrained model under the SFT stage, zero-shot: the first row
+        runs[BASE_ROW] = policy_pass(sft_path, prompts, texts, settings, adapters_off=True)
+        _release()
     for path in manifests:  # 1
         runs[path] = policy_pass(path, prompts, texts, settings)
         _release()
@@ -433,7 +453,7 @@ def evaluate_checkpoints(
         for path, run in runs.items()
     }
     rows = {
-        path: _row(manifests[path], run, judged[path], kl[path], rewards.get(path))
+        path: _row(manifests.get(path), run, judged[path], kl[path], rewards.get(path))
         for path, run in runs.items()
     }
     return {
@@ -453,16 +473,18 @@ def evaluate_checkpoints(
 
 
 def _row(
-    manifest: Manifest,
+    manifest: Manifest | None,
     run: PolicyPass,
     judged: dict[str, float],
     kl: list[float],
     rm_scores: list[float] | None,
 ) -> dict[str, Any]:
-    """One checkpoint's report entry: METRICS, plus the judge's own details (e.g. exact_match) when it has some."""
+    """One checkpoint's report entry: METRICS, plus the judge's own details (e.g. exact_match) when it has some.
+    No manifest: the base model row (`--base`)."""
     lengths = response_lengths(run.batches)
     metrics = checkpoint_metrics(judged, rm_scores, kl, run.pretrain_loss, lengths)
-    return {"stage": manifest.stage, "step": manifest.step, **metrics}
+    stage, step = ("base", 0) if manifest is None else (manifest.stage, manifest.step)
+    return {"stage": stage, "step": step, **metrics}
 
 
 # ---- the report files ----------------------------------------------------------------------------------
@@ -621,6 +643,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=32, help="prompts per generate call / forward pass")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument(
+        "--base",
+        action="store_true",
+        help="also evaluate the SFT stage's pretrained base with adapters off (zero-shot), as the first row",
+    )
+    p.add_argument(
         "--judge",
         default=None,
         help="judge of the completions: demo, exact_match (reference answers in the prompt rows), or "
@@ -653,6 +680,7 @@ def cli_main(argv: list[str]) -> int:
         pretrain_limit=a.pretrain_limit,
         device=a.device,
         judge=a.judge,
+        base=a.base,
         trust_remote_code=a.trust_remote_code,
     )
     if a.local_bases_only:  # read by every load_stage_dir of this process (policies, SFT, reward model)

@@ -43,6 +43,7 @@ class CollectSettings:
     k: int = 4
     temperature: float = 1.0
     max_new_tokens: int = 24
+    batch_size: int = 64  # prompts per generate call (each repeated k times)
 
 
 @dataclass
@@ -60,9 +61,13 @@ class PipelineConfig:
     ppo_config: str = "configs/demo/ppo.yaml"
     collect: CollectSettings = field(default_factory=CollectSettings)
     eval_limit: int = 300
-    judge: str = (
-        "demo"  # ranks the comparisons and judges the evaluation (the demo world's labeler plays the human)
+    eval_max_new_tokens: int = 24
+    eval_base: bool = (
+        False  # also evaluate the SFT stage's pretrained base, adapters off (zero-shot): LoRA SFT only
     )
+    demo_tokenizer: bool = True  # SFT uses the demo world's word-level tokenizer (false: the model's own)
+    # ranks the comparisons and judges the evaluation (the demo world's labeler plays the human)
+    judge: str = "demo"
     extra_args: dict[str, list[str]] = field(default_factory=dict)  # stage -> extra CLI args
 
     @classmethod
@@ -174,7 +179,7 @@ class Pipeline:
                     "--max-new-tokens",
                     str(c.max_new_tokens),
                     "--batch-size",
-                    "64",
+                    str(c.batch_size),
                     "--seed",
                     str(seed),
                     "--judge",
@@ -207,6 +212,9 @@ class Pipeline:
                 str(self.data / "pretrain.jsonl"),
                 "--limit",
                 str(self.cfg.eval_limit),
+                "--max-new-tokens",
+                str(self.cfg.eval_max_new_tokens),
+                *(["--base"] if self.cfg.eval_base else []),
                 "--judge",
                 self.cfg.judge,
                 "--out",
@@ -223,8 +231,11 @@ class Pipeline:
             "sft",
             self.cfg.sft_config,
             [
-                "--model.init_args.backbone.tokenizer",
-                str(d / "tokenizer"),
+                *(
+                    ["--model.init_args.backbone.tokenizer", str(d / "tokenizer")]
+                    if self.cfg.demo_tokenizer
+                    else []
+                ),
                 "--model.init_args.samples.eval_prompts",
                 str(d / "eval_prompts.jsonl"),
                 "--data.init_args.train_path",

@@ -67,6 +67,7 @@ def test_judge_metrics_by_hand():
     m = judge_metrics(load_judge("demo"), prompts, ours, baseline=sft)
     assert m["judge_score"] == 0.5 and m["judged"] == 2
     assert (m["exact_match"], m["banned"], m["filler"]) == (0.5, 0.5, 0.0)
+    assert (m["exact_match_reverse"], m["exact_match_add"]) == (1.0, 0.0)  # accuracy per task family
     assert m["win_rate_vs_sft"] == 0.25  # a tie (0.5) and a loss (0) over 2 prompts
     # Wilson interval for p = 0.25, n = 2, z = 1.95996: centre 0.414398, half-width 0.387721
     assert m["win_rate_ci_low"] == pytest.approx(0.026677342)
@@ -373,6 +374,7 @@ def test_sft_against_itself_is_an_exact_tie_and_report_files(demo_sft, demo_data
         "exact_match",
         "banned",
         "filler",
+        "exact_match_add",  # the demo SFT fixture's prompts are all additions
         *METRICS,
     }
     md = paths["report.md"].read_text()
@@ -386,3 +388,26 @@ def test_a_checkpoint_with_another_vocabulary_is_refused_before_loading(tiny, de
     s = EvalSettings(prompts=str(tiny["prompts"]))
     with pytest.raises(EvalError, match=f"{tiny['sft']}: its tokenizer's vocabulary differs"):
         evaluate_checkpoints([str(tiny["sft"])], s, sft=str(demo_sft / "sft"))
+
+
+def test_base_row_is_the_sft_stages_pretrained_model_with_adapters_off(tiny_dir, tiny, tmp_path):
+    """--base: the zero-shot model under a LoRA SFT stage is the first row; a full-weights SFT has none."""
+    from lit_rlhf.evaluate import BASE_ROW
+
+    sft = Backbone.build(BackboneConfig(name_or_path=str(tiny_dir / "llama"), lora=LORA))
+    sft.add_adapter("policy")
+    _perturb(sft, "policy", 0.5)
+    save_stage_dir(tmp_path / "sft", sft, stage="sft")
+    s = EvalSettings(prompts=str(tiny["prompts"]), limit=4, max_new_tokens=3, batch_size=4, base=True)
+    report = evaluate_checkpoints([str(tmp_path / "sft")], s)
+    assert list(report["checkpoints"]) == [BASE_ROW, str(tmp_path / "sft")]
+    base, tuned = report["checkpoints"].values()
+    assert (base["stage"], base["step"]) == ("base", 0) and tuned["kl"] == 0.0 and base["kl"] != 0.0
+    plain = Backbone.build(
+        BackboneConfig(name_or_path=str(tiny_dir / "llama"))
+    ).eval()  # the same base, no LoRA
+    prompts = ["a e =", "a f =", "a g =", "a h ="]  # the first 4 rows of tiny["prompts"]
+    lengths = response_lengths(sample(plain, prompts, s.sampling(), 4, s.seed))
+    assert base["mean_length"] == sum(lengths) / 4
+    with pytest.raises(EvalError, match="--base needs a LoRA SFT stage"):
+        evaluate_checkpoints([str(tiny["sft"])], s)

@@ -26,11 +26,19 @@ class DemoJudge:
         return None if parse_prompt(prompt) is None else self.labeler.score(prompt, response)
 
     def details(self, prompt: str, response: str, reference: str | None = None) -> dict[str, float]:
-        """exact_match (the task's answer), banned (the banned word), filler (any filler word): 0 or 1 each."""
-        if parse_prompt(prompt) is None:
+        """exact_match (the task's answer), banned (the banned word), filler (any filler word): 0 or 1 each; and
+        exact_match_<family> (reverse, sort, ...), present only for that family's prompts, so its mean over a
+        report is the family's accuracy."""
+        task = parse_prompt(prompt)
+        if task is None:
             return {}
         j = self.labeler.judge(prompt, response)
-        return {"exact_match": float(j.correct), "banned": float(j.banned), "filler": float(j.n_fillers > 0)}
+        return {
+            "exact_match": float(j.correct),
+            "banned": float(j.banned),
+            "filler": float(j.n_fillers > 0),
+            f"exact_match_{task.family}": float(j.correct),
+        }
 
     def rank(self, prompt: str, responses: Sequence[str], reference: str | None = None) -> list[int] | None:
         return None if parse_prompt(prompt) is None else self.labeler.rank(prompt, responses)
