@@ -168,9 +168,34 @@ def build_base(
         _avoid_cpu_4bit_repacking(model)
     if cfg.lora is not None:
         model.requires_grad_(False)
+    else:
+        train_base(model, cfg.top_layers)
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return model, source
+
+
+def train_base(model: nn.Module, top_layers: int | None) -> None:
+    """Full fine-tuning: every base parameter trains, or with `top_layers` only the top decoder layers, the final
+    norm and an untied output layer (the embeddings and every lower layer frozen: Sparrow's shared trunk)."""
+    model.requires_grad_(True)
+    if top_layers is None:
+        return
+    from lit_rlhf.backbone.trunk import TrunkSplit
+
+    split = TrunkSplit.for_model(model, top_layers)
+    if split is None:
+        raise ValueError(f"top_layers: {type(model).__name__} has no supported decoder layer list to split")
+    split.decoder.requires_grad_(False)
+    for layer in getattr(split.decoder, split.attr)[split.split :]:
+        layer.requires_grad_(True)
+    for child in split.decoder.children():
+        if "norm" in type(child).__name__.lower():  # the final norm (LlamaRMSNorm, GPT-2's ln_f LayerNorm)
+            child.requires_grad_(True)
+    embeddings = model.get_input_embeddings()
+    head = model.get_output_embeddings()
+    if head is not None and head.weight is not embeddings.weight:  # tied: frozen with the embeddings
+        head.requires_grad_(True)
 
 
 def detect_lora_targets(model: nn.Module) -> list[str]:
@@ -197,11 +222,21 @@ def detect_lora_targets(model: nn.Module) -> list[str]:
     return sorted(names)
 
 
-def lora_config(settings: LoraSettings, targets: list[str]):
-    """The peft LoraConfig for a causal LM."""
+def num_layers(model: nn.Module) -> int:
+    """Decoder layers of a transformers causal LM (its config's num_hidden_layers / n_layer)."""
+    config = model.config
+    n = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer", None)
+    if not n:
+        raise ValueError(f"cannot tell how many decoder layers {type(model).__name__} has; unset top_layers")
+    return int(n)
+
+
+def lora_config(settings: LoraSettings, targets: list[str], layers: list[int] | None = None):
+    """The peft LoraConfig for a causal LM; `layers` restricts the adapters to those decoder layers."""
     from peft import LoraConfig
 
     return LoraConfig(
+        layers_to_transform=layers,
         r=settings.r,
         lora_alpha=settings.alpha,
         lora_dropout=settings.dropout,
@@ -307,6 +342,8 @@ class Backbone(nn.Module):
         self.adapters: dict[str, bool] = {}  # name -> trainable
         self._targets: list[str] | None = None
         self.sharded = False  # set by lit_rlhf.backbone.sharding.shard_backbone (FSDP2)
+        self._trunk_split = None  # TrunkSplit, False (not supported), or None (not looked up yet)
+        self._trunk_state = None  # the lower layers' output inside `shared_trunk`
 
     @classmethod
     def build(
@@ -328,6 +365,62 @@ class Backbone(nn.Module):
         return cls(model, tok, cfg, source)
 
     # ---- structure ------------------------------------------------------------------------------------
+    def upper_layers(self) -> list[int] | None:
+        """Indices of the decoder layers that train (`top_layers`), None for all."""
+        top = self.cfg.top_layers
+        if top is None:
+            return None
+        n = num_layers(self.hf_model)
+        if not 1 <= top <= n:
+            raise ValueError(f"backbone.top_layers is {top}, but the model has {n} decoder layers")
+        return list(range(n - top, n))
+
+    @property
+    def trunk(self):
+        """The `TrunkSplit` of this model when only its top layers train, else None (also for unsupported shapes)."""
+        saves_modules = self.cfg.lora is not None and bool(self.cfg.lora.modules_to_save)
+        if (
+            self._trunk_split is None
+            and self.cfg.top_layers is not None
+            and not self.sharded
+            and not saves_modules
+        ):
+            # (adapters that train their own embeddings make even the lowest layers differ per role)
+            from lit_rlhf.backbone.trunk import TrunkSplit
+
+            n = num_layers(self.hf_model)
+            split = (
+                TrunkSplit.for_model(self.hf_model, self.cfg.top_layers) if self.cfg.top_layers < n else None
+            )
+            if split is None:
+                log.info(
+                    "shared trunk: %s is not a supported decoder shape, or every layer trains; full forward passes",
+                    type(self.hf_model).__name__,
+                )
+            self._trunk_split = split if split is not None else False
+        return self._trunk_split or None
+
+    @contextlib.contextmanager
+    def shared_trunk(
+        self, input_ids: Tensor, attention_mask: Tensor | None = None, position_ids: Tensor | None = None
+    ) -> Iterator[bool]:
+        """Inside the block, passes over exactly these tensors run only the top layers: the frozen lower layers are
+        computed once here (no gradient). Yields whether the trunk is shared (False: full passes as usual)."""
+        split = self.trunk
+        if split is None:
+            yield False
+            return
+        previous = self._trunk_state
+        self._trunk_state = split.lower(input_ids, attention_mask, position_ids)
+        try:
+            yield True
+        finally:
+            self._trunk_state = previous
+
+    def _trunk_serves(self, input_ids: Tensor, attention_mask: Tensor | None) -> bool:
+        state = self._trunk_state
+        return state is not None and state.serves(input_ids, attention_mask)
+
     @property
     def text_format(self) -> TextFormat:
         """The tokenizer with this model's prompt format: how every stage renders prompts and responses."""
@@ -360,7 +453,7 @@ class Backbone(nn.Module):
             raise ValueError(f"adapter {name!r} already exists")
         if self._targets is None:
             self._targets = self.cfg.lora.target_modules or detect_lora_targets(self.model)
-        config = lora_config(self.cfg.lora, self._targets)
+        config = lora_config(self.cfg.lora, self._targets, self.upper_layers())
         if not self.adapters:
             self.model = get_peft_model(self.model, config, adapter_name=name)
         else:
@@ -452,7 +545,11 @@ class Backbone(nn.Module):
         attention_mask: Tensor | None = None,
         position_ids: Tensor | None = None,
     ) -> Tensor:
-        """Next-token logits (B, T, V) from the active adapter."""
+        """Next-token logits (B, T, V) from the active adapter (float32 from the top layers inside `shared_trunk`)."""
+        if self._trunk_serves(input_ids, attention_mask):
+            return output_logits_fp32(
+                self.hf_model, self.hidden_states(input_ids, attention_mask, position_ids)
+            )
         out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids)
         return out.logits
 
@@ -460,6 +557,8 @@ class Backbone(nn.Module):
         self, input_ids: Tensor, attention_mask: Tensor | None = None, position_ids: Tensor | None = None
     ) -> Tensor:
         """Last-layer hidden states (B, T, H) without computing the vocabulary projection."""
+        if self._trunk_serves(input_ids, attention_mask):
+            return self.trunk.upper(self._trunk_state)
         hf = self.hf_model
         if self.sharded:
             # FSDP2 gathers the embeddings and final norm in the root's pre-forward hook, so the call must enter

@@ -59,6 +59,9 @@ class BackboneConfig:
             ``precision: bf16-mixed`` for speed with fp32 master weights). LoRA adapters stay float32.
         lora: LoRA settings; ``null`` means full fine-tuning.
         gradient_checkpointing: Recompute activations in backward (less memory, ~30% slower).
+        top_layers: Sparrow's shared trunk: train only the top N decoder layers (LoRA adapters only there, or with
+            full fine-tuning every other layer and the embeddings frozen). Then PPO computes the frozen lower layers
+            once per batch for all its roles and never backpropagates through them. null = every layer.
     """
 
     name_or_path: str | None = None
@@ -71,6 +74,7 @@ class BackboneConfig:
     dtype: DType = "float32"
     lora: LoraSettings | None = None
     gradient_checkpointing: bool = False
+    top_layers: int | None = None
 
     def problems(self) -> list[str]:
         """Every cross-field problem of this config (empty when valid)."""
@@ -100,6 +104,8 @@ class BackboneConfig:
             )
         if self.lora is not None and (self.lora.r <= 0 or self.lora.alpha <= 0):
             out.append("backbone.lora.r and backbone.lora.alpha must be positive")
+        if self.top_layers is not None and self.top_layers < 1:
+            out.append(f"backbone.top_layers must be >= 1 (or null for every layer), got {self.top_layers}")
         if self.lora is not None and not 0.0 <= self.lora.dropout < 1.0:
             out.append("backbone.lora.dropout must be in [0, 1)")
         return out

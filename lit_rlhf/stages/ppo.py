@@ -321,9 +321,12 @@ class PPOModule(StrategyCheck, L.LightningModule):
         p = gen.prompt_ids.shape[1]
         was_training = roles.training
         roles.eval()
-        logp = response_logprobs(roles.response_logits("policy", ids, mask, p), ids, p)  # 2. score: (B, R)
-        ref_logp = response_logprobs(roles.response_logits("reference", ids, mask, p), ids, p)
-        values = roles.values(ids, mask)[:, p - 1 : -1] * rmask  # (B, R) V(s_t) before token t
+        with roles.shared_trunk(ids, mask):  # top_layers: the lower layers once for all three passes
+            logp = response_logprobs(
+                roles.response_logits("policy", ids, mask, p), ids, p
+            )  # 2. score: (B, R)
+            ref_logp = response_logprobs(roles.response_logits("reference", ids, mask, p), ids, p)
+            values = roles.values(ids, mask)[:, p - 1 : -1] * rmask  # (B, R) V(s_t) before token t
         raw = roles.reward_of(prompts, gen.texts)  # (B,) on the text, as the reward model was trained
         roles.train(was_training)
         scores = truncation_penalty(raw, gen.ended, cfg.truncation_penalty)  # 3. shape
@@ -358,17 +361,24 @@ class PPOModule(StrategyCheck, L.LightningModule):
     # ---- 5: optimization --------------------------------------------------------------------------------
     def ptx_loss(self, batch: dict[str, Tensor]) -> Tensor:
         """Pretraining LM loss of the policy on a batch of text."""
-        logits = self.roles.logits("policy", batch["input_ids"], batch["attention_mask"])
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        with self.roles.shared_trunk(ids, mask):  # top_layers: no backward through the frozen lower layers
+            logits = self.roles.logits("policy", ids, mask)
         return lm_loss(logits, batch["labels"])
 
     def ppo_update(self, mb: Rollout, ptx: dict[str, Tensor] | None) -> dict[str, Tensor]:
         """One optimizer step on a minibatch: clipped policy loss + ptx, clipped value loss."""
         cfg = self.ppo_cfg
         p = mb.input_ids.shape[1] - mb.response_mask.shape[1]
-        logits = self.roles.response_logits("policy", mb.input_ids, mb.attention_mask, p)  # (b, R, V) float32
+        with self.roles.shared_trunk(
+            mb.input_ids, mb.attention_mask
+        ):  # top_layers: lower layers once, no grad
+            logits = self.roles.response_logits(
+                "policy", mb.input_ids, mb.attention_mask, p
+            )  # (b, R, V) fp32
+            values = self.roles.values(mb.input_ids, mb.attention_mask)[:, p - 1 : -1]
         logp = response_logprobs(logits, mb.input_ids, p)  # (b, R)
         pg_loss, pstats = ppo_policy_loss(logp, mb.logprobs, mb.advantages, mb.response_mask, cfg.clip_range)
-        values = self.roles.values(mb.input_ids, mb.attention_mask)[:, p - 1 : -1]
         vf_loss, vclip = value_loss(values, mb.values, mb.returns, mb.response_mask, cfg.value_clip_range)
         loss = pg_loss + cfg.vf_coef * vf_loss
         ptx_loss = self.ptx_loss(ptx) if ptx is not None else torch.zeros((), device=loss.device)
@@ -554,8 +564,9 @@ class PPOModule(StrategyCheck, L.LightningModule):
         for g in gens:
             ids, mask = g.input_ids.to(self.device), g.attention_mask.to(self.device)
             p = g.prompt_ids.shape[1]
-            logp = response_logprobs(self.roles.response_logits("policy", ids, mask, p), ids, p)
-            ref = response_logprobs(self.roles.response_logits("reference", ids, mask, p), ids, p)
+            with self.roles.shared_trunk(ids, mask):
+                logp = response_logprobs(self.roles.response_logits("policy", ids, mask, p), ids, p)
+                ref = response_logprobs(self.roles.response_logits("reference", ids, mask, p), ids, p)
             out += kl_k1_per_sequence(logp, ref, g.response_mask.to(self.device).float())
         self.roles.train(was)
         return out

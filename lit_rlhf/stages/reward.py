@@ -196,7 +196,7 @@ class RewardModule(StrategyCheck, L.LightningModule):
     def configure_model(self) -> None:
         if self.net is not None:
             return
-        from lit_rlhf.backbone.build import POLICY
+        from lit_rlhf.backbone.build import POLICY, train_base
         from lit_rlhf.checkpoint.manifest import read_manifest
         from lit_rlhf.checkpoint.stage_dir import load_stage_dir
 
@@ -213,7 +213,7 @@ class RewardModule(StrategyCheck, L.LightningModule):
             state = net.adapter_state(POLICY) if POLICY in net.adapters else None
             net.add_adapter(REWARD, trainable=True, state=state)
         else:
-            net.model.requires_grad_(True)
+            train_base(net.model, net.cfg.top_layers)
         net.add_head(REWARD)
         net.train()  # from_pretrained returns eval mode; dropout as configured
         shard_if_fsdp2(self, net)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from lit_rlhf.backbone.build import (
     REWARD,
     Backbone,
     position_ids_from_mask,
+    train_base,
 )
 from lit_rlhf.backbone.config import LoraSettings
 from lit_rlhf.data.comparisons import reward_inputs
@@ -146,8 +148,8 @@ class Roles(nn.Module):
         critic, _ = load_stage_dir(reward_from, device=device)
         if policy.cfg.lora is not None or reward.cfg.lora is not None:
             raise ValueError("separate roles need full-weight stages; LoRA stages share one base instead")
-        policy.model.requires_grad_(True)
-        critic.model.requires_grad_(True)
+        train_base(policy.model, policy.cfg.top_layers)
+        train_base(critic.model, critic.cfg.top_layers)
         critic.heads[VALUE] = critic.heads.pop(REWARD)
         for frozen in (reference, reward):
             frozen.requires_grad_(False).eval()
@@ -211,6 +213,19 @@ class Roles(nn.Module):
             return net(input_ids, attention_mask, pos)
         with net.use_adapter(self._adapter(role)):
             return net(input_ids, attention_mask, pos)
+
+    @contextlib.contextmanager
+    def shared_trunk(self, input_ids: Tensor, attention_mask: Tensor) -> Iterator[bool]:
+        """Sparrow's shared trunk: with every adapter on the top layers only (``backbone.top_layers``), passes of
+        any role over exactly these tensors inside the block run only the top layers; the frozen lower layers run
+        once here, without gradients. Yields whether that happens (separate roles, or no top_layers: full passes)."""
+        if not self.is_shared:
+            yield False
+            return
+        with self.shared.shared_trunk(
+            input_ids, attention_mask, position_ids_from_mask(attention_mask)
+        ) as on:
+            yield on
 
     def response_logits(self, role: str, input_ids: Tensor, attention_mask: Tensor, start: int) -> Tensor:
         """(B, L) -> (B, L - start, V) float32 predictions of tokens start..L-1 by the policy or the reference."""

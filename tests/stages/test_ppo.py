@@ -271,3 +271,42 @@ def test_policy_and_critic_gradients_are_clipped_separately():
         critic.grad, torch.tensor([0.6, 0.8]), rtol=1e-5, atol=1e-6
     )  # scaled to norm 1
     # a joint clip would have scaled the policy's gradient by 1/500 as well
+
+
+def test_shared_trunk_rollout_and_update_match_full_passes(tiny_dir, tmp_path, monkeypatch):
+    """backbone.top_layers: the rollout's policy, reference and critic passes share one lower pass (the reward
+    model's input is its own sequence), with the same numbers as full passes; the update trains the same way."""
+    from lit_rlhf.backbone.build import Backbone as Net
+
+    torch.manual_seed(0)
+    sft = Net.build(BackboneConfig(name_or_path=str(tiny_dir / "llama"), top_layers=1))
+    save_stage_dir(tmp_path / "sft", sft, stage="sft")
+    rm, _ = load_stage_dir(tmp_path / "sft", backbone_overrides={"lora": LORA.__dict__})
+    rm.add_adapter("reward")
+    with torch.no_grad():
+        for p in rm.adapter_parameters("reward"):
+            p.add_(0.1 * torch.randn_like(p))
+    rm.add_head("reward")
+    save_stage_dir(tmp_path / "rm", rm, stage="reward", heads={"reward": {"adapter": "reward", "bias": 0.0}})
+
+    def rollout(shared: bool):
+        if not shared:
+            monkeypatch.setattr(Net, "trunk", property(lambda self: None))
+        module = _module(tmp_path / "sft", tmp_path / "rm")
+        module.configure_model()
+        layers = module.roles.shared.hf_model.model.layers
+        calls = []
+        layers[0].register_forward_hook(lambda *_: calls.append(1))
+        torch.manual_seed(3)
+        ro, gen, _ = module.rollout(["a b =", "c d e =", "f ="])
+        generation_calls = gen.response_ids.shape[1]  # one forward per new token (KV cache), before scoring
+        monkeypatch.undo()
+        return ro, len(calls) - generation_calls
+
+    (trunk, trunk_passes), (full, full_passes) = rollout(True), rollout(False)
+    assert (trunk_passes, full_passes) == (
+        2,
+        4,
+    )  # lower once + the reward model's own, vs policy/ref/critic/RM
+    for a, b in zip(trunk, full, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)

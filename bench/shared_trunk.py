@@ -1,0 +1,190 @@
+"""Sparrow's shared trunk on SmolLM2-135M-Instruct: PPO iteration time and peak memory, LoRA on every layer vs
+LoRA on the top 8 / top 4 of its 30 decoder layers (``backbone.top_layers``), same prompts and steps.
+
+Run by hand, not a test (see bench/README.md):
+
+    python bench/shared_trunk.py                          # all, 8, 4; CPU, bf16-mixed like configs/smollm2
+    python bench/shared_trunk.py --tops all,8 --iterations 4 --out bench/results/shared_trunk_quick.json
+
+For each case the parent re-invokes this script with ``--one CASE`` in a fresh process (so each peak RSS belongs
+to one case): the child writes an SFT stage (a LoRA policy adapter, moved off zero so the policy differs from the
+reference) and a reward stage (LoRA reward adapter + head) on the bundled base, both with that case's
+``top_layers``, then runs ``--iterations`` PPO iterations of the project's own PPOModule on the demo world's chat
+prompts and reports the median seconds per iteration after ``--warmup``, the share spent generating, and peak RSS.
+With top_layers, the rollout's policy, reference and critic passes share one pass of the lower layers and the
+updates never backpropagate through them; generation still runs the whole model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from sft_throughput import environment, write_json_atomic
+
+BUNDLED = "bundled:smollm2-135m-instruct"
+LORA = {"r": 16, "alpha": 32, "dropout": 0.0}
+DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "shared_trunk.json"
+TIMEOUT_S = 3600
+
+
+def _top(case: str) -> int | None:
+    return None if case == "all" else int(case)
+
+
+def child(args: argparse.Namespace) -> dict[str, Any]:
+    """One case in this process: stages, PPO iterations, figures."""
+    import lightning as L
+    import torch
+
+    from lit_rlhf.backbone.build import Backbone
+    from lit_rlhf.backbone.config import BackboneConfig, LoraSettings
+    from lit_rlhf.backbone.generate import SamplingConfig
+    from lit_rlhf.checkpoint.stage_dir import load_stage_dir, save_stage_dir
+    from lit_rlhf.data.formatting import PromptFormat
+    from lit_rlhf.data.prompts import PPODataModule
+    from lit_rlhf.stages.ppo import EvalConfig, KLConfig, PPOConfig, PPOModule
+
+    torch.set_num_threads(args.threads)
+    work = Path(args.workdir) / args.one
+    top = _top(args.one)
+    torch.manual_seed(0)
+    sft = Backbone.build(BackboneConfig(name_or_path=BUNDLED, lora=LoraSettings(**LORA), top_layers=top))
+    sft.prompt_format = PromptFormat(system_prompt="Solve the task. Answer with the result only.")
+    sft.add_adapter("policy")
+    with torch.no_grad():
+        for p in sft.adapter_parameters("policy"):
+            p.add_(0.01 * torch.randn_like(p))
+    save_stage_dir(work / "sft", sft, stage="sft")
+    rm, _ = load_stage_dir(work / "sft")
+    rm.add_adapter("reward", state=rm.adapter_state("policy"))
+    rm.add_head("reward")
+    save_stage_dir(
+        work / "rm", rm, stage="reward", adapters=["reward"], heads={"reward": {"adapter": "reward"}}
+    )
+    del sft, rm
+    module = PPOModule(
+        str(work / "sft"),
+        str(work / "rm"),
+        lr=1e-4,
+        kl=KLConfig(init_coef=0.3),
+        ppo=PPOConfig(ppo_epochs=2, minibatch_size=args.batch // 2),
+        sampling=SamplingConfig(max_new_tokens=args.new_tokens),
+        eval=EvalConfig(samples_per_step=0),
+    )
+    times: list[float] = []
+    shares: list[float] = []
+
+    class Clock(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+            self.t0 = time.perf_counter()
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            times.append(time.perf_counter() - self.t0)
+            shares.append(float(trainer.callback_metrics.get("ppo/gen_share", float("nan"))))
+
+    trainer = L.Trainer(
+        max_steps=args.iterations * 4,  # (batch / minibatch) x ppo_epochs optimizer steps per iteration
+        accelerator="cpu",
+        precision=args.precision,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        callbacks=[Clock()],
+    )
+    trainer.fit(
+        module, PPODataModule(str(Path(args.workdir) / "data" / "rl_prompts.jsonl"), batch_size=args.batch)
+    )
+    timed = times[args.warmup :]
+    return {
+        "case": args.one,
+        "top_layers": top,
+        "trunk_shared": module.roles.shared.trunk is not None,
+        "iterations": len(times),
+        "seconds_per_iteration": statistics.median(timed),
+        "gen_share": statistics.median(shares[args.warmup :]),
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "trainable_parameters": sum(p.numel() for p in module.roles.policy_parameters()),
+    }
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    base = next((r for r in rows if r["case"] == "all" and "seconds_per_iteration" in r), None)
+    lines = [
+        "| LoRA on | s / PPO iteration | speed-up | generating | peak RSS (MB) | policy LoRA params |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['case']} | error: {r['error'][:80]} | | | | |")
+            continue
+        speed = base["seconds_per_iteration"] / r["seconds_per_iteration"] if base else float("nan")
+        label = "every layer" if r["case"] == "all" else f"top {r['case']} of 30"
+        lines.append(
+            f"| {label} | {r['seconds_per_iteration']:.1f} | {speed:.2f}x | {100 * r['gen_share']:.0f}% "
+            f"| {r['peak_rss_mb']:.0f} | {r['trainable_parameters']:,} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--tops", default="all,8,4", help="cases: 'all' and top-layer counts, comma separated")
+    p.add_argument("--iterations", type=int, default=6)
+    p.add_argument("--warmup", type=int, default=1, help="iterations left out of the median")
+    p.add_argument("--batch", type=int, default=16, help="prompts per rollout (two minibatches, two epochs)")
+    p.add_argument("--new-tokens", type=int, default=16)
+    p.add_argument("--precision", default="bf16-mixed")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--out", default=str(DEFAULT_OUT))
+    p.add_argument("--one", help=argparse.SUPPRESS)
+    p.add_argument("--workdir", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.one:
+        print(json.dumps(child(args)))
+        return
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        from lit_rlhf.demo.datagen import write_demo_data
+
+        write_demo_data(
+            Path(tmp) / "data", n_train=8, n_val=8, n_rl=16 * args.batch, n_eval=8, row_format="chat"
+        )
+        for case in args.tops.split(","):
+            cmd = [sys.executable, __file__, *(argv or sys.argv[1:]), "--one", case, "--workdir", tmp]
+            proc = subprocess.run(
+                cmd, capture_output=True, text=True, timeout=TIMEOUT_S, env=os.environ.copy()
+            )
+            lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+            row = (
+                json.loads(lines[-1])
+                if proc.returncode == 0 and lines
+                else {"case": case, "error": proc.stderr[-400:]}
+            )
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+    result = {
+        "environment": environment(args.threads, "cpu"),
+        "settings": vars(args),
+        "rows": rows,
+        "table": table(rows),
+    }
+    write_json_atomic(Path(args.out), result)
+    Path(args.out).with_suffix(".md").write_text(table(rows) + "\n", encoding="utf-8")
+    print(table(rows))
+
+
+if __name__ == "__main__":
+    main()
