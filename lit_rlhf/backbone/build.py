@@ -550,7 +550,11 @@ class Backbone(nn.Module):
             return output_logits_fp32(
                 self.hf_model, self.hidden_states(input_ids, attention_mask, position_ids)
             )
-        out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids)
+        # No KV cache outside generation: it costs memory, and transformers only isolates packed sequences (from
+        # position_ids restarting at 0, with attention_mask=None) when there is none.
+        out = self.model(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+        )
         return out.logits
 
     def hidden_states(
@@ -569,10 +573,13 @@ class Backbone(nn.Module):
                 position_ids=position_ids,
                 output_hidden_states=True,
                 logits_to_keep=1,
+                use_cache=False,
             )
             return out.hidden_states[-1]
         decoder = getattr(hf, hf.base_model_prefix)
-        out = decoder(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids)
+        out = decoder(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+        )
         return out.last_hidden_state
 
     def response_logits(

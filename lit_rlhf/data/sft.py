@@ -171,9 +171,8 @@ def pack(examples: Sequence[Example], max_length: int) -> list[PackedExample]:
     """Concatenate examples, in order, into rows of at most max_length tokens (next-fit greedy).
 
     position_ids restart at 0 for each example and the first token of each example gets no label, so no
-    example is trained to predict the start of the next. The usual packing trade-off remains: attention
-    (eager/SDPA with a plain 0/1 mask) still sees earlier examples in the row; only attention kernels that
-    split on position_ids resets (flash-attention varlen) isolate them. Off by default for that reason.
+    example is trained to predict the start of the next. Given those position_ids and no attention mask (as
+    SFTModule passes packed batches), transformers masks attention per example, so no example attends to another.
     """
     rows: list[PackedExample] = []
     ids: list[int] = []

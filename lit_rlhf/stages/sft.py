@@ -158,10 +158,16 @@ class SFTModule(StrategyCheck, L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     # ---- training ---------------------------------------------------------------------------------------
+    def _logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(B, T, V). Packed rows carry position_ids restarting at every example; given them and no attention mask,
+        transformers builds a causal mask per example, so no example attends to the one before it."""
+        positions = batch.get("position_ids")
+        mask = None if positions is not None else batch["attention_mask"]
+        return self.net(batch["input_ids"], mask, positions)
+
     def _loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """The batch's own per-token mean loss (validation, and what is logged)."""
-        logits = self.net(batch["input_ids"], batch["attention_mask"], batch.get("position_ids"))  # (B, T, V)
-        return lm_loss(logits, batch["labels"])
+        return lm_loss(self._logits(batch), batch["labels"])
 
     def _train_losses(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """(loss to backpropagate, the micro-batch's own per-token mean for the log).
@@ -172,8 +178,7 @@ class SFTModule(StrategyCheck, L.LightningModule):
         data-parallel gradient mean take back out. Averaging per-micro-batch means instead overweights the tokens
         of short micro-batches (the bug transformers fixed in 2024).
         """
-        logits = self.net(batch["input_ids"], batch["attention_mask"], batch.get("position_ids"))  # (B, T, V)
-        total = lm_loss(logits, batch["labels"], num_targets=1.0)  # summed over this micro-batch's targets
+        total = lm_loss(self._logits(batch), batch["labels"], num_targets=1.0)  # summed over the micro-batch
         own = max(int((batch["labels"][:, 1:] != -100).sum()), 1)
         if "num_targets" not in batch:
             return total / own, (total / own).detach()

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import lightning as L
+import pytest
 import torch
 
 from lit_rlhf.backbone.config import BackboneConfig, LoraSettings
@@ -258,3 +259,33 @@ def test_help_and_print_config_are_fast_and_load_no_weights(tmp_path):
         timeout=120,
     )
     assert proc.returncode == 0 and "--run.name" in proc.stdout and "--model" in proc.stdout
+
+
+def test_packed_examples_do_not_attend_to_each_other(demo_data, tmp_path):
+    """packing: the loss of a packed batch equals the unpacked one: every example sees only its own tokens."""
+    rows = [
+        {"prompt": "count a =", "response": "1"},
+        {"prompt": "reverse a b c d e f g =", "response": "g f e d c b a"},
+        {"prompt": "copy a b =", "response": "a b"},
+    ]
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    torch.manual_seed(0)
+    module = SFTModule(
+        backbone=BackboneConfig(
+            model_config={"model_type": "gpt2", "n_layer": 2, "n_embd": 32, "n_head": 2, "n_positions": 64},
+            tokenizer=str(demo_data / "tokenizer"),
+        ),
+        samples=SampleConfig(every_n_steps=0),
+    )
+    module.configure_model()
+    module.net.eval()
+    losses = []
+    for packing in (False, True):
+        dm = SFTDataModule(str(tmp_path / "d.jsonl"), batch_size=3, max_length=64, packing=packing, seed=1)
+        dm.tokenizer = module.text_format
+        dm.setup("fit")
+        (batch,) = [{k: v for k, v in b.items() if k != "num_targets"} for b in dm.train_dataloader()]
+        assert ("position_ids" in batch) is packing and batch["input_ids"].shape[0] == (1 if packing else 3)
+        with torch.no_grad():
+            losses.append(float(module._loss(batch)))
+    assert losses[1] == pytest.approx(losses[0], rel=1e-5)
