@@ -1,22 +1,52 @@
-"""Command line: `python main.py {fit,validate,test,...} --config X.yaml` (LightningCLI) plus tool commands.
+"""Command line: `lit-rlhf <command>` (or `python main.py <command>`): LightningCLI's fit/validate/test/predict
+plus the tool commands.
 
-Tool commands that are not Trainer methods (demo-data, export) are dispatched before LightningCLI is built,
-so they start fast and take their own flags. Every run writes `runs/<stage>/<name>/` (lit_rlhf.runs).
+Tool commands that are not Trainer methods (demo-data, export, ...) are dispatched before LightningCLI is built,
+so they start fast and take their own flags. Every run writes `runs/<stage>/<name>/` (lit_rlhf.runs). A user's
+mistake (a bad data row, a missing file, a bad stage directory or setting) prints one line and exits 2;
+`--debug` (or LIT_RLHF_DEBUG=1) shows the traceback instead.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
 TOOL_COMMANDS = ("demo-data", "export", "collect-comparisons", "pipeline", "dashboard", "evaluate")
+LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
+DEBUG_FLAG, DEBUG_ENV = "--debug", "LIT_RLHF_DEBUG"
+OVERVIEW = """{prog}: InstructGPT's three stages (SFT, a K-wise reward model, PPO-ptx) for any Hugging Face causal LM, on
+PyTorch Lightning, with a dashboard. `lit-rlhf <command>` and `python main.py <command>` are the same.
+
+usage: {prog} <command> [options]      ({prog} <command> --help for a command's options)
+
+train a stage (LightningCLI: --config <yaml>, --print_config, --help):
+  fit                  train SFT, a reward model or PPO-ptx (the config's model class says which)
+  validate, test, predict   Lightning's other loops on a stage config
+tools:
+  demo-data            write the built-in demo task world's data (--format plain|chat)
+  collect-comparisons  sample K responses per prompt from a stage directory; a judge ranks them
+  pipeline             the whole loop in order, resumable (configs/demo/pipeline.yaml, configs/smollm2/...)
+  evaluate             compare stage directories on held-out prompts: report.md, report.json, report.png
+  export               a stage directory as a plain transformers model (adapters merged)
+  dashboard            the Streamlit dashboard (127.0.0.1:8501)
+
+Add --debug to any command for the full traceback of an error.
+"""
+
+
+def prog() -> str:
+    """How the user called us: `lit-rlhf`, or `main.py` for `python main.py`."""
+    name = Path(sys.argv[0]).name
+    return name if name in ("lit-rlhf", "main.py") else "lit-rlhf"
 
 
 def _demo_data(argv: list[str]) -> int:
     p = argparse.ArgumentParser(
-        prog="main.py demo-data", description="Write the built-in demo task world's data."
+        prog=f"{prog()} demo-data", description="Write the built-in demo task world's data."
     )
     p.add_argument("--out", default="data/demo", help="output directory (default: data/demo)")
     p.add_argument("--seed", type=int, default=0)
@@ -51,7 +81,7 @@ def _demo_data(argv: list[str]) -> int:
 
 def _export(argv: list[str]) -> int:
     p = argparse.ArgumentParser(
-        prog="main.py export", description="Export a stage directory as a plain transformers model."
+        prog=f"{prog()} export", description="Export a stage directory as a plain transformers model."
     )
     p.add_argument("--ckpt", required=True, help="stage directory (runs/<stage>/<name>/stage)")
     p.add_argument("--out", required=True, help="output directory for the transformers model")
@@ -91,7 +121,7 @@ def _export(argv: list[str]) -> int:
 
 def _collect(argv: list[str]) -> int:
     p = argparse.ArgumentParser(
-        prog="main.py collect-comparisons",
+        prog=f"{prog()} collect-comparisons",
         description="Sample K responses per prompt from a stage directory; a judge ranks them (without one, "
         "the samples are written unranked for people to rank).",
     )
@@ -223,9 +253,48 @@ def lightning_cli(args: list[str] | None, run: bool = True):
     )
 
 
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that report a user's mistake with a message naming the file, field or setting at fault."""
+    from lit_rlhf.backbone.gguf import GGUFError
+    from lit_rlhf.checkpoint.manifest import ManifestError
+    from lit_rlhf.data.rows import DataError
+    from lit_rlhf.evaluate import EvalError
+    from lit_rlhf.judges import JudgeError
+
+    return (DataError, ManifestError, EvalError, JudgeError, GGUFError, ValueError, OSError)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of `python main.py`."""
+    """Entry point of `lit-rlhf` and `python main.py`: the command, or one line for a user's mistake."""
+    from_sys = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = DEBUG_FLAG in argv or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+    argv = [a for a in argv if a != DEBUG_FLAG]
+    if from_sys:  # LightningCLI reads sys.argv itself (given args= as well, it warns)
+        sys.argv = [sys.argv[0], *argv]
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(OVERVIEW.format(prog=prog()))
+        return 0
+    if argv[0] not in (*TOOL_COMMANDS, *LIGHTNING_COMMANDS) and not argv[0].startswith("-"):
+        print(f"{prog()}: error: unknown command {argv[0]!r}\n", file=sys.stderr)
+        print(OVERVIEW.format(prog=prog()), file=sys.stderr)
+        return 2
+    try:
+        return _run(argv, from_sys)
+    except user_errors() as e:
+        if debug:
+            raise
+        print(f"{prog()}: error: {e}", file=sys.stderr)
+        print(f"({prog()} {argv[0]} ... --debug shows where it happened)", file=sys.stderr)
+        return 2
+
+
+def console() -> None:
+    """The `lit-rlhf` console script."""
+    sys.exit(main())
+
+
+def _run(argv: list[str], from_sys: bool) -> int:
     if argv and argv[0] in TOOL_COMMANDS:
         commands = {
             "demo-data": _demo_data,
@@ -236,6 +305,5 @@ def main(argv: list[str] | None = None) -> int:
             "evaluate": _evaluate,
         }
         return commands[argv[0]](argv[1:])
-    # args=None when reading sys.argv, so LightningCLI does not warn about getting both
-    lightning_cli(None if argv == sys.argv[1:] else argv)
+    lightning_cli(None if from_sys else argv)
     return 0

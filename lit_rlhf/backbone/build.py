@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,9 @@ from lit_rlhf.backbone.config import BackboneConfig, LoraSettings
 from lit_rlhf.data.formatting import PromptFormat, TextFormat
 
 log = logging.getLogger(__name__)
+
+# bitsandbytes warns about the same fp16 cast on every 8-bit matmul (350 identical lines in one run): once is enough.
+warnings.filterwarnings("once", message=r"MatMul8bitLt: inputs will be cast")
 
 # Adapter names of the four InstructGPT roles; the reference is "adapters off" or a frozen "reference" copy.
 POLICY, REFERENCE, REWARD, CRITIC = "policy", "reference", "reward", "critic"

@@ -471,15 +471,17 @@ class PPOModule(StrategyCheck, L.LightningModule):
         )
         if ptx is None:
             stats.pop("ptx_loss")
-        self.log_dict(
-            {f"ppo/{k}": v.float() for k, v in stats.items() if torch.isfinite(v)},
-            prog_bar=False,
-            batch_size=len(prompts),
-        )
+        self.rollouts_done += 1
+        logged = {f"ppo/{k}": v.float() for k, v in stats.items() if torch.isfinite(v)}
+        logged["ppo/rollouts"] = torch.tensor(float(self.rollouts_done))
+        # callback_metrics and the progress bar only: the run's logger gets one row per PPO iteration below, so
+        # trainer.log_every_n_steps (which would count iterations while max_steps counts optimizer steps) does
+        # not thin them out
+        self.log_dict(logged, prog_bar=False, logger=False, batch_size=len(prompts))
         self.log("ppo/rm", stats["rm_score"], prog_bar=True, logger=False, batch_size=len(prompts))
         self.log("ppo/kl_seq", stats["kl"], prog_bar=True, logger=False, batch_size=len(prompts))
-        self.rollouts_done += 1
-        self.log("ppo/rollouts", float(self.rollouts_done), batch_size=len(prompts))
+        for logger in self.trainer.loggers:
+            logger.log_metrics({k: float(v) for k, v in logged.items()}, step=self.log_step)
         self._write_samples(prompts, gen, ro)
         n = self.eval_cfg.every_n_steps
         if n and self.rollouts_done % n == 0:
