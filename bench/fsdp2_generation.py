@@ -2,8 +2,8 @@
 
 Run by hand, not a test (see bench/README.md), after the demo data exists (`python main.py demo-data`):
 
-    /work/venv/bin/python bench/fsdp2_generation.py                 # 2 CPU processes (gloo), demo-size GPT-2
-    /work/venv/bin/python bench/fsdp2_generation.py --layers 8 --new-tokens 64
+    python bench/fsdp2_generation.py                 # 2 CPU processes (gloo), demo-size GPT-2
+    python bench/fsdp2_generation.py --layers 8 --new-tokens 64
 
 Each process builds the demo-size backbone from its config (same seed, so the same weights), shards it with the
 project's `shard_backbone` and generates greedily with the project's `generate` (the path every stage uses for

@@ -2,8 +2,8 @@
 
 Run by hand, not a test (see bench/README.md):
 
-    /work/venv/bin/python bench/ppo_memory.py                     # every mode, CPU, 2 threads
-    /work/venv/bin/python bench/ppo_memory.py --device cuda --threads 8 --out bench/results/ppo_memory_cuda.json
+    python bench/ppo_memory.py                     # every mode, CPU, 2 threads
+    python bench/ppo_memory.py --device cuda --threads 8 --out bench/results/ppo_memory_cuda.json
 
 The parent writes a small demo data set and three stage directories on one randomly initialised demo GPT-2:
 an SFT stage (full weights), a reward stage holding a LoRA ``reward`` adapter + head on that base, and a

@@ -2,8 +2,8 @@
 
 Run by hand, not a test (see bench/README.md):
 
-    /work/venv/bin/python bench/rm_kwise.py                       # K=4 and K=9, both layouts, CPU, 2 threads
-    /work/venv/bin/python bench/rm_kwise.py --ks 9 --steps 60
+    python bench/rm_kwise.py                       # K=4 and K=9, both layouts, CPU, 2 threads
+    python bench/rm_kwise.py --ks 9 --steps 60
 
 InstructGPT scores each of a prompt's K responses once and learns from all C(K,2) pairs among them, so a
 comparison costs K / C(K,2) = 2/(K-1) forward sequences; scoring each pair independently (the ``pairs``

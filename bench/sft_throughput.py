@@ -2,8 +2,8 @@
 
 Run by hand, not a test (see bench/README.md):
 
-    /work/venv/bin/python bench/sft_throughput.py                 # every mode, CPU, 2 threads
-    /work/venv/bin/python bench/sft_throughput.py --modes lora,4bit-lora --precisions bf16-mixed
+    python bench/sft_throughput.py                 # every mode, CPU, 2 threads
+    python bench/sft_throughput.py --modes lora,4bit-lora --precisions bf16-mixed
 
 The parent process writes a small demo data set and saves a randomly initialised demo GPT-2 with
 ``save_pretrained`` (quantized modes need weights to load), then re-invokes this script with ``--one MODE``

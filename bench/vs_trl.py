@@ -2,8 +2,8 @@
 
 Run by hand, not a test (see bench/README.md). Needs the ``bench`` extra (TRL); lit-rlhf itself does not:
 
-    /work/venv/bin/python bench/vs_trl.py                                  # every measurement, ~2 min
-    /work/venv/bin/python bench/vs_trl.py --only lit-sft,trl-sft --sft-steps 20 --warmup 5
+    python bench/vs_trl.py                                  # every measurement, ~2 min
+    python bench/vs_trl.py --only lit-sft,trl-sft --sft-steps 20 --warmup 5
 
 The parent writes one shared work directory: demo data, K=4 rankings of the demo prompts made by the demo
 labeler, a randomly initialised demo GPT-2 saved with ``save_pretrained`` (+ the demo tokenizer), and the SFT
