@@ -276,3 +276,27 @@ def fit_run(points: Sequence[GoldProxyPoint]) -> GaoFit:
     base = points[0].gold
     kept = [p for p in points if p.gold is not None]
     return fit_gao("rl", [p.d for p in kept], [p.gold - base for p in kept])
+
+
+def gold_proxy_metrics(
+    kl: float | None,
+    gold: float | None,
+    proxy: float | None,
+    initial_gold: float | None,
+    initial_proxy: float | None,
+) -> dict[str, float]:
+    """One evaluation's gold-vs-proxy record, keyed as PPO logs it under ``ppo/eval/``.
+
+    ``eval/kl`` (mean KL to the initial policy per sequence, nats), ``eval/sqrt_kl`` (d), ``eval/gold`` (judge
+    score), ``eval/proxy`` (reward-model score), and the initial policy's own ``eval/initial_gold`` and
+    ``eval/initial_proxy`` on the same prompts and seeds (the d = 0 point). Figures not measured are left out.
+    """
+    out = {
+        "eval/kl": kl,
+        "eval/sqrt_kl": None if kl is None else sqrt_kl(kl),
+        "eval/gold": gold,
+        "eval/proxy": proxy,
+        "eval/initial_gold": initial_gold,
+        "eval/initial_proxy": initial_proxy,
+    }
+    return {k: float(v) for k, v in out.items() if v is not None and math.isfinite(v)}

@@ -35,6 +35,7 @@ from lit_rlhf.backbone.generate import Generation, SamplingConfig, generate, gen
 from lit_rlhf.data.formatting import prompt_to_json
 from lit_rlhf.data.io import append_jsonl
 from lit_rlhf.evaluation.metrics import judge_metrics, kl_k1_per_sequence, mean_or_none, weighted_mean
+from lit_rlhf.evaluation.overoptimization import gold_proxy_metrics
 from lit_rlhf.judges import load_judge
 from lit_rlhf.rl.advantages import gae
 from lit_rlhf.rl.kl_control import AdaptiveKLController, FixedKLController
@@ -251,6 +252,7 @@ class PPOModule(StrategyCheck, L.LightningModule):
         self.stage_dir_written: Path | None = None
         self.final_metrics: dict[str, float] = {}
         self._sft_eval: list[str] | None = None
+        self._sft_proxy: float | None = None
         self._eval_set: tuple[list[Any], list[str | None]] | None = None
         # Manual optimization advances trainer.global_step once per optimizer step (every minibatch update);
         # this counts PPO iterations (rollout batches) and is saved in checkpoints.
@@ -590,9 +592,11 @@ class PPOModule(StrategyCheck, L.LightningModule):
             metrics["eval_kl"] = mean_or_none(self._kl_to_reference(ours))
             metrics["eval_rm_score"] = mean_or_none(self.roles.reward_of(prompts, texts).tolist())
             metrics["eval_length"] = mean_or_none([float(n) for g in ours for n in g.response_mask.sum(1)])
+            # the SFT model's own samples: the win-rate baseline and the over-optimization plot's d = 0 point
+            if self._sft_eval is None:
+                self._sft_eval = [t for g in self._complete("reference", prompts) for t in g.texts]
+                self._sft_proxy = mean_or_none(self.roles.reward_of(prompts, self._sft_eval).tolist())
             if self.judge is not None:
-                if self._sft_eval is None:
-                    self._sft_eval = [t for g in self._complete("reference", prompts) for t in g.texts]
                 figures = judge_metrics(self.judge, prompts, texts, refs, baseline=self._sft_eval)
                 metrics.update({k: v for k, v in figures.items() if k != "judged"})
                 sft = judge_metrics(self.judge, prompts, self._sft_eval, refs)
@@ -602,8 +606,13 @@ class PPOModule(StrategyCheck, L.LightningModule):
         if ptx is not None:
             metrics["pretrain_loss"] = ptx
         metrics = {k: v for k, v in metrics.items() if v is not None}
+        curve = gold_proxy_metrics(  # ppo/eval/*: the gold-vs-proxy plot's points
+            *(metrics.get(k) for k in ("eval_kl", "judge_score", "eval_rm_score", "sft_judge_score")),
+            self._sft_proxy,
+        )
         if metrics and self.logger is not None:
-            self.logger.log_metrics({f"ppo/{k}": v for k, v in metrics.items()}, step=self.log_step)
+            logged = {**metrics, **curve}
+            self.logger.log_metrics({f"ppo/{k}": v for k, v in logged.items()}, step=self.log_step)
         return metrics
 
     # ---- checkpoint state and the stage directory -------------------------------------------------------

@@ -141,3 +141,21 @@ def test_gold_proxy_points_and_run_fit_are_relative_to_the_initial_policy():
     assert (fit.alpha, fit.beta, fit.r2) == pytest.approx((1.0, 0.5, 1.0))
     with pytest.raises(ValueError, match="initial policy's gold score"):
         fit_run(points[1:])
+
+
+def test_gold_proxy_metrics_names_and_leaves_out_what_was_not_measured():
+    from lit_rlhf.evaluation.overoptimization import gold_proxy_metrics
+
+    assert gold_proxy_metrics(0.25, 0.8, 1.5, 0.7, 1.0) == {
+        "eval/kl": 0.25,
+        "eval/sqrt_kl": 0.5,
+        "eval/gold": 0.8,
+        "eval/proxy": 1.5,
+        "eval/initial_gold": 0.7,
+        "eval/initial_proxy": 1.0,
+    }
+    assert gold_proxy_metrics(-0.01, None, 2.0, None, float("nan")) == {
+        "eval/kl": -0.01,
+        "eval/sqrt_kl": 0.0,
+        "eval/proxy": 2.0,
+    }

@@ -1,0 +1,91 @@
+"""PPO while it runs: the gold-vs-proxy record (ppo/eval/*), alarms, kept checkpoints at evaluation points."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import lightning as L
+import pytest
+
+from lit_rlhf.backbone.generate import SamplingConfig
+from lit_rlhf.data.io import write_jsonl
+from lit_rlhf.judges import load_judge
+from lit_rlhf.runs import RunLogger, RunStatus
+from lit_rlhf.stages.ppo import EvalConfig
+
+from .test_ppo import _data, _module, _stages
+
+
+def _eval_cfg(tmp: Path, every: int = 1, judge: str | None = "exact_match") -> EvalConfig:
+    write_jsonl(tmp / "eval.jsonl", [{"prompt": f"{a} =", "reference": a} for a in "abcdefgh"])
+    return EvalConfig(
+        prompts=str(tmp / "eval.jsonl"),
+        every_n_steps=every,
+        sampling=SamplingConfig(max_new_tokens=4),
+        judge=judge,
+        samples_per_step=0,
+        batch_size=4,
+        seed=77,
+    )
+
+
+def _fit(module, tmp: Path, steps: int, run: Path) -> L.Trainer:
+    trainer = L.Trainer(
+        max_steps=steps,
+        accelerator="cpu",
+        logger=[RunLogger(run)],
+        callbacks=[RunStatus("ppo", run.name)],
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+    )
+    trainer.fit(module, _data(tmp))
+    return trainer
+
+
+def _rows(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_each_evaluation_logs_gold_proxy_and_distance_with_the_sft_point(tiny_dir, tmp_path):
+    """ppo/eval/* repeats the evaluation's own figures under one prefix, d = sqrt(KL), and the SFT model's gold
+    and proxy on the same prompts and seeds are what `evaluate` measures for the SFT stage."""
+    from lit_rlhf.evaluate import EvalSettings, evaluate_checkpoints
+
+    sft, rm = _stages(tiny_dir, tmp_path)
+    module = _module(sft, rm)
+    module.eval_cfg, module.judge = _eval_cfg(tmp_path), load_judge("exact_match")
+    run = tmp_path / "runs" / "ppo" / "t"
+    _fit(module, tmp_path, 2, run)  # 2 iterations (4 prompts, minibatch 4, 1 epoch): evaluations at 1 and 2
+    evals = [r for r in _rows(run) if "ppo/eval/gold" in r]
+    assert [r["step"] for r in evals] == [0, 1, 1]  # the last iteration's, then on_train_end's own
+    for r in evals:
+        assert r["ppo/eval/kl"] == r["ppo/eval_kl"]
+        assert r["ppo/eval/sqrt_kl"] == math.sqrt(max(r["ppo/eval_kl"], 0.0))
+        assert r["ppo/eval/gold"] == r["ppo/judge_score"] and r["ppo/eval/proxy"] == r["ppo/eval_rm_score"]
+        assert r["ppo/eval/initial_gold"] == r["ppo/sft_judge_score"]
+    settings = EvalSettings(
+        prompts=str(tmp_path / "eval.jsonl"), max_new_tokens=4, batch_size=4, seed=77, judge="exact_match"
+    )
+    report = evaluate_checkpoints([str(sft)], settings, rm=str(rm))["checkpoints"][str(sft)]
+    assert evals[0]["ppo/eval/initial_proxy"] == pytest.approx(report["rm_score"], rel=1e-5)
+    assert evals[0]["ppo/eval/initial_gold"] == pytest.approx(report["judge_score"])
+
+
+def test_without_a_judge_the_record_has_proxy_and_distance_only(tiny_dir, tmp_path):
+    sft, rm = _stages(tiny_dir, tmp_path)
+    module = _module(sft, rm)
+    module.eval_cfg, module.judge = _eval_cfg(tmp_path, every=0, judge=None), None
+    run = tmp_path / "runs" / "ppo" / "t"
+    _fit(module, tmp_path, 1, run)
+    (last,) = [r for r in _rows(run) if "ppo/eval/proxy" in r]
+    assert {k for k in last if k.startswith("ppo/eval/")} == {
+        "ppo/eval/kl",
+        "ppo/eval/sqrt_kl",
+        "ppo/eval/proxy",
+        "ppo/eval/initial_proxy",
+    }
