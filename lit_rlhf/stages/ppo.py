@@ -8,6 +8,7 @@ One training step = one rollout batch, in numbered steps:
   5. several PPO epochs over shuffled minibatches: clipped policy loss + gamma_ptx * pretraining LM loss,
      clipped value loss, one optimizer step per minibatch (manual optimization)
   6. update the KL controller; log; every N steps evaluate against the SFT model on held-out prompts
+  7. check the alarms (lit_rlhf.alarms) on the step's statistics and evaluation: status.json; some stop the run
 The math lives in lit_rlhf.rl; this module only orchestrates.
 
 Under data parallelism (DDP) every rank rolls out its own prompts, and everything that steers the run is global:
@@ -30,6 +31,7 @@ import lightning as L
 import torch
 from torch import Tensor
 
+from lit_rlhf.alarms import AlarmConfig, AlarmMonitor
 from lit_rlhf.backbone.config import LoraSettings, Quantization
 from lit_rlhf.backbone.generate import Generation, SamplingConfig, generate, generate_batches
 from lit_rlhf.data.formatting import prompt_to_json
@@ -204,6 +206,8 @@ class PPOModule(StrategyCheck, L.LightningModule):
         kl: KL penalty settings. ppo: PPO hyperparameters. sampling: rollout generation settings.
         lr: Policy learning rate. eval: held-out evaluation.
         max_nonfinite_updates: Stop after this many non-finite (skipped) updates in a row (0 = never).
+        alarms: When to raise alarms (KL, over-optimization, length, entropy, critic, clipping) and which stop
+            the run.
     """
 
     STAGE = "ppo"
@@ -221,6 +225,7 @@ class PPOModule(StrategyCheck, L.LightningModule):
         lr: float = 1e-4,
         eval: EvalConfig | None = None,
         max_nonfinite_updates: int = 10,
+        alarms: AlarmConfig | None = None,
     ) -> None:
         super().__init__()
         if ptx_coef < 0:
@@ -237,6 +242,9 @@ class PPOModule(StrategyCheck, L.LightningModule):
                 + " (eval.sampling may use any settings)"
             )
         self.eval_cfg = eval or EvalConfig()
+        self.alarm_cfg = alarms or AlarmConfig()
+        if self.alarm_cfg.problems():
+            raise ValueError("PPOModule: " + "; ".join(self.alarm_cfg.problems()))
         self.judge = load_judge(self.eval_cfg.judge)  # a bad judge name fails here, before weights load
         self.save_hyperparameters()
         self.automatic_optimization = False
@@ -259,6 +267,8 @@ class PPOModule(StrategyCheck, L.LightningModule):
         self.rollouts_done = 0
         self.guard = NumericalGuard(self.STAGE, max_nonfinite_updates)
         self._first_length: float | None = None
+        self.alarm_monitor = AlarmMonitor(self.alarm_cfg, self.kl_cfg.target)
+        self.stopped_by: list[str] = []
 
     @property
     def log_step(self) -> int:
@@ -474,8 +484,21 @@ class PPOModule(StrategyCheck, L.LightningModule):
         self.log("ppo/rollouts", float(self.rollouts_done), batch_size=len(prompts))
         self._write_samples(prompts, gen, ro)
         n = self.eval_cfg.every_n_steps
-        if n and self.rollouts_done % n == 0:
-            self.evaluate()
+        evaluated = self.evaluate() if n and self.rollouts_done % n == 0 else None
+        self._check_alarms(stats, evaluated)  # 7
+
+    def _check_alarms(self, stats: dict[str, Tensor], evaluated: dict[str, float] | None) -> None:
+        """7. Fired alarms go to status.json (through RunStatus); one listed in alarms.stop_on ends fit after this
+        iteration. The statistics are global but evaluations are rank zero's, so the stop is agreed by all ranks."""
+        fired = self.alarm_monitor.observe(self.log_step, {k: float(v) for k, v in stats.items()}, evaluated)
+        stop = self.alarm_monitor.stops(fired)
+        if self.alarm_cfg.stop_on and self._world > 1:
+            agreed = self.trainer.strategy.reduce_boolean_decision(bool(stop), all=False)
+            stop = stop or (["(another rank)"] if agreed else [])
+        if stop:
+            self.stopped_by = stop
+            self.trainer.should_stop = True
+        self.trainer.lit_rlhf_status = {"alarms": self.alarm_monitor.records(), "stopped_by": self.stopped_by}
 
     # ---- data parallelism ---------------------------------------------------------------------------------
     @property
@@ -618,6 +641,7 @@ class PPOModule(StrategyCheck, L.LightningModule):
     # ---- checkpoint state and the stage directory -------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["lit_rlhf_ppo"] = {
+            "alarms": self.alarm_monitor.state_dict(),
             "guard": self.guard.state_dict(),
             "first_length": self._first_length,
             "kl_ctl": self.kl_ctl.state_dict(),
@@ -632,6 +656,7 @@ class PPOModule(StrategyCheck, L.LightningModule):
         self.rollouts_done = int(state.get("rollouts_done", 0))
         self.guard.load_state_dict(state.get("guard", {}))
         self._first_length = state.get("first_length")
+        self.alarm_monitor.load_state_dict(state.get("alarms", {}))
         if "score_moments" in state:
             self.score_moments.load_state_dict(state["score_moments"])
 

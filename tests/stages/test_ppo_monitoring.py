@@ -89,3 +89,47 @@ def test_without_a_judge_the_record_has_proxy_and_distance_only(tiny_dir, tmp_pa
         "ppo/eval/proxy",
         "ppo/eval/initial_proxy",
     }
+
+
+def test_a_fired_alarm_reaches_status_json_and_stop_on_ends_the_run_with_its_stage_directory(
+    tiny_dir, tmp_path
+):
+    """kl_factor 0: any KL above 0 fires kl_high. The first iteration's KL is exactly 0 (policy = reference), so
+    it fires at the second iteration, which ends the 4-iteration run; the stage directory is still written."""
+    from lit_rlhf.alarms import AlarmConfig
+
+    sft, rm = _stages(tiny_dir, tmp_path)
+    # limit_share 1: the untrained tiny model rarely ends its responses, which is not what this test is about
+    module = _module(sft, rm, alarms=AlarmConfig(kl_factor=0.0, limit_share=1.0, stop_on=["kl_high"]))
+    run = tmp_path / "runs" / "ppo" / "t"
+    trainer = _fit(module, tmp_path, 4, run)
+    assert module.rollouts_done == 2 and trainer.global_step == 2
+    status = json.loads((run / "status.json").read_text())
+    assert status["status"] == "finished" and status["stopped_by"] == ["kl_high"]
+    (alarm,) = status["alarms"]
+    assert (alarm["name"], alarm["first_step"], alarm["step"], alarm["count"]) == ("kl_high", 1, 1, 1)
+    assert alarm["values"]["kl"] > 0 and alarm["values"]["limit"] == 0.0
+    assert (run / "stage" / "manifest.json").is_file()
+
+
+def test_alarm_state_is_saved_in_checkpoints(tiny_dir, tmp_path):
+    from lit_rlhf.alarms import AlarmConfig
+
+    sft, rm = _stages(tiny_dir, tmp_path)
+    module = _module(sft, rm, alarms=AlarmConfig(ev_patience=2))
+    module.alarm_monitor.observe(0, {"explained_variance": -0.5, "entropy": 2.0, "clip_frac": 0.9})
+    checkpoint: dict = {}
+    module.on_save_checkpoint(checkpoint)
+    resumed = _module(sft, rm, alarms=AlarmConfig(ev_patience=2))
+    resumed.on_load_checkpoint(checkpoint)
+    assert resumed.alarm_monitor.records() == module.alarm_monitor.records()
+    assert [a.name for a in resumed.alarm_monitor.observe(1, {"explained_variance": -0.1})] == [
+        "value_ev_negative"
+    ]
+
+
+def test_unknown_alarm_names_are_refused_before_anything_loads(tiny_dir, tmp_path):
+    from lit_rlhf.alarms import AlarmConfig
+
+    with pytest.raises(ValueError, match=r"alarms.stop_on: unknown alarm\(s\) \['kl'\]"):
+        _module("nowhere", "nowhere", alarms=AlarmConfig(stop_on=["kl"]))
