@@ -181,6 +181,58 @@ def _text(value: Any) -> str | None:
 # ---------------------------------------------------------------------------------------------------------
 
 
+MAX_ALARMS = 64  # lit_rlhf.alarms has 7; a status.json with more was not written by it
+
+
+@dataclass(frozen=True)
+class AlarmRecord:
+    """One alarm a PPO run fired: `lit_rlhf.alarms.AlarmMonitor.records()` as status.json holds it."""
+
+    name: str
+    first_step: int
+    step: int  # the latest firing
+    count: int
+    values: tuple[tuple[str, float], ...]  # the numbers behind the latest firing
+    message: str
+
+
+def parse_alarms(
+    status: Mapping[str, Any], path: str
+) -> tuple[tuple[AlarmRecord, ...], tuple[str, ...], str | None]:
+    """status.json's ``alarms`` and ``stopped_by`` (both optional), or a problem naming the file and the field."""
+    raw, stopped = status.get("alarms", []), status.get("stopped_by", [])
+    if not isinstance(stopped, list) or not all(isinstance(x, str) for x in stopped):
+        return (), (), f"{path}: field 'stopped_by': expected an array of alarm names"
+    if not isinstance(raw, list) or len(raw) > MAX_ALARMS:
+        return (), (), f"{path}: field 'alarms': expected an array of at most {MAX_ALARMS} objects"
+    out = []
+    for i, item in enumerate(raw):
+        where = f"{path}: field 'alarms[{i}]"
+        if not isinstance(item, dict):
+            return (), (), f"{where}': expected an object"
+        for key, check, what in (
+            ("name", _text, "a non-empty string"),
+            ("message", lambda v: v if isinstance(v, str) else None, "a string"),
+            ("first_step", _int, "an integer"),
+            ("step", _int, "an integer"),
+            ("count", _int, "an integer"),
+        ):
+            if check(item.get(key)) is None:
+                return (), (), f"{where}.{key}': expected {what}"
+        values = item.get("values", {})
+        if not isinstance(values, dict) or any(
+            _number(v) is None or isinstance(v, bool) for v in values.values()
+        ):
+            return (), (), f"{where}.values': expected an object of finite numbers"
+        numbers = tuple((str(k), float(v)) for k, v in values.items())
+        out.append(
+            AlarmRecord(
+                item["name"], item["first_step"], item["step"], item["count"], numbers, item["message"]
+            )
+        )
+    return tuple(out), tuple(stopped), None
+
+
 @dataclass(frozen=True)
 class Run:
     """One run directory `<root>/<stage>/<name>/` as its status.json describes it."""
@@ -195,6 +247,8 @@ class Run:
     updated: float | None  # unix time of the last status write
     error: str | None
     problem: str | None = None  # why status.json could not be read
+    alarms: tuple[AlarmRecord, ...] = ()  # PPO: what lit_rlhf.alarms fired (status.json "alarms")
+    stopped_by: tuple[str, ...] = ()  # PPO: the alarms that ended the run
 
     @property
     def id(self) -> str:
@@ -234,6 +288,7 @@ def _run_from_dir(stage: str, run_dir: Path, root: str | os.PathLike | None = No
         manifest, _ = _read_json_object(run_dir / STAGE_DIR / MANIFEST, root)
         parent = _manifest_parent(run_dir / STAGE_DIR, manifest)
     state = status.get("status")
+    alarms, stopped_by, alarm_problem = parse_alarms(status, str(run_dir / STATUS))
     return Run(
         stage=stage,
         name=run_dir.name,
@@ -244,7 +299,9 @@ def _run_from_dir(stage: str, run_dir: Path, root: str | os.PathLike | None = No
         parent_stage=infer_parent_stage(parent, root),
         updated=_number(status.get("updated")),
         error=_text(status.get("error")),
-        problem=problem,
+        problem=problem or alarm_problem,
+        alarms=alarms,
+        stopped_by=stopped_by,
     )
 
 
@@ -282,6 +339,8 @@ def shown_status(run: Run, now: float, stale_after: float = STALE_AFTER_S) -> st
     """
     if run.status == "running" and run.updated is not None and now - run.updated > stale_after:
         return f"running (no update for {int((now - run.updated) // 60)} min)"
+    if run.stopped_by:
+        return f"{run.status} (stopped by {', '.join(run.stopped_by)})"
     return run.status
 
 
@@ -298,6 +357,7 @@ def _run_record(run: Run, frame: pd.DataFrame, now: float) -> dict[str, Any]:
         "parent": run.parent,
         "updated": updated,
         "error": run.error or run.problem,
+        "alarms": ", ".join(a.name for a in run.alarms) or None,
         **last_values(frame, KEY_METRICS.get(run.stage, ())),
     }
 
@@ -313,6 +373,30 @@ def runs_table(
     now = time.time() if now is None else now
     empty = pd.DataFrame()
     return pd.DataFrame.from_records([_run_record(run, frames.get(run.id, empty), now) for run in runs])
+
+
+def _format_number(value: float) -> str:
+    return f"{value:.4g}"
+
+
+def alarms_table(runs: Sequence[Run]) -> pd.DataFrame:
+    """One line per (run, alarm): when it first and last fired, how often, the numbers behind it, what it means."""
+    records = [
+        {
+            "run": run.id,
+            "alarm": a.name,
+            "first_step": a.first_step,
+            "step": a.step,
+            "count": a.count,
+            "numbers": ", ".join(f"{k} {_format_number(v)}" for k, v in a.values),
+            "message": a.message,
+        }
+        for run in runs
+        for a in run.alarms
+    ]
+    return pd.DataFrame.from_records(
+        records, columns=["run", "alarm", "first_step", "step", "count", "numbers", "message"]
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------

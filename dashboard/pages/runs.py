@@ -17,6 +17,11 @@ frames = {run.id: ui.metrics_of(run) for run in runs}
 ui.table(loaders.runs_table(runs, frames), hide_index=True)
 ui.pick_runs([run.id for run in runs], page="runs", label="Runs to overlay on the Curves page")
 
+alarms = loaders.alarms_table(runs)
+if len(alarms):
+    st.subheader("Alarms")
+    ui.table(alarms, hide_index=True)
+
 failed = [run for run in runs if run.status == "failed" and run.error]
 for run in failed:
     st.text(f"{run.id} failed: {run.error}")

@@ -213,3 +213,13 @@ def test_runs_page_shows_the_report_figure_next_to_its_text(runs_root):
     assert len(open_page(runs_root, PAGES[0]).get("image")) == 0
     (runs_root / "eval" / "final" / "report.png").write_bytes(base64.b64decode(png))
     assert len(open_page(runs_root, PAGES[0]).get("image")) == 1
+
+
+def test_runs_page_lists_alarms_as_text(runs_root):
+    at = open_page(runs_root, PAGES[0])
+    assert "Alarms" in [s.value for s in at.subheader]
+    alarms = at.dataframe[1].value
+    assert alarms[["run", "alarm", "first_step", "step", "count"]].values.tolist() == [
+        ["ppo/live", "kl_high", 2, 4, 2]
+    ]
+    assert XSS_IMG in alarms["message"].iloc[0]  # shown as table text

@@ -393,3 +393,63 @@ def test_runs_table_of_a_run_without_metrics(tmp_path):
     assert table.loc[0, "step"] == 0
     assert table.loc[0, "status"] == "running"
     assert pd.isna(table.loc[0, "sft/loss"])
+
+
+# ---- alarms (PPO status.json) -------------------------------------------------------------------------------
+
+
+def test_alarms_are_read_from_status_json_and_tabled(runs_root):
+    from .helpers import ALARM
+
+    runs = {run.id: run for run in loaders.discover_runs(runs_root)}
+    live = runs["ppo/live"]
+    assert live.alarms == (
+        loaders.AlarmRecord("kl_high", 2, 4, 2, (("kl", 12.5), ("limit", 12.0)), ALARM["message"]),
+    )
+    table = loaders.alarms_table(list(runs.values()))
+    assert table.to_dict("records") == [
+        {
+            "run": "ppo/live",
+            "alarm": "kl_high",
+            "first_step": 2,
+            "step": 4,
+            "count": 2,
+            "numbers": "kl 12.5, limit 12",
+            "message": ALARM["message"],
+        }
+    ]
+    frames = {run.id: pd.DataFrame() for run in runs.values()}
+    column = loaders.runs_table(list(runs.values()), frames)["alarms"]
+    assert column.isna().tolist() == [True, True, False] and column.iloc[2] == "kl_high"
+
+
+@pytest.mark.parametrize(
+    ("status", "problem"),
+    [
+        ({"alarms": {"name": "x"}}, "field 'alarms': expected an array of at most 64 objects"),
+        ({"alarms": [{"name": "kl_high"}]}, "field 'alarms[0].message': expected a string"),
+        (
+            {"alarms": [{"name": "a", "message": "", "first_step": 1.5, "step": 1, "count": 1}]},
+            "field 'alarms[0].first_step': expected an integer",
+        ),
+        (
+            {
+                "alarms": [
+                    {"name": "a", "message": "", "first_step": 1, "step": 1, "count": 1, "values": {"k": "x"}}
+                ]
+            },
+            "field 'alarms[0].values': expected an object of finite numbers",
+        ),
+        ({"stopped_by": "kl_high"}, "field 'stopped_by': expected an array of alarm names"),
+    ],
+)
+def test_malformed_alarms_are_a_problem_naming_the_field(tmp_path, status, problem):
+    write_json(tmp_path / "ppo" / "x" / "status.json", {"status": "finished", **status})
+    (run,) = loaders.discover_runs(tmp_path)
+    assert run.alarms == () and run.problem == f"{tmp_path / 'ppo' / 'x' / 'status.json'}: {problem}"
+
+
+def test_a_run_stopped_by_an_alarm_says_so_in_its_status(tmp_path):
+    write_json(tmp_path / "ppo" / "x" / "status.json", {"status": "finished", "stopped_by": ["kl_high"]})
+    (run,) = loaders.discover_runs(tmp_path)
+    assert loaders.shown_status(run, now=0.0) == "finished (stopped by kl_high)"
