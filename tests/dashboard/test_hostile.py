@@ -124,7 +124,13 @@ def test_the_comparisons_box_cannot_write_outside_the_labels_folder(hostile, tmp
 
     completions = [Completion(f"m{i}", text, [text], [0.0], None) for i, text in enumerate(["a b", "b a"])]
     result = types.SimpleNamespace(
-        prompt="p", reference="m0", completions=completions, scores=None, note=None
+        prompt="p",
+        reference="m0",
+        completions=completions,
+        scores=None,
+        note=None,
+        judged=None,
+        judge_note=None,
     )
     at = _page(PAGES[4], compare_result=result)
     for bad in ("../escaped/x.jsonl", str(tmp_path / "outside" / "x.jsonl"), "sft/fifo/status.json"):
