@@ -34,6 +34,7 @@ from torch import Tensor
 from lit_rlhf.alarms import AlarmConfig, AlarmMonitor
 from lit_rlhf.backbone.config import LoraSettings, Quantization
 from lit_rlhf.backbone.generate import Generation, SamplingConfig, generate, generate_batches
+from lit_rlhf.checkpoint.manifest import KEPT
 from lit_rlhf.data.formatting import prompt_to_json
 from lit_rlhf.data.io import append_jsonl
 from lit_rlhf.evaluation.metrics import judge_metrics, kl_k1_per_sequence, mean_or_none, weighted_mean
@@ -141,6 +142,9 @@ class EvalConfig:
         samples_per_step: Rollout completions written to samples.jsonl per step.
         batch_size: Prompts per generate call (it also picks the sampling seeds, as in ``evaluate``).
         seed: Prompt batch i samples with seed + i, for the policy and the SFT reference alike.
+        keep: Stage directories kept at evaluation points under ``<run dir>/kept/`` (0 = none): the best by the
+            judge's score (by the reward model's without a judge) and the newest others
+            (lit_rlhf.checkpoint.kept); ``evaluate`` and ``export`` reach them as ``RUN@best``.
     """
 
     prompts: str | None = None
@@ -151,6 +155,7 @@ class EvalConfig:
     samples_per_step: int = 4
     batch_size: int = 32
     seed: int = 1234
+    keep: int = 3
 
 
 def rollout_sampling_problems(sampling: SamplingConfig) -> list[str]:
@@ -498,7 +503,12 @@ class PPOModule(StrategyCheck, L.LightningModule):
         if stop:
             self.stopped_by = stop
             self.trainer.should_stop = True
-        self.trainer.lit_rlhf_status = {"alarms": self.alarm_monitor.records(), "stopped_by": self.stopped_by}
+        status = getattr(self.trainer, "lit_rlhf_status", None) or {}
+        self.trainer.lit_rlhf_status = {
+            **status,
+            "alarms": self.alarm_monitor.records(),
+            "stopped_by": self.stopped_by,
+        }
 
     # ---- data parallelism ---------------------------------------------------------------------------------
     @property
@@ -636,7 +646,37 @@ class PPOModule(StrategyCheck, L.LightningModule):
         if metrics and self.logger is not None:
             logged = {**metrics, **curve}
             self.logger.log_metrics({f"ppo/{k}": v for k, v in logged.items()}, step=self.log_step)
+        self._keep(metrics)
         return metrics
+
+    def _keep(self, metrics: dict[str, float]) -> None:
+        """Keep the policy of this evaluation point as a stage directory; mark the best by the judge's score (or
+        the reward model's). Every computing rank gathers a sharded policy; rank zero writes."""
+        key = "judge_score" if "judge_score" in metrics else "eval_rm_score"
+        root = run_dir(self.trainer)
+        if not self.eval_cfg.keep or key not in metrics or root is None:
+            return
+        from lit_rlhf.backbone.sharding import full_state
+        from lit_rlhf.checkpoint.kept import Kept
+
+        net = self._policy_net
+        state = full_state(net) if net.sharded else None  # a collective: before the rank check
+        if not self.trainer.is_global_zero:
+            return
+        kept = Kept(root / KEPT)
+        best = kept.add(
+            self.log_step,
+            key,
+            metrics[key],
+            metrics,
+            self.eval_cfg.keep,
+            lambda out: self._write_stage(out, metrics, state),
+        )
+        status = getattr(self.trainer, "lit_rlhf_status", None) or {}
+        self.trainer.lit_rlhf_status = {
+            **status,
+            "best": {"path": f"{KEPT}/{best.name}", "step": best.step, best.metric: best.score},
+        }
 
     # ---- checkpoint state and the stage directory -------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -667,9 +707,7 @@ class PPOModule(StrategyCheck, L.LightningModule):
     def on_train_end(self) -> None:
         if not computes_on_this_rank(self.trainer, self._policy_net) or not self.trainer.loggers:
             return
-        from lit_rlhf.backbone.build import CRITIC, POLICY
         from lit_rlhf.backbone.sharding import full_state
-        from lit_rlhf.checkpoint.stage_dir import save_stage_dir
 
         metrics = self.evaluate()
         net = self._policy_net
@@ -683,24 +721,29 @@ class PPOModule(StrategyCheck, L.LightningModule):
             metrics["kl"] = float(cm["ppo/kl"])
         metrics["kl_coef"] = float(self.kl_ctl.value)
         self.final_metrics = {k: v for k, v in metrics.items() if math.isfinite(v)}
-        root = run_dir(self.trainer)
-        config = root / "config.yaml"
-        roles = self.roles
-        if roles.is_shared:
+        out = run_dir(self.trainer) / "stage"
+        self._write_stage(out, self.final_metrics, state)
+        self.stage_dir_written = out
+
+    def _write_stage(self, out: Path, metrics: dict[str, float], state: dict[str, Tensor] | None) -> None:
+        """The policy (and critic) as a ``ppo`` stage directory at `out`, atomically (rank zero)."""
+        from lit_rlhf.backbone.build import CRITIC, POLICY
+        from lit_rlhf.checkpoint.stage_dir import save_stage_dir
+
+        config = run_dir(self.trainer) / "config.yaml"
+        if self.roles.is_shared:
             kwargs = {"adapters": [POLICY, CRITIC], "heads": {"value": {"adapter": CRITIC, "bias": 0.0}}}
         else:
             kwargs = {"adapters": [], "heads": {}}
-        out = root / "stage"
         save_stage_dir(
             out,
-            net,
+            self._policy_net,
             stage=self.STAGE,
             step=self.global_step,
-            metrics=self.final_metrics,
+            metrics={k: v for k, v in metrics.items() if math.isfinite(v)},
             parent=str(self.policy_from),
             config_text=config.read_text() if config.is_file() else None,
             extra={"reward_from": str(self.reward_from), "ptx_coef": self.ptx_coef},
             state=state,
             **kwargs,
         )
-        self.stage_dir_written = out

@@ -133,3 +133,48 @@ def test_unknown_alarm_names_are_refused_before_anything_loads(tiny_dir, tmp_pat
 
     with pytest.raises(ValueError, match=r"alarms.stop_on: unknown alarm\(s\) \['kl'\]"):
         _module("nowhere", "nowhere", alarms=AlarmConfig(stop_on=["kl"]))
+
+
+def test_evaluation_points_are_kept_the_best_marked_and_reachable_as_run_at_best(tiny_dir, tmp_path, capsys):
+    """keep 2: the best evaluation point by the judge and the newest other one stay as stage directories;
+    `evaluate` and `export` take RUN@best and measure exactly what the run measured there."""
+    from lit_rlhf.checkpoint.kept import read_index
+    from lit_rlhf.checkpoint.manifest import read_manifest
+    from lit_rlhf.cli import main
+    from lit_rlhf.evaluate import EvalSettings, evaluate_checkpoints
+
+    sft, rm = _stages(tiny_dir, tmp_path)
+    module = _module(sft, rm)
+    module.eval_cfg, module.judge = _eval_cfg(tmp_path), load_judge("exact_match")
+    module.eval_cfg.keep = 2
+    run = tmp_path / "runs" / "ppo" / "t"
+    _fit(module, tmp_path, 3, run)
+    evals = {
+        r["step"]: r for r in _rows(run) if "ppo/judge_score" in r
+    }  # steps 0, 1, 2 (2 twice: same figures)
+    entries, best = read_index(run / "kept" / "index.json")
+    top = max(evals, key=lambda s: (evals[s]["ppo/judge_score"], -s))
+    assert best == f"step-{top:06d}"
+    assert [e.step for e in entries] == sorted({top, max(s for s in evals if s != top)})
+    assert sorted(p.name for p in (run / "kept").iterdir()) == sorted(
+        ["index.json", *(e.name for e in entries)]
+    )
+    manifest = read_manifest(run / "kept" / best)
+    assert manifest.stage == "ppo" and manifest.metrics["judge_score"] == evals[top]["ppo/judge_score"]
+    status = json.loads((run / "status.json").read_text())
+    assert status["best"] == {
+        "path": f"kept/{best}",
+        "step": top,
+        "judge_score": evals[top]["ppo/judge_score"],
+    }
+
+    settings = EvalSettings(
+        prompts=str(tmp_path / "eval.jsonl"), max_new_tokens=4, batch_size=4, seed=77, judge="exact_match"
+    )
+    report = evaluate_checkpoints([f"{run}@best"], settings)["checkpoints"]
+    assert list(report) == [str(run / "kept" / best)]
+    assert report[str(run / "kept" / best)]["judge_score"] == pytest.approx(evals[top]["ppo/judge_score"])
+    assert main(["export", "--ckpt", f"{run}@best", "--out", str(tmp_path / "hf")]) == 0
+    assert f"exported {run / 'kept' / best} -> " in capsys.readouterr().out
+    assert main(["export", "--ckpt", f"{run}@step-7", "--out", str(tmp_path / "hf2")]) == 2
+    assert "keeps no step-7; kept: " in capsys.readouterr().err
