@@ -39,6 +39,7 @@ from lit_rlhf.data.formatting import prompt_to_json
 from lit_rlhf.data.io import append_jsonl
 from lit_rlhf.evaluation.metrics import judge_metrics, kl_k1_per_sequence, mean_or_none, weighted_mean
 from lit_rlhf.evaluation.overoptimization import gold_proxy_metrics
+from lit_rlhf.evaluation.samples import eval_rows, judge_fields, token_fields
 from lit_rlhf.judges import load_judge
 from lit_rlhf.rl.advantages import gae
 from lit_rlhf.rl.kl_control import AdaptiveKLController, FixedKLController
@@ -554,8 +555,29 @@ class PPOModule(StrategyCheck, L.LightningModule):
                     "mode": "rollout",
                     "rm_score": float(rewards[i]),
                     "kl": float(kl[i].sum()),
+                    **token_fields(self.tokenizer, gen.response_ids[i], ro.response_mask[i], kl[i]),
+                    **judge_fields(self.judge, prompts[i], gen.texts[i]),
                 },
             )
+
+    def _write_eval_samples(
+        self,
+        mode: str,
+        prompts: list[Any],
+        refs: list[str | None],
+        texts: list[str],
+        rm_scores: list[float],
+        kls: list[float] | None,
+    ) -> None:
+        """The first `samples_per_step` held-out prompts' completions: the same prompts at every evaluation."""
+        k, root = self.eval_cfg.samples_per_step, run_dir(self.trainer)
+        if not k or root is None or not self.trainer.is_global_zero:
+            return
+        part = slice(0, k)
+        kls = None if kls is None else kls[part]
+        args = (prompts[part], refs[part], texts[part], rm_scores[part], kls, self.judge)
+        for row in eval_rows(self.log_step, mode, *args):
+            append_jsonl(root / "samples.jsonl", row)
 
     # ---- evaluation -------------------------------------------------------------------------------------
     def _eval_prompts(self) -> tuple[list[Any], list[str | None]]:
@@ -622,13 +644,16 @@ class PPOModule(StrategyCheck, L.LightningModule):
         if prompts:
             ours = self._complete("policy", prompts)
             texts = [t for g in ours for t in g.texts]
-            metrics["eval_kl"] = mean_or_none(self._kl_to_reference(ours))
-            metrics["eval_rm_score"] = mean_or_none(self.roles.reward_of(prompts, texts).tolist())
+            kls, rm_scores = self._kl_to_reference(ours), self.roles.reward_of(prompts, texts).tolist()
+            metrics["eval_kl"], metrics["eval_rm_score"] = mean_or_none(kls), mean_or_none(rm_scores)
             metrics["eval_length"] = mean_or_none([float(n) for g in ours for n in g.response_mask.sum(1)])
             # the SFT model's own samples: the win-rate baseline and the over-optimization plot's d = 0 point
             if self._sft_eval is None:
                 self._sft_eval = [t for g in self._complete("reference", prompts) for t in g.texts]
-                self._sft_proxy = mean_or_none(self.roles.reward_of(prompts, self._sft_eval).tolist())
+                sft_scores = self.roles.reward_of(prompts, self._sft_eval).tolist()
+                self._sft_proxy = mean_or_none(sft_scores)
+                self._write_eval_samples("eval_sft", prompts, refs, self._sft_eval, sft_scores, None)
+            self._write_eval_samples("eval", prompts, refs, texts, rm_scores, kls)
             if self.judge is not None:
                 figures = judge_metrics(self.judge, prompts, texts, refs, baseline=self._sft_eval)
                 metrics.update({k: v for k, v in figures.items() if k != "judged"})

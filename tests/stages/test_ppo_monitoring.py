@@ -178,3 +178,29 @@ def test_evaluation_points_are_kept_the_best_marked_and_reachable_as_run_at_best
     assert f"exported {run / 'kept' / best} -> " in capsys.readouterr().out
     assert main(["export", "--ckpt", f"{run}@step-7", "--out", str(tmp_path / "hf2")]) == 2
     assert "keeps no step-7; kept: " in capsys.readouterr().err
+
+
+def test_samples_carry_token_kl_and_the_judge_and_held_out_prompts_are_followed_across_steps(
+    tiny_dir, tmp_path
+):
+    sft, rm = _stages(tiny_dir, tmp_path)
+    module = _module(sft, rm)
+    module.eval_cfg, module.judge = _eval_cfg(tmp_path), load_judge("exact_match")
+    module.eval_cfg.samples_per_step, module.eval_cfg.keep = 2, 0
+    run = tmp_path / "runs" / "ppo" / "t"
+    _fit(module, tmp_path, 2, run)
+    rows = [json.loads(line) for line in (run / "samples.jsonl").read_text().splitlines()]
+    rollouts = [r for r in rows if r["mode"] == "rollout"]
+    assert len(rollouts) == 4  # 2 per iteration
+    for r in rollouts:
+        assert len(r["tokens"]) == len(r["token_kl"]) >= 1
+        assert sum(r["token_kl"]) == pytest.approx(r["kl"], abs=1e-5)
+        assert "score" not in r  # the rollout prompts carry no reference: exact_match cannot judge them
+    sft_rows = [r for r in rows if r["mode"] == "eval_sft"]
+    evals = [r for r in rows if r["mode"] == "eval"]
+    assert [(r["step"], r["prompt"]) for r in sft_rows] == [(0, "a ="), (0, "b =")]  # once, at the first one
+    assert [(r["step"], r["prompt"]) for r in evals] == [(s, p) for s in (0, 1, 1) for p in ("a =", "b =")]
+    for r in evals + sft_rows:
+        assert r["score"] == float(r["completion"] == r["prompt"][0]) and r["exact_match"] == r["score"]
+        assert isinstance(r["rm_score"], float)
+    assert all("kl" in r for r in evals) and not any("kl" in r for r in sft_rows)
