@@ -18,9 +18,9 @@ torch. Plain Python, so the dashboard fits curves without importing torch.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from lit_rlhf.judges import compare_scores
 
@@ -300,3 +300,27 @@ def gold_proxy_metrics(
         "eval/initial_proxy": initial_proxy,
     }
     return {k: float(v) for k, v in out.items() if v is not None and math.isfinite(v)}
+
+
+def points_from_metrics(rows: Iterable[Mapping[str, Any]], prefix: str = "ppo/") -> list[GoldProxyPoint]:
+    """A run's gold-vs-proxy points from its metrics.jsonl rows (the ``<prefix>eval/*`` keys), by step, the
+    initial policy first when the run logged it. A step logged twice (the final evaluation repeats the last one)
+    keeps its later row; rows are taken in the order written."""
+    by_step: dict[int, Mapping[str, Any]] = {}
+    initial: tuple[float | None, float | None] | None = None
+    for row in rows:
+        step = row.get("step")
+        if f"{prefix}eval/kl" not in row or not isinstance(step, int) or isinstance(step, bool):
+            continue
+        by_step[step] = row
+        gold, proxy = row.get(f"{prefix}eval/initial_gold"), row.get(f"{prefix}eval/initial_proxy")
+        if gold is not None or proxy is not None:
+            initial = (gold, proxy)
+    steps = sorted(by_step)
+    return gold_proxy_points(
+        steps,
+        [by_step[s][f"{prefix}eval/kl"] for s in steps],
+        [by_step[s].get(f"{prefix}eval/gold") for s in steps],
+        [by_step[s].get(f"{prefix}eval/proxy") for s in steps],
+        initial=initial,
+    )

@@ -159,3 +159,34 @@ def test_gold_proxy_metrics_names_and_leaves_out_what_was_not_measured():
         "eval/sqrt_kl": 0.0,
         "eval/proxy": 2.0,
     }
+
+
+def test_points_from_metrics_rows_take_the_later_row_of_a_step_and_the_initial_point():
+    from lit_rlhf.evaluation.overoptimization import points_from_metrics
+
+    rows = [
+        {"step": 7, "ppo/kl": 0.3},  # a training row: not an evaluation
+        {
+            "step": 24,
+            "ppo/eval/kl": 0.25,
+            "ppo/eval/gold": 0.8,
+            "ppo/eval/proxy": 1.2,
+            "ppo/eval/initial_gold": 0.7,
+        },
+        {
+            "step": 49,
+            "ppo/eval/kl": 1.0,
+            "ppo/eval/gold": 0.9,
+            "ppo/eval/proxy": 1.5,
+            "ppo/eval/initial_gold": 0.7,
+        },
+        {"step": 49, "ppo/eval/kl": 1.0, "ppo/eval/gold": 0.91, "ppo/eval/proxy": 1.5},
+        {"step": 1.5, "ppo/eval/kl": 9.0},  # not an integer step
+    ]
+    points = points_from_metrics(rows)
+    assert [(p.step, p.d, p.gold, p.proxy) for p in points] == [
+        (-1, 0.0, 0.7, None),
+        (24, 0.5, 0.8, 1.2),
+        (49, 1.0, 0.91, 1.5),
+    ]
+    assert points_from_metrics([{"step": 3, "ppo/kl": 1.0}]) == []
