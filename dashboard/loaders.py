@@ -767,3 +767,170 @@ def report_figure(report_path: str | os.PathLike, root: str | os.PathLike) -> st
     """The `report.png` next to a report, when it is a regular file inside `root`."""
     png = Path(report_path).with_name("report.png")
     return str(png) if png.is_file() and read_problem(png, root) is None else None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Over-optimization: gold vs proxy against d = sqrt(KL) (the Over-optimization page)
+# ---------------------------------------------------------------------------------------------------------
+
+BEST_OF_N = "best_of_n.json"  # <root>/eval/<name>/best_of_n.json, written by bench/overoptimization.py
+BEST_OF_N_FIELDS = ("n", "kl", "d", "proxy", "gold", "win_rate", "oracle_gold", "oracle_win_rate")
+MAX_BEST_OF_N_POINTS = 64
+
+
+@dataclass(frozen=True)
+class BestOfN:
+    """A best-of-n curve from an SFT model (`lit_rlhf.evaluation.overoptimization.best_of_n_curve`)."""
+
+    label: str  # "eval/<name>"
+    path: str
+    points: pd.DataFrame  # one row per n: BEST_OF_N_FIELDS
+
+
+def _best_of_n(path: Path, root: str | os.PathLike) -> tuple[BestOfN | None, str | None]:
+    obj, problem = _read_json_object(path, root)
+    if problem is not None:
+        return None, problem
+    points = obj.get("points")
+    if not isinstance(points, list) or not 0 < len(points) <= MAX_BEST_OF_N_POINTS:
+        return None, f"{path}: field 'points': expected an array of 1 to {MAX_BEST_OF_N_POINTS} objects"
+    records = []
+    for i, point in enumerate(points):
+        if not isinstance(point, dict):
+            return None, f"{path}: field 'points[{i}]': expected an object"
+        record = {k: _number(point.get(k)) if point.get(k) is not None else None for k in BEST_OF_N_FIELDS}
+        bad = [k for k in ("n", "d", "proxy", "gold") if record[k] is None]
+        if bad:
+            return None, f"{path}: field 'points[{i}].{bad[0]}': expected a finite number"
+        records.append(record)
+    frame = pd.DataFrame.from_records(records, columns=list(BEST_OF_N_FIELDS)).astype("float64")
+    return BestOfN(f"eval/{path.parent.name}", str(path), frame), None
+
+
+def find_best_of_n(root: str | os.PathLike) -> tuple[list[BestOfN], list[str]]:
+    """Every `<root>/eval/*/best_of_n.json`, and a problem naming each file that cannot be used."""
+    found, problems = [], []
+    for path in sorted(Path(root).glob(f"eval/*/{BEST_OF_N}")):
+        curve, problem = _best_of_n(path, root)
+        if curve is not None:
+            found.append(curve)
+        else:
+            problems.append(problem)
+    return found, problems
+
+
+def gold_proxy_points(frame: pd.DataFrame) -> list[Any]:
+    """A PPO run's gold-vs-proxy points (`lit_rlhf.evaluation.overoptimization.GoldProxyPoint`) from its metrics
+    frame: every step with ``ppo/eval/kl``, the SFT model's own point (d = 0) first when it was logged."""
+    from lit_rlhf.evaluation.overoptimization import points_from_metrics
+
+    keys = [k for k in frame.columns if k.startswith("ppo/eval/")]
+    if "ppo/eval/kl" not in keys:
+        return []
+    rows = [
+        {"step": int(step), **{k: float(v) for k, v in values.items() if not math.isnan(v)}}
+        for step, values in frame[keys].dropna(subset=["ppo/eval/kl"]).iterrows()
+    ]
+    return points_from_metrics(rows)
+
+
+def overoptimization_long(
+    runs: Mapping[str, Sequence[Any]], curves: Sequence[BestOfN], fit_points: int = 40
+) -> pd.DataFrame:
+    """Long-form data for the gold and proxy panels: d, value, measure (gold | proxy), series, kind (point | fit)
+    and label (the step or n).
+
+    Each PPO run (run id -> its points) gives its points and its fitted RL curve (gold only, through the SFT
+    point); each best-of-n curve gives the reward model's pick (gold and proxy) and the judge's pick (gold).
+    """
+    from lit_rlhf.evaluation.overoptimization import fit_run
+
+    parts: list[dict[str, Any]] = []
+    for run_id, points in runs.items():
+        for p in points:
+            label = "SFT" if p.step < 0 else f"step {p.step}"
+            for measure, value in (("gold", p.gold), ("proxy", p.proxy)):
+                if value is not None:
+                    parts.append(
+                        {
+                            "d": p.d,
+                            "value": value,
+                            "measure": measure,
+                            "series": run_id,
+                            "kind": "point",
+                            "label": label,
+                        }
+                    )
+        try:
+            fit = fit_run(points)
+        except ValueError:  # fewer than two evaluations, or no judge: no curve to draw
+            continue
+        top = max(p.d for p in points)
+        for i in range(fit_points + 1):
+            d = top * i / fit_points
+            value = points[0].gold + fit.predict(d)
+            parts.append(
+                {
+                    "d": d,
+                    "value": value,
+                    "measure": "gold",
+                    "series": f"{run_id} (fit)",
+                    "kind": "fit",
+                    "label": "",
+                }
+            )
+    for curve in curves:
+        for row in curve.points.to_dict("records"):
+            label = f"n={int(row['n'])}"
+            for measure, series, value in (
+                ("gold", f"{curve.label} best-of-n (RM picks)", row["gold"]),
+                ("proxy", f"{curve.label} best-of-n (RM picks)", row["proxy"]),
+                ("gold", f"{curve.label} best-of-n (judge picks)", row["oracle_gold"]),
+            ):
+                if value is not None and not math.isnan(value):
+                    parts.append(
+                        {
+                            "d": row["d"],
+                            "value": value,
+                            "measure": measure,
+                            "series": series,
+                            "kind": "point",
+                            "label": label,
+                        }
+                    )
+    columns = ["d", "value", "measure", "series", "kind", "label"]
+    return pd.DataFrame.from_records(parts, columns=columns)
+
+
+def fits_table(runs: Mapping[str, Sequence[Any]], curves: Sequence[BestOfN]) -> pd.DataFrame:
+    """Gao et al.'s fits: the RL form for each PPO run, the best-of-n form for each curve (gold relative to SFT)."""
+    from lit_rlhf.evaluation.overoptimization import fit_gao, fit_run
+
+    records = []
+    for run_id, points in runs.items():
+        try:
+            records.append({"series": run_id, **_fit_record(fit_run(points))})
+        except ValueError as err:
+            records.append({"series": run_id, "note": str(err)})
+    for curve in curves:
+        p = curve.points
+        try:
+            fit = fit_gao("bon", p["d"].tolist(), (p["gold"] - p["gold"].iloc[0]).tolist())
+            records.append({"series": f"{curve.label} best-of-n", **_fit_record(fit)})
+        except ValueError as err:
+            records.append({"series": f"{curve.label} best-of-n", "note": str(err)})
+    columns = ["series", "form", "alpha", "beta", "r2", "points", "peak_d", "peak_gain", "note"]
+    return pd.DataFrame.from_records(records, columns=columns)
+
+
+def _fit_record(fit: Any) -> dict[str, Any]:
+    return {
+        "form": "d(α − β log d)" if fit.form == "rl" else "d(α − β d)",
+        "alpha": fit.alpha,
+        "beta": fit.beta,
+        "r2": fit.r2,
+        "points": fit.points,
+        "peak_d": fit.peak_d,
+        "peak_gain": fit.peak_r,
+        "note": None,
+    }
