@@ -22,6 +22,7 @@ pages = [
     st.Page("pages/curves.py", title="Curves"),
     st.Page("pages/overoptimization.py", title="Over-optimization"),
     st.Page("pages/rankings.py", title="Rankings"),
+    st.Page("pages/ranking_queue.py", title="Ranking queue"),
     st.Page("pages/samples.py", title="Samples"),
     st.Page("pages/compare.py", title="Compare"),
 ]

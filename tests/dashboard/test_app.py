@@ -24,6 +24,7 @@ PAGES = [
     "pages/samples.py",
     "pages/compare.py",
     "pages/overoptimization.py",
+    "pages/ranking_queue.py",
 ]
 
 

@@ -23,8 +23,9 @@ PAGES = [
     "pages/samples.py",
     "pages/compare.py",
     "pages/overoptimization.py",
+    "pages/ranking_queue.py",
 ]
-TITLES = {"pages/overoptimization.py": "Over-optimization"}
+TITLES = {"pages/overoptimization.py": "Over-optimization", "pages/ranking_queue.py": "Ranking queue"}
 
 
 @pytest.fixture
