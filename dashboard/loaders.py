@@ -54,7 +54,22 @@ KEY_METRICS = {
     "ppo": ("ppo/reward_mean", "ppo/kl", "ppo/win_rate_vs_sft"),
 }
 SAMPLE_SCORES = ("score", "exact_match", "reward", "rm_score", "kl")
-SAMPLE_COLUMNS = ("run", "step", "mode", "prompt", "completion", *SAMPLE_SCORES)
+# length: response tokens (words without a `tokens` field); flags: the 0/1 details set (e.g. the judge's banned,
+# filler) and the rules a `rules` object says are broken; tokens/token_kl: PPO rollouts' per-token KL
+SAMPLE_COLUMNS = (
+    "run",
+    "step",
+    "mode",
+    "prompt",
+    "completion",
+    *SAMPLE_SCORES,
+    "length",
+    "flags",
+    "tokens",
+    "token_kl",
+)
+_NOT_FLAGS = {"step", "time", *SAMPLE_SCORES}
+MAX_SAMPLE_TOKENS = 4096
 FIRST_RUN_COMMAND = "python main.py fit --config configs/demo/sft.yaml"
 # status.json is rewritten at least every 10 optimizer steps; this long without one, a run is likely dead.
 STALE_AFTER_S = 15 * 60
@@ -636,7 +651,45 @@ def _sample_record(run_id: str, obj: Mapping[str, Any], path: str, line: int) ->
             raise DataError(path, line, field, "expected a string")
     record = {"run": run_id, "step": step, **{f: obj[f] for f in ("mode", "prompt", "completion")}}
     record.update({k: _number(obj.get(k)) for k in SAMPLE_SCORES})
+    tokens, token_kl = _token_kl(obj, path, line)
+    record.update(
+        length=len(tokens) if tokens is not None else len(obj["completion"].split()),
+        flags=sample_flags(obj),
+        tokens=tokens,
+        token_kl=token_kl,
+    )
     return record
+
+
+def _token_kl(obj: Mapping[str, Any], path: str, line: int) -> tuple[tuple | None, tuple | None]:
+    """(tokens, token_kl) of a row that has them: equally long, strings and finite numbers; else (None, None)."""
+    tokens, kl = obj.get("tokens"), obj.get("token_kl")
+    if tokens is None and kl is None:
+        return None, None
+    if (
+        not isinstance(tokens, list)
+        or len(tokens) > MAX_SAMPLE_TOKENS
+        or not all(isinstance(t, str) for t in tokens)
+    ):
+        raise DataError(path, line, "tokens", f"expected an array of at most {MAX_SAMPLE_TOKENS} strings")
+    if not isinstance(kl, list) or len(kl) != len(tokens) or any(_number(v) is None for v in kl):
+        raise DataError(path, line, "token_kl", f"expected {len(tokens)} finite numbers (one per token)")
+    return tuple(tokens), tuple(float(v) for v in kl)
+
+
+def sample_flags(obj: Mapping[str, Any]) -> tuple[str, ...]:
+    """What a sample breaks: its 0/1 details that are set (other than the scores, e.g. a judge's ``banned``,
+    ``filler``), and ``rule:<name>`` for each rule its ``rules`` object marks true (the rule-label format)."""
+    flags = [
+        k
+        for k, v in obj.items()
+        if k not in _NOT_FLAGS
+        and (v is True or (isinstance(v, int | float) and not isinstance(v, bool) and v == 1))
+    ]
+    rules = obj.get("rules")
+    if isinstance(rules, dict):
+        flags += [f"rule:{k}" for k, v in rules.items() if v is True]
+    return tuple(sorted(flags))
 
 
 def samples_frame(by_run: Mapping[str, JsonlRows]) -> tuple[pd.DataFrame, list[str]]:
@@ -656,8 +709,14 @@ def samples_frame(by_run: Mapping[str, JsonlRows]) -> tuple[pd.DataFrame, list[s
     # The last step's samples are written twice when it is a multiple of every_n_steps: keep one copy.
     frame = frame.drop_duplicates(keep="last", ignore_index=True)
     frame["step"] = frame["step"].astype("int64")
+    frame["length"] = frame["length"].astype("int64")
     frame[list(SAMPLE_SCORES)] = frame[list(SAMPLE_SCORES)].astype("float64")
     return frame, problems
+
+
+def sample_reward(frame: pd.DataFrame) -> pd.Series:
+    """Each sample's reward-model score: ``rm_score`` (PPO), else ``reward``."""
+    return frame["rm_score"].fillna(frame["reward"])
 
 
 def filter_samples(
@@ -666,12 +725,28 @@ def filter_samples(
     modes: Iterable[str] | None = None,
     steps: tuple[int, int] | None = None,
     text: str = "",
+    reward: tuple[float, float] | None = None,
+    score: tuple[float, float] | None = None,
+    length: tuple[int, int] | None = None,
+    flags: Iterable[str] | None = None,
 ) -> pd.DataFrame:
-    """Samples of the given runs and modes, steps within [lo, hi], whose prompt or completion contains `text`.
+    """Samples of the given runs and modes, steps within [lo, hi], whose prompt or completion contains `text`;
+    reward-model score (`sample_reward`), judge score and length within their ranges; carrying any of `flags`.
 
-    None keeps everything for that filter; the text match is a case-insensitive substring, not a regex.
+    None keeps everything for that filter (a range filter drops the samples without that figure); the text match
+    is a case-insensitive substring, not a regex.
     """
     keep = pd.Series(True, index=frame.index)
+    for values, bounds in (
+        (sample_reward(frame), reward),
+        (frame["score"], score),
+        (frame["length"], length),
+    ):
+        if bounds is not None:
+            keep &= values.between(bounds[0], bounds[1])  # NaN is never between
+    if flags is not None:
+        wanted = set(flags)
+        keep &= frame["flags"].map(lambda f: bool(wanted & set(f)))
     if runs is not None:
         keep &= frame["run"].isin(list(runs))
     if modes is not None:
@@ -690,6 +765,24 @@ def sample_heading(record: Mapping[str, Any]) -> str:
     parts = [f"step {record['step']}", str(record["run"]), str(record["mode"])]
     scores = [f"{k} {record[k]:.3g}" for k in SAMPLE_SCORES if _number(record.get(k)) is not None]
     return " · ".join(parts + ([", ".join(scores)] if scores else []))
+
+
+def word_diff(a: str, b: str) -> list[tuple[str, str]]:
+    """How completion `b` differs from `a`, word by word: ("=", words) kept, ("-", words) only in a, ("+", words)
+    only in b, in reading order (difflib's longest matching blocks)."""
+    import difflib
+
+    left, right = a.split(), b.split()
+    out: list[tuple[str, str]] = []
+    for op, i1, i2, j1, j2 in difflib.SequenceMatcher(a=left, b=right, autojunk=False).get_opcodes():
+        if op == "equal":
+            out.append(("=", " ".join(left[i1:i2])))
+            continue
+        if i2 > i1:
+            out.append(("-", " ".join(left[i1:i2])))
+        if j2 > j1:
+            out.append(("+", " ".join(right[j1:j2])))
+    return out
 
 
 def prompt_history(frame: pd.DataFrame, prompt: str) -> pd.DataFrame:

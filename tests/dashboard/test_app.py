@@ -231,3 +231,21 @@ def test_runs_page_lists_alarms_as_text(runs_root):
         ["ppo/live", "kl_high", 2, 4, 2]
     ]
     assert XSS_IMG in alarms["message"].iloc[0]  # shown as table text
+
+
+def test_samples_page_colours_token_kl_filters_flags_and_diffs_a_prompt(runs_root):
+    from .test_loaders import SAMPLE_ROWS
+
+    write_jsonl(runs_root / "ppo" / "samp" / "samples.jsonl", SAMPLE_ROWS)
+    write_json(runs_root / "ppo" / "samp" / "status.json", status("ppo", "samp", "finished", 9))
+    at = open_page(runs_root, PAGES[3])
+    at.multiselect[0].set_value(["ppo/samp"]).run()
+    assert at.selectbox[0].value == "p"
+    assert at.code[-1].value == "  a\n- b\n+ x\n  c\n+ d"  # step 0 -> step 9
+    at.selectbox[0].set_value("q").run()
+    (kl,) = chart_frames(at)
+    assert kl["token"].tolist() == ["b", "a", "</s>"] and kl["kl"].tolist() == [0.1, -0.2, 0.0]
+    flags = [m for m in at.multiselect if m.label == "Breaks (any of)"][0]
+    assert flags.options == ["banned", "rule:format"]
+    flags.set_value(["banned"]).run()
+    assert "1 of 8 samples" in texts(at)

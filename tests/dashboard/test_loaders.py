@@ -453,3 +453,91 @@ def test_a_run_stopped_by_an_alarm_says_so_in_its_status(tmp_path):
     write_json(tmp_path / "ppo" / "x" / "status.json", {"status": "finished", "stopped_by": ["kl_high"]})
     (run,) = loaders.discover_runs(tmp_path)
     assert loaders.shown_status(run, now=0.0) == "finished (stopped by kl_high)"
+
+
+# ---- samples: filters, flags, per-token KL, diffs -------------------------------------------------------------
+
+SAMPLE_ROWS = [
+    {
+        "step": 0,
+        "prompt": "p",
+        "completion": "a b c",
+        "mode": "eval",
+        "rm_score": 0.5,
+        "score": 0.9,
+        "banned": 0.0,
+    },
+    {
+        "step": 9,
+        "prompt": "p",
+        "completion": "a x c d",
+        "mode": "eval",
+        "rm_score": 1.5,
+        "score": 0.4,
+        "banned": 1.0,
+    },
+    {
+        "step": 9,
+        "prompt": "q",
+        "completion": "b a",
+        "mode": "rollout",
+        "reward": 2.5,
+        "tokens": ["b", "a", "</s>"],
+        "token_kl": [0.1, -0.2, 0.0],
+        "rules": {"format": True, "banned word": False},
+    },
+]
+
+
+def _sample_frame(tmp_path, rows=SAMPLE_ROWS):
+    path = tmp_path / "samples.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return loaders.samples_frame({"ppo/x": loaders.read_jsonl(path)})
+
+
+def test_samples_carry_length_flags_and_token_kl(tmp_path):
+    frame, problems = _sample_frame(tmp_path)
+    assert problems == []
+    assert frame["length"].tolist() == [3, 4, 3]  # words, or tokens when the row has them
+    assert frame["flags"].tolist() == [(), ("banned",), ("rule:format",)]
+    assert frame.loc[2, "tokens"] == ("b", "a", "</s>") and frame.loc[2, "token_kl"] == (0.1, -0.2, 0.0)
+    assert loaders.sample_reward(frame).tolist() == [0.5, 1.5, 2.5]
+
+
+def test_sample_filters_by_reward_score_length_and_flags(tmp_path):
+    frame, _ = _sample_frame(tmp_path)
+
+    def completions(**kw):
+        return loaders.filter_samples(frame, **kw)["completion"].tolist()
+
+    assert completions(reward=(1.0, 3.0)) == ["a x c d", "b a"]
+    assert completions(score=(0.5, 1.0)) == ["a b c"]  # the rollout has no judge score: a range drops it
+    assert completions(length=(4, 4)) == ["a x c d"]
+    assert completions(flags=["banned", "rule:format"]) == ["a x c d", "b a"]
+    assert completions(flags=[]) == []
+
+
+@pytest.mark.parametrize(
+    ("row", "field"),
+    [
+        ({"tokens": ["a"], "token_kl": [0.1, 0.2]}, "token_kl"),
+        ({"tokens": "a", "token_kl": [0.1]}, "tokens"),
+        ({"tokens": ["a"]}, "token_kl"),
+    ],
+)
+def test_bad_token_kl_is_a_row_problem(tmp_path, row, field):
+    frame, problems = _sample_frame(
+        tmp_path, [{"step": 1, "prompt": "p", "completion": "a", "mode": "m", **row}]
+    )
+    assert frame.empty and problems[0].startswith(f"{tmp_path / 'samples.jsonl'}:1: field '{field}'")
+
+
+def test_word_diff_by_hand():
+    assert loaders.word_diff("a b c", "a x c d") == [
+        ("=", "a"),
+        ("-", "b"),
+        ("+", "x"),
+        ("=", "c"),
+        ("+", "d"),
+    ]
+    assert loaders.word_diff("", "") == []
