@@ -15,7 +15,7 @@ Gao et al.'s forms are fitted to the gold score relative to the SFT model: RL d 
 d (alpha - beta d), with R^2.
 
 Run after the pipeline's SFT and reward stages (`python main.py pipeline --config configs/demo/pipeline.yaml`):
-    python bench/overoptimization.py [--runs runs] [--name demo] [--data data/demo] [--kl-coefs 0.01:200 0.6:100]
+    python bench/overoptimization.py [--runs runs] [--name demo] [--data data/demo] [--kl-coefs 0.01:60:2 0.1:150:10 0.6:100:10]
 Writes bench/results/overoptimization.{json,md,png}, and <runs>/eval/<name>-overopt/best_of_n.json, which the
 dashboard's Over-optimization page draws with the PPO runs. PPO runs that already have a stage directory are
 reused (delete them to redo).
@@ -113,9 +113,9 @@ def ppo_run_name(a: argparse.Namespace, coef: float) -> str:
 
 
 def train_ppo(
-    a: argparse.Namespace, coef: float, iterations: int, sft: Path, rm: Path
+    a: argparse.Namespace, coef: float, iterations: int, every: int, sft: Path, rm: Path
 ) -> tuple[Path, float | None]:
-    """A PPO-ptx run of configs/demo/ppo.yaml with KL coefficient `coef`, evaluated every a.eval_every iterations."""
+    """A PPO-ptx run of configs/demo/ppo.yaml with KL coefficient `coef`, evaluated every `every` iterations."""
     run = Path(a.runs) / "ppo" / ppo_run_name(a, coef)
     if (run / "stage" / "manifest.json").is_file():
         log(f"{run}: done, reused")
@@ -132,7 +132,7 @@ def train_ppo(
         ),
         *("--seed_everything", "0", "--trainer.max_steps", str(iterations * PPO_UPDATES_PER_ITERATION)),
         *("--model.init_args.kl.init_coef", str(coef), "--model.init_args.kl.adaptive", "false"),
-        *("--model.init_args.eval.every_n_steps", str(a.eval_every)),
+        *("--model.init_args.eval.every_n_steps", str(every)),
         *("--model.init_args.eval.limit", str(a.prompts)),
         *ppo_stage_args(sft, rm, Path(a.data)),
     ]
@@ -269,8 +269,8 @@ def main() -> int:
     p.add_argument(
         "--kl-coefs",
         nargs="+",
-        default=["0.01:200", "0.6:100"],
-        help="PPO runs as COEF[:ITERATIONS] (default iterations: --iterations)",
+        default=["0.01:60:2", "0.1:150:10", "0.6:100:10"],
+        help="PPO runs as COEF[:ITERATIONS[:EVAL_EVERY]] (defaults: --iterations, --eval-every)",
     )
     p.add_argument("--iterations", type=int, default=100, help="PPO iterations per run unless COEF:N says")
     p.add_argument("--eval-every", type=int, default=10, help="PPO evaluation every N iterations")
@@ -324,12 +324,12 @@ def main() -> int:
         "ppo": {},
     }
     for spec in a.kl_coefs:
-        coef, _, iterations = spec.partition(":")
-        coef = float(coef)
-        run, took = train_ppo(a, coef, int(iterations or a.iterations), sft, rm)
+        text, iterations, every = [*spec.split(":"), "", ""][:3]
+        coef, iterations, every = float(text), int(iterations or a.iterations), int(every or a.eval_every)
+        run, took = train_ppo(a, coef, iterations, every, sft, rm)
         if took is not None:
             timings[f"ppo_kl{coef:g}"] = took
-        result["ppo"][f"{coef:g}"] = ppo_result(run)
+        result["ppo"][f"{coef:g}"] = {"iterations": iterations, "eval_every": every, **ppo_result(run)}
     result["timings_s"] = timings
     result["load_average"] = os.getloadavg()
     from lit_rlhf.runs import write_json_atomic
