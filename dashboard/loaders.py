@@ -47,6 +47,12 @@ STATUS, METRICS, SAMPLES, RANKINGS, STAGE_DIR, MANIFEST = (
     "stage",
     "manifest.json",
 )
+# The curves the Curves page opens on, per stage: what tells whether each stage works.
+HEADLINE = {
+    "sft": ("sft/loss", "sft/val_loss", "sft/exact_match", "sft/judge_score"),
+    "reward": ("reward/loss", "reward/accuracy", "reward/val_accuracy"),
+    "ppo": ("ppo/reward_mean", "ppo/kl", "ppo/judge_score", "ppo/win_rate_vs_sft"),
+}
 # The figures the Runs table shows for each stage (the last logged value of each).
 KEY_METRICS = {
     "sft": ("sft/loss", "sft/val_loss", "sft/exact_match"),
@@ -457,6 +463,12 @@ def _json_type(value: Any) -> str:
     return "null" if value is None else names.get(type(value), type(value).__name__)
 
 
+def headline_keys(keys: Iterable[str]) -> list[str]:
+    """The HEADLINE metrics among `keys`, stage by stage (sft, reward, ppo), in HEADLINE's order."""
+    present = set(keys)
+    return [k for stage in STAGES for k in HEADLINE[stage] if k in present]
+
+
 def group_by_prefix(keys: Iterable[str]) -> dict[str, list[str]]:
     """Metric keys grouped by the part before "/": sft, reward, ppo first, then others; keys without one under "other"."""
     groups: dict[str, list[str]] = {}
@@ -807,6 +819,7 @@ class StageDirInfo:
     parent: str | None
     manifest_mtime_ns: int  # with `path`, the cache key of a loaded model
     external_base: str | None = None  # where the base comes from when not from the directory itself
+    reward_from: str | None = None  # a ppo stage's reward model (its manifest's extra.reward_from)
 
 
 def find_stage_dirs(root: str | os.PathLike) -> tuple[list[StageDirInfo], list[str]]:
@@ -836,9 +849,56 @@ def find_stage_dirs(root: str | os.PathLike) -> tuple[list[StageDirInfo], list[s
                 parent=_manifest_parent(stage_dir, manifest),
                 manifest_mtime_ns=manifest_path.stat().st_mtime_ns,
                 external_base=external_base(manifest.get("base")),
+                reward_from=_manifest_reward_from(stage_dir, manifest),
             )
         )
     return found, problems
+
+
+def _manifest_reward_from(stage_dir: Path, manifest: Mapping[str, Any]) -> str | None:
+    extra = manifest.get("extra")
+    if not isinstance(extra, dict):
+        return None
+    return _text(resolve_link(stage_dir, extra.get("reward_from"), manifest.get("relative_links") is True))
+
+
+def _same_dir(a: str | None, b: str | None) -> bool:
+    return (
+        bool(a) and bool(b) and os.path.normpath(os.path.abspath(a)) == os.path.normpath(os.path.abspath(b))
+    )
+
+
+@dataclass(frozen=True)
+class CompareDefaults:
+    """What the Compare page starts with."""
+
+    chosen: list[StageDirInfo]  # the models to generate with
+    reference: StageDirInfo | None  # the KL reference
+    reward: StageDirInfo | None  # the reward model scoring the completions
+
+
+def compare_defaults(found: Sequence[StageDirInfo]) -> CompareDefaults:
+    """The newest PPO stage and its SFT parent, KL to that SFT stage, scored by the PPO run's reward model.
+
+    Without a PPO stage: the two newest SFT stages, KL to the newest, scored by a reward model trained from it.
+    A reward stage is never preselected as a model to generate with.
+    """
+
+    def newest(dirs: Iterable[StageDirInfo]) -> StageDirInfo | None:
+        return max(dirs, key=lambda d: (d.manifest_mtime_ns, d.label), default=None)
+
+    def find(path: str | None, stage: str) -> StageDirInfo | None:
+        return next((d for d in found if d.stage == stage and _same_dir(d.path, path)), None)
+
+    sfts = sorted((d for d in found if d.stage == "sft"), key=lambda d: (-d.manifest_mtime_ns, d.label))
+    ppo = newest(d for d in found if d.stage == "ppo")
+    if ppo is not None:
+        sft = find(ppo.parent, "sft") or (sfts[0] if sfts else None)
+        return CompareDefaults([ppo, *([sft] if sft else [])], sft or ppo, find(ppo.reward_from, "reward"))
+    chosen = sfts[:2]
+    reference = chosen[0] if chosen else None
+    rewards = (d for d in found if d.stage == "reward" and reference and _same_dir(d.parent, reference.path))
+    return CompareDefaults(chosen, reference, newest(rewards))
 
 
 def latest_report(root: str | os.PathLike) -> tuple[str, str] | None:
@@ -854,6 +914,36 @@ def latest_report(root: str | os.PathLike) -> tuple[str, str] | None:
         return str(newest), read_bounded(newest, MAX_REPORT_BYTES).decode("utf-8", errors="replace")
     except OSError:
         return None
+
+
+def report_table(
+    report_path: str | os.PathLike, root: str | os.PathLike
+) -> tuple[pd.DataFrame | None, list[str]]:
+    """The `report.json` next to a report.md as a table, one row per checkpoint (its metrics as `evaluate` wrote
+    them), and the report's notes; (None, [problem]) when it is missing or cannot be used."""
+    path = Path(report_path).with_name("report.json")
+    obj, problem = _read_json_object(path, root)
+    if problem is not None or not obj:
+        return None, [problem] if problem else []
+    rows, notes = obj.get("checkpoints"), obj.get("notes", [])
+    if not isinstance(rows, dict) or not all(isinstance(r, dict) for r in rows.values()):
+        return None, [f"{path}: field 'checkpoints': expected an object of objects"]
+    records = []
+    for ckpt, row in rows.items():
+        cells = {
+            k: v if isinstance(v, str | int | float) or v is None else clip(repr(v)) for k, v in row.items()
+        }
+        records.append({"checkpoint": _short_label(ckpt), **cells})
+    notes = [n for n in notes if isinstance(n, str)] if isinstance(notes, list) else []
+    return pd.DataFrame.from_records(records), notes
+
+
+def _short_label(path: str) -> str:
+    """The last two path parts, skipping a trailing `stage` (runs/ppo/x/stage -> ppo/x), as report.png labels."""
+    parts = [p for p in Path(path).parts if p not in ("/", "")]
+    if parts and parts[-1] == STAGE_DIR:
+        parts = parts[:-1]
+    return "/".join(parts[-2:]) or path
 
 
 def report_figure(report_path: str | os.PathLike, root: str | os.PathLike) -> str | None:

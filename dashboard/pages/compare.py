@@ -94,17 +94,24 @@ def _sampling_inputs() -> tuple[dict[str, Any], int]:
 
 def _request(found: list[loaders.StageDirInfo]) -> Request | None:
     """The settings widgets; a Request when Generate is pressed, else None."""
-    chosen = st.multiselect("Stage directories to compare", found, default=found[:2], format_func=_describe)
+    # the newest PPO stage and its SFT parent, KL to that SFT stage, scored by the PPO run's reward model
+    defaults = loaders.compare_defaults(found)
+    chosen = st.multiselect(
+        "Stage directories to compare", found, default=defaults.chosen, format_func=_describe
+    )
     for d in chosen:  # plain text: the name comes from a manifest someone else may have written
         if d.external_base:
             st.text(f"Note: {d.label}: {d.external_base}.")
     prompt = st.text_area("Prompt", placeholder="e.g. sort d c b =")
     sampling, seed = _sampling_inputs()
-    reference = st.selectbox("KL reference", chosen, format_func=_describe) if chosen else None
+    start = found.index(defaults.reference) if defaults.reference in found else 0
+    reference = st.selectbox("KL reference", found, index=start, format_func=_describe)
     missing = _scorer_missing()
+    rewards = [None, *(d for d in found if d.stage == "reward")]
     reward = st.selectbox(
         "Reward model (scores each completion)",
-        [None, *(d for d in found if d.stage == "reward")],
+        rewards,
+        index=rewards.index(defaults.reward) if defaults.reward in rewards else 0,
         format_func=_describe,
         disabled=missing is not None,
     )

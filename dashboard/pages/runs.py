@@ -33,7 +33,17 @@ if report is not None:
     path, text = report
     st.subheader("Latest evaluation report")
     st.text(path)
-    st.code(text, language=None)
+    table, notes = loaders.report_table(path, root)
+    if table is None:  # no report.json (or a bad one): the Markdown as it is
+        ui.show_problems(notes, what="report files")
+        st.code(text, language=None)
+    else:
+        ui.table(table, hide_index=True)
+        for note in notes:
+            st.text(f"Note: {note}")
     png = loaders.report_figure(path, root)
     if png is not None:
         st.image(png)
+    if table is not None:
+        with st.expander("report.md"):
+            st.code(text, language=None)

@@ -541,3 +541,81 @@ def test_word_diff_by_hand():
         ("+", "d"),
     ]
     assert loaders.word_diff("", "") == []
+
+
+# ---- defaults: Compare's models, the Curves headline, the report table ------------------------------------------
+
+
+def _manifests(root, with_ppo: bool = True):
+    """sft/a (oldest), sft/b, reward/r from sft/a and, optionally, ppo/p from sft/a scored by reward/r (newest)."""
+    stages = [
+        ("sft", "a", {}),
+        ("sft", "b", {}),
+        ("reward", "r", {"parent": "../../../sft/a/stage", "relative_links": True}),
+    ]
+    if with_ppo:
+        links = {"parent": "../../../sft/a/stage", "extra": {"reward_from": "../../../reward/r/stage"}}
+        stages.append(("ppo", "p", {**links, "relative_links": True}))
+    for i, (stage, name, extra) in enumerate(stages):
+        path = root / stage / name / "stage" / "manifest.json"
+        write_json(path, {"stage": stage, "step": i, **extra})
+        os.utime(path, ns=(10**18 + i * 10**9, 10**18 + i * 10**9))
+
+
+def test_compare_defaults_to_the_newest_ppo_stage_its_sft_parent_and_its_reward_model(tmp_path):
+    _manifests(tmp_path)
+    found, _ = loaders.find_stage_dirs(tmp_path)
+    d = loaders.compare_defaults(found)
+    assert [x.label for x in d.chosen] == ["ppo/p", "sft/a"]
+    assert (d.reference.label, d.reward.label) == ("sft/a", "reward/r")
+
+
+def test_compare_defaults_without_ppo_never_pick_a_reward_stage_to_generate_with(tmp_path):
+    _manifests(tmp_path, with_ppo=False)
+    found, _ = loaders.find_stage_dirs(tmp_path)
+    d = loaders.compare_defaults(found)
+    assert [x.label for x in d.chosen] == ["sft/b", "sft/a"]
+    assert d.reference.label == "sft/b" and d.reward is None  # reward/r was trained from sft/a, not sft/b
+    assert loaders.compare_defaults([]) == loaders.CompareDefaults([], None, None)
+
+
+def test_headline_keys_are_each_stages_key_curves_in_order():
+    keys = ["ppo/win_rate_vs_sft", "sft/lr", "ppo/kl", "sft/loss", "reward/val_accuracy", "ppo/entropy"]
+    assert loaders.headline_keys(keys) == ["sft/loss", "reward/val_accuracy", "ppo/kl", "ppo/win_rate_vs_sft"]
+
+
+def test_report_table_from_report_json_and_its_notes(tmp_path):
+    report = tmp_path / "eval" / "demo" / "report.md"
+    report.parent.mkdir(parents=True)
+    report.write_text("# md")
+    table, notes = loaders.report_table(report, tmp_path)
+    assert table is None and notes == []  # no report.json: the page shows the Markdown
+    write_json(
+        report.with_name("report.json"),
+        {
+            "checkpoints": {
+                "runs/sft/demo/stage": {"stage": "sft", "step": 1600, "win_rate_vs_sft": 0.5, "kl": 0.0},
+                "runs/ppo/demo/kept/step-000049": {
+                    "stage": "ppo",
+                    "step": 400,
+                    "win_rate_vs_sft": 0.63,
+                    "kl": None,
+                },
+            },
+            "notes": ["pretrain_loss is null: no --pretrain", 3],
+        },
+    )
+    table, notes = loaders.report_table(report, tmp_path)
+    assert table.drop(columns=["kl"]).to_dict("list") == {
+        "checkpoint": ["sft/demo", "kept/step-000049"],
+        "stage": ["sft", "ppo"],
+        "step": [1600, 400],
+        "win_rate_vs_sft": [0.5, 0.63],
+    }
+    assert table["kl"].iloc[0] == 0.0 and table["kl"].isna().iloc[1]  # null: not measured
+    assert notes == ["pretrain_loss is null: no --pretrain"]
+    write_json(report.with_name("report.json"), {"checkpoints": ["x"]})
+    assert loaders.report_table(report, tmp_path) == (
+        None,
+        [f"{report.with_name('report.json')}: field 'checkpoints': expected an object of objects"],
+    )
