@@ -166,8 +166,15 @@ def ppo_result(run: Path) -> dict[str, Any]:
 
 
 # ---- report --------------------------------------------------------------------------------------------
+def _fitted(ax: Any, fit: GaoFit, base: float, top: float, color: str) -> None:
+    """The fitted form, dashed, from d = 0 (the SFT score `base`) to `top`."""
+    ds = [top * i / 50 for i in range(51)]
+    ax.plot(ds, [base + fit.predict(d) for d in ds], "--", color=color, linewidth=0.8)
+
+
 def plot(result: dict[str, Any], path: Path) -> None:
-    """Two panels against d = sqrt(KL): gold (judge score) and proxy (RM score), PPO runs and best-of-n."""
+    """Two panels against d = sqrt(KL): gold (judge score) and proxy (RM score), PPO runs and best-of-n; the
+    fitted Gao et al. forms dashed on the gold panel."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -183,7 +190,11 @@ def plot(result: dict[str, Any], path: Path) -> None:
             ax.annotate(str(p["n"]), (p["d"], p[key]), textcoords="offset points", xytext=(3, 3), fontsize=7)
         for coef, run in result["ppo"].items():
             pts = [p for p in run["points"] if p[key] is not None]
-            ax.plot([p["d"] for p in pts], [p[key] for p in pts], ".-", label=f"PPO, KL coef {coef}")
+            line = ax.plot([p["d"] for p in pts], [p[key] for p in pts], ".-", label=f"PPO, KL coef {coef}")
+            if key == "gold" and "alpha" in run["fit"]:  # Gao et al.'s RL form through the SFT point
+                _fitted(
+                    ax, GaoFit(**run["fit"]), pts[0]["gold"], max(p["d"] for p in pts), line[0].get_color()
+                )
         ax.set_xlabel("d = sqrt(KL to SFT)  (nats^1/2)")
     gold_ax.plot(
         [p["d"] for p in bon],
@@ -192,6 +203,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
         color="grey",
         label="best-of-n (judge picks)",
     )
+    _fitted(gold_ax, GaoFit(**result["best_of_n"]["fit"]), bon[0]["gold"], bon[-1]["d"], "black")
     gold_ax.set_ylabel("gold: judge score")
     proxy_ax.set_ylabel("proxy: reward-model score")
     gold_ax.set_title("gold")
