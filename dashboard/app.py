@@ -20,7 +20,9 @@ st.set_page_config(page_title="lit-rlhf", layout="wide")
 pages = [
     st.Page("pages/runs.py", title="Runs", default=True),
     st.Page("pages/curves.py", title="Curves"),
+    st.Page("pages/overoptimization.py", title="Over-optimization"),
     st.Page("pages/rankings.py", title="Rankings"),
+    st.Page("pages/ranking_queue.py", title="Ranking queue"),
     st.Page("pages/samples.py", title="Samples"),
     st.Page("pages/compare.py", title="Compare"),
 ]

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from dashboard.safety import labels_path
 from lit_rlhf.data.io import append_jsonl
-from lit_rlhf.data.rows import Comparison, validate_row
+from lit_rlhf.data.rows import Comparison, PromptSpec, prompt_json, validate_row
 from lit_rlhf.safe_io import open_regular
 
 
@@ -29,21 +29,21 @@ def _next_line(path: Path) -> int:
 
 def save_ranking(
     path: str | os.PathLike,
-    prompt: str,
+    prompt: PromptSpec,
     responses: Sequence[str],
     ranking: Sequence[int],
     *,
     root: str | os.PathLike | None = None,
 ) -> Comparison:
     """Validate `{"prompt", "responses", "ranking"}` (ranking[i] is the rank of responses[i], 0 = best, ties
-    allowed) and append it to the comparisons file at `path`, creating the file and its folder if needed.
+    allowed; a chat prompt is written as `"messages"`) and append it to the comparisons file at `path`, creating the file and its folder if needed.
 
     With `root`, `path` is relative to it (or absolute) and must resolve inside it: links leaving it are not
     followed and no folder is created elsewhere (safety.UnsafePath). Raises DataError (naming the file, the line
     the row would have had, and the field) without writing.
     """
     path = Path(path) if root is None else labels_path(str(path), root)
-    row = {"prompt": prompt, "responses": list(responses), "ranking": list(ranking)}
+    row = {**prompt_json(prompt), "responses": list(responses), "ranking": list(ranking)}
     comparison = validate_row(row, "comparison", str(path), _next_line(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     append_jsonl(path, row)

@@ -47,6 +47,12 @@ STATUS, METRICS, SAMPLES, RANKINGS, STAGE_DIR, MANIFEST = (
     "stage",
     "manifest.json",
 )
+# The curves the Curves page opens on, per stage: what tells whether each stage works.
+HEADLINE = {
+    "sft": ("sft/loss", "sft/val_loss", "sft/exact_match", "sft/judge_score"),
+    "reward": ("reward/loss", "reward/accuracy", "reward/val_accuracy"),
+    "ppo": ("ppo/reward_mean", "ppo/kl", "ppo/judge_score", "ppo/win_rate_vs_sft"),
+}
 # The figures the Runs table shows for each stage (the last logged value of each).
 KEY_METRICS = {
     "sft": ("sft/loss", "sft/val_loss", "sft/exact_match"),
@@ -54,7 +60,22 @@ KEY_METRICS = {
     "ppo": ("ppo/reward_mean", "ppo/kl", "ppo/win_rate_vs_sft"),
 }
 SAMPLE_SCORES = ("score", "exact_match", "reward", "rm_score", "kl")
-SAMPLE_COLUMNS = ("run", "step", "mode", "prompt", "completion", *SAMPLE_SCORES)
+# length: response tokens (words without a `tokens` field); flags: the 0/1 details set (e.g. the judge's banned,
+# filler) and the rules a `rules` object says are broken; tokens/token_kl: PPO rollouts' per-token KL
+SAMPLE_COLUMNS = (
+    "run",
+    "step",
+    "mode",
+    "prompt",
+    "completion",
+    *SAMPLE_SCORES,
+    "length",
+    "flags",
+    "tokens",
+    "token_kl",
+)
+_NOT_FLAGS = {"step", "time", *SAMPLE_SCORES}
+MAX_SAMPLE_TOKENS = 4096
 FIRST_RUN_COMMAND = "python main.py fit --config configs/demo/sft.yaml"
 # status.json is rewritten at least every 10 optimizer steps; this long without one, a run is likely dead.
 STALE_AFTER_S = 15 * 60
@@ -181,6 +202,58 @@ def _text(value: Any) -> str | None:
 # ---------------------------------------------------------------------------------------------------------
 
 
+MAX_ALARMS = 64  # lit_rlhf.alarms has 7; a status.json with more was not written by it
+
+
+@dataclass(frozen=True)
+class AlarmRecord:
+    """One alarm a PPO run fired: `lit_rlhf.alarms.AlarmMonitor.records()` as status.json holds it."""
+
+    name: str
+    first_step: int
+    step: int  # the latest firing
+    count: int
+    values: tuple[tuple[str, float], ...]  # the numbers behind the latest firing
+    message: str
+
+
+def parse_alarms(
+    status: Mapping[str, Any], path: str
+) -> tuple[tuple[AlarmRecord, ...], tuple[str, ...], str | None]:
+    """status.json's ``alarms`` and ``stopped_by`` (both optional), or a problem naming the file and the field."""
+    raw, stopped = status.get("alarms", []), status.get("stopped_by", [])
+    if not isinstance(stopped, list) or not all(isinstance(x, str) for x in stopped):
+        return (), (), f"{path}: field 'stopped_by': expected an array of alarm names"
+    if not isinstance(raw, list) or len(raw) > MAX_ALARMS:
+        return (), (), f"{path}: field 'alarms': expected an array of at most {MAX_ALARMS} objects"
+    out = []
+    for i, item in enumerate(raw):
+        where = f"{path}: field 'alarms[{i}]"
+        if not isinstance(item, dict):
+            return (), (), f"{where}': expected an object"
+        for key, check, what in (
+            ("name", _text, "a non-empty string"),
+            ("message", lambda v: v if isinstance(v, str) else None, "a string"),
+            ("first_step", _int, "an integer"),
+            ("step", _int, "an integer"),
+            ("count", _int, "an integer"),
+        ):
+            if check(item.get(key)) is None:
+                return (), (), f"{where}.{key}': expected {what}"
+        values = item.get("values", {})
+        if not isinstance(values, dict) or any(
+            _number(v) is None or isinstance(v, bool) for v in values.values()
+        ):
+            return (), (), f"{where}.values': expected an object of finite numbers"
+        numbers = tuple((str(k), float(v)) for k, v in values.items())
+        out.append(
+            AlarmRecord(
+                item["name"], item["first_step"], item["step"], item["count"], numbers, item["message"]
+            )
+        )
+    return tuple(out), tuple(stopped), None
+
+
 @dataclass(frozen=True)
 class Run:
     """One run directory `<root>/<stage>/<name>/` as its status.json describes it."""
@@ -195,6 +268,8 @@ class Run:
     updated: float | None  # unix time of the last status write
     error: str | None
     problem: str | None = None  # why status.json could not be read
+    alarms: tuple[AlarmRecord, ...] = ()  # PPO: what lit_rlhf.alarms fired (status.json "alarms")
+    stopped_by: tuple[str, ...] = ()  # PPO: the alarms that ended the run
 
     @property
     def id(self) -> str:
@@ -234,6 +309,7 @@ def _run_from_dir(stage: str, run_dir: Path, root: str | os.PathLike | None = No
         manifest, _ = _read_json_object(run_dir / STAGE_DIR / MANIFEST, root)
         parent = _manifest_parent(run_dir / STAGE_DIR, manifest)
     state = status.get("status")
+    alarms, stopped_by, alarm_problem = parse_alarms(status, str(run_dir / STATUS))
     return Run(
         stage=stage,
         name=run_dir.name,
@@ -244,7 +320,9 @@ def _run_from_dir(stage: str, run_dir: Path, root: str | os.PathLike | None = No
         parent_stage=infer_parent_stage(parent, root),
         updated=_number(status.get("updated")),
         error=_text(status.get("error")),
-        problem=problem,
+        problem=problem or alarm_problem,
+        alarms=alarms,
+        stopped_by=stopped_by,
     )
 
 
@@ -282,6 +360,8 @@ def shown_status(run: Run, now: float, stale_after: float = STALE_AFTER_S) -> st
     """
     if run.status == "running" and run.updated is not None and now - run.updated > stale_after:
         return f"running (no update for {int((now - run.updated) // 60)} min)"
+    if run.stopped_by:
+        return f"{run.status} (stopped by {', '.join(run.stopped_by)})"
     return run.status
 
 
@@ -298,6 +378,7 @@ def _run_record(run: Run, frame: pd.DataFrame, now: float) -> dict[str, Any]:
         "parent": run.parent,
         "updated": updated,
         "error": run.error or run.problem,
+        "alarms": ", ".join(a.name for a in run.alarms) or None,
         **last_values(frame, KEY_METRICS.get(run.stage, ())),
     }
 
@@ -313,6 +394,30 @@ def runs_table(
     now = time.time() if now is None else now
     empty = pd.DataFrame()
     return pd.DataFrame.from_records([_run_record(run, frames.get(run.id, empty), now) for run in runs])
+
+
+def _format_number(value: float) -> str:
+    return f"{value:.4g}"
+
+
+def alarms_table(runs: Sequence[Run]) -> pd.DataFrame:
+    """One line per (run, alarm): when it first and last fired, how often, the numbers behind it, what it means."""
+    records = [
+        {
+            "run": run.id,
+            "alarm": a.name,
+            "first_step": a.first_step,
+            "step": a.step,
+            "count": a.count,
+            "numbers": ", ".join(f"{k} {_format_number(v)}" for k, v in a.values),
+            "message": a.message,
+        }
+        for run in runs
+        for a in run.alarms
+    ]
+    return pd.DataFrame.from_records(
+        records, columns=["run", "alarm", "first_step", "step", "count", "numbers", "message"]
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -356,6 +461,12 @@ def metrics_frame_and_problems(read: JsonlRows) -> tuple[pd.DataFrame, list[str]
 def _json_type(value: Any) -> str:
     names = {bool: "boolean", int: "integer", float: "number", str: "string", list: "array", dict: "object"}
     return "null" if value is None else names.get(type(value), type(value).__name__)
+
+
+def headline_keys(keys: Iterable[str]) -> list[str]:
+    """The HEADLINE metrics among `keys`, stage by stage (sft, reward, ppo), in HEADLINE's order."""
+    present = set(keys)
+    return [k for stage in STAGES for k in HEADLINE[stage] if k in present]
 
 
 def group_by_prefix(keys: Iterable[str]) -> dict[str, list[str]]:
@@ -552,7 +663,45 @@ def _sample_record(run_id: str, obj: Mapping[str, Any], path: str, line: int) ->
             raise DataError(path, line, field, "expected a string")
     record = {"run": run_id, "step": step, **{f: obj[f] for f in ("mode", "prompt", "completion")}}
     record.update({k: _number(obj.get(k)) for k in SAMPLE_SCORES})
+    tokens, token_kl = _token_kl(obj, path, line)
+    record.update(
+        length=len(tokens) if tokens is not None else len(obj["completion"].split()),
+        flags=sample_flags(obj),
+        tokens=tokens,
+        token_kl=token_kl,
+    )
     return record
+
+
+def _token_kl(obj: Mapping[str, Any], path: str, line: int) -> tuple[tuple | None, tuple | None]:
+    """(tokens, token_kl) of a row that has them: equally long, strings and finite numbers; else (None, None)."""
+    tokens, kl = obj.get("tokens"), obj.get("token_kl")
+    if tokens is None and kl is None:
+        return None, None
+    if (
+        not isinstance(tokens, list)
+        or len(tokens) > MAX_SAMPLE_TOKENS
+        or not all(isinstance(t, str) for t in tokens)
+    ):
+        raise DataError(path, line, "tokens", f"expected an array of at most {MAX_SAMPLE_TOKENS} strings")
+    if not isinstance(kl, list) or len(kl) != len(tokens) or any(_number(v) is None for v in kl):
+        raise DataError(path, line, "token_kl", f"expected {len(tokens)} finite numbers (one per token)")
+    return tuple(tokens), tuple(float(v) for v in kl)
+
+
+def sample_flags(obj: Mapping[str, Any]) -> tuple[str, ...]:
+    """What a sample breaks: its 0/1 details that are set (other than the scores, e.g. a judge's ``banned``,
+    ``filler``), and ``rule:<name>`` for each rule its ``rules`` object marks true (the rule-label format)."""
+    flags = [
+        k
+        for k, v in obj.items()
+        if k not in _NOT_FLAGS
+        and (v is True or (isinstance(v, int | float) and not isinstance(v, bool) and v == 1))
+    ]
+    rules = obj.get("rules")
+    if isinstance(rules, dict):
+        flags += [f"rule:{k}" for k, v in rules.items() if v is True]
+    return tuple(sorted(flags))
 
 
 def samples_frame(by_run: Mapping[str, JsonlRows]) -> tuple[pd.DataFrame, list[str]]:
@@ -572,8 +721,14 @@ def samples_frame(by_run: Mapping[str, JsonlRows]) -> tuple[pd.DataFrame, list[s
     # The last step's samples are written twice when it is a multiple of every_n_steps: keep one copy.
     frame = frame.drop_duplicates(keep="last", ignore_index=True)
     frame["step"] = frame["step"].astype("int64")
+    frame["length"] = frame["length"].astype("int64")
     frame[list(SAMPLE_SCORES)] = frame[list(SAMPLE_SCORES)].astype("float64")
     return frame, problems
+
+
+def sample_reward(frame: pd.DataFrame) -> pd.Series:
+    """Each sample's reward-model score: ``rm_score`` (PPO), else ``reward``."""
+    return frame["rm_score"].fillna(frame["reward"])
 
 
 def filter_samples(
@@ -582,12 +737,28 @@ def filter_samples(
     modes: Iterable[str] | None = None,
     steps: tuple[int, int] | None = None,
     text: str = "",
+    reward: tuple[float, float] | None = None,
+    score: tuple[float, float] | None = None,
+    length: tuple[int, int] | None = None,
+    flags: Iterable[str] | None = None,
 ) -> pd.DataFrame:
-    """Samples of the given runs and modes, steps within [lo, hi], whose prompt or completion contains `text`.
+    """Samples of the given runs and modes, steps within [lo, hi], whose prompt or completion contains `text`;
+    reward-model score (`sample_reward`), judge score and length within their ranges; carrying any of `flags`.
 
-    None keeps everything for that filter; the text match is a case-insensitive substring, not a regex.
+    None keeps everything for that filter (a range filter drops the samples without that figure); the text match
+    is a case-insensitive substring, not a regex.
     """
     keep = pd.Series(True, index=frame.index)
+    for values, bounds in (
+        (sample_reward(frame), reward),
+        (frame["score"], score),
+        (frame["length"], length),
+    ):
+        if bounds is not None:
+            keep &= values.between(bounds[0], bounds[1])  # NaN is never between
+    if flags is not None:
+        wanted = set(flags)
+        keep &= frame["flags"].map(lambda f: bool(wanted & set(f)))
     if runs is not None:
         keep &= frame["run"].isin(list(runs))
     if modes is not None:
@@ -606,6 +777,24 @@ def sample_heading(record: Mapping[str, Any]) -> str:
     parts = [f"step {record['step']}", str(record["run"]), str(record["mode"])]
     scores = [f"{k} {record[k]:.3g}" for k in SAMPLE_SCORES if _number(record.get(k)) is not None]
     return " · ".join(parts + ([", ".join(scores)] if scores else []))
+
+
+def word_diff(a: str, b: str) -> list[tuple[str, str]]:
+    """How completion `b` differs from `a`, word by word: ("=", words) kept, ("-", words) only in a, ("+", words)
+    only in b, in reading order (difflib's longest matching blocks)."""
+    import difflib
+
+    left, right = a.split(), b.split()
+    out: list[tuple[str, str]] = []
+    for op, i1, i2, j1, j2 in difflib.SequenceMatcher(a=left, b=right, autojunk=False).get_opcodes():
+        if op == "equal":
+            out.append(("=", " ".join(left[i1:i2])))
+            continue
+        if i2 > i1:
+            out.append(("-", " ".join(left[i1:i2])))
+        if j2 > j1:
+            out.append(("+", " ".join(right[j1:j2])))
+    return out
 
 
 def prompt_history(frame: pd.DataFrame, prompt: str) -> pd.DataFrame:
@@ -630,6 +819,7 @@ class StageDirInfo:
     parent: str | None
     manifest_mtime_ns: int  # with `path`, the cache key of a loaded model
     external_base: str | None = None  # where the base comes from when not from the directory itself
+    reward_from: str | None = None  # a ppo stage's reward model (its manifest's extra.reward_from)
 
 
 def find_stage_dirs(root: str | os.PathLike) -> tuple[list[StageDirInfo], list[str]]:
@@ -659,9 +849,56 @@ def find_stage_dirs(root: str | os.PathLike) -> tuple[list[StageDirInfo], list[s
                 parent=_manifest_parent(stage_dir, manifest),
                 manifest_mtime_ns=manifest_path.stat().st_mtime_ns,
                 external_base=external_base(manifest.get("base")),
+                reward_from=_manifest_reward_from(stage_dir, manifest),
             )
         )
     return found, problems
+
+
+def _manifest_reward_from(stage_dir: Path, manifest: Mapping[str, Any]) -> str | None:
+    extra = manifest.get("extra")
+    if not isinstance(extra, dict):
+        return None
+    return _text(resolve_link(stage_dir, extra.get("reward_from"), manifest.get("relative_links") is True))
+
+
+def _same_dir(a: str | None, b: str | None) -> bool:
+    return (
+        bool(a) and bool(b) and os.path.normpath(os.path.abspath(a)) == os.path.normpath(os.path.abspath(b))
+    )
+
+
+@dataclass(frozen=True)
+class CompareDefaults:
+    """What the Compare page starts with."""
+
+    chosen: list[StageDirInfo]  # the models to generate with
+    reference: StageDirInfo | None  # the KL reference
+    reward: StageDirInfo | None  # the reward model scoring the completions
+
+
+def compare_defaults(found: Sequence[StageDirInfo]) -> CompareDefaults:
+    """The newest PPO stage and its SFT parent, KL to that SFT stage, scored by the PPO run's reward model.
+
+    Without a PPO stage: the two newest SFT stages, KL to the newest, scored by a reward model trained from it.
+    A reward stage is never preselected as a model to generate with.
+    """
+
+    def newest(dirs: Iterable[StageDirInfo]) -> StageDirInfo | None:
+        return max(dirs, key=lambda d: (d.manifest_mtime_ns, d.label), default=None)
+
+    def find(path: str | None, stage: str) -> StageDirInfo | None:
+        return next((d for d in found if d.stage == stage and _same_dir(d.path, path)), None)
+
+    sfts = sorted((d for d in found if d.stage == "sft"), key=lambda d: (-d.manifest_mtime_ns, d.label))
+    ppo = newest(d for d in found if d.stage == "ppo")
+    if ppo is not None:
+        sft = find(ppo.parent, "sft") or (sfts[0] if sfts else None)
+        return CompareDefaults([ppo, *([sft] if sft else [])], sft or ppo, find(ppo.reward_from, "reward"))
+    chosen = sfts[:2]
+    reference = chosen[0] if chosen else None
+    rewards = (d for d in found if d.stage == "reward" and reference and _same_dir(d.parent, reference.path))
+    return CompareDefaults(chosen, reference, newest(rewards))
 
 
 def latest_report(root: str | os.PathLike) -> tuple[str, str] | None:
@@ -679,7 +916,204 @@ def latest_report(root: str | os.PathLike) -> tuple[str, str] | None:
         return None
 
 
+def report_table(
+    report_path: str | os.PathLike, root: str | os.PathLike
+) -> tuple[pd.DataFrame | None, list[str]]:
+    """The `report.json` next to a report.md as a table, one row per checkpoint (its metrics as `evaluate` wrote
+    them), and the report's notes; (None, [problem]) when it is missing or cannot be used."""
+    path = Path(report_path).with_name("report.json")
+    obj, problem = _read_json_object(path, root)
+    if problem is not None or not obj:
+        return None, [problem] if problem else []
+    rows, notes = obj.get("checkpoints"), obj.get("notes", [])
+    if not isinstance(rows, dict) or not all(isinstance(r, dict) for r in rows.values()):
+        return None, [f"{path}: field 'checkpoints': expected an object of objects"]
+    records = []
+    for ckpt, row in rows.items():
+        cells = {
+            k: v if isinstance(v, str | int | float) or v is None else clip(repr(v)) for k, v in row.items()
+        }
+        records.append({"checkpoint": _short_label(ckpt), **cells})
+    notes = [n for n in notes if isinstance(n, str)] if isinstance(notes, list) else []
+    return pd.DataFrame.from_records(records), notes
+
+
+def _short_label(path: str) -> str:
+    """The last two path parts, skipping a trailing `stage` (runs/ppo/x/stage -> ppo/x), as report.png labels."""
+    parts = [p for p in Path(path).parts if p not in ("/", "")]
+    if parts and parts[-1] == STAGE_DIR:
+        parts = parts[:-1]
+    return "/".join(parts[-2:]) or path
+
+
 def report_figure(report_path: str | os.PathLike, root: str | os.PathLike) -> str | None:
     """The `report.png` next to a report, when it is a regular file inside `root`."""
     png = Path(report_path).with_name("report.png")
     return str(png) if png.is_file() and read_problem(png, root) is None else None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Over-optimization: gold vs proxy against d = sqrt(KL) (the Over-optimization page)
+# ---------------------------------------------------------------------------------------------------------
+
+BEST_OF_N = "best_of_n.json"  # <root>/eval/<name>/best_of_n.json, written by bench/overoptimization.py
+BEST_OF_N_FIELDS = ("n", "kl", "d", "proxy", "gold", "win_rate", "oracle_gold", "oracle_win_rate")
+MAX_BEST_OF_N_POINTS = 64
+
+
+@dataclass(frozen=True)
+class BestOfN:
+    """A best-of-n curve from an SFT model (`lit_rlhf.evaluation.overoptimization.best_of_n_curve`)."""
+
+    label: str  # "eval/<name>"
+    path: str
+    points: pd.DataFrame  # one row per n: BEST_OF_N_FIELDS
+
+
+def _best_of_n(path: Path, root: str | os.PathLike) -> tuple[BestOfN | None, str | None]:
+    obj, problem = _read_json_object(path, root)
+    if problem is not None:
+        return None, problem
+    points = obj.get("points")
+    if not isinstance(points, list) or not 0 < len(points) <= MAX_BEST_OF_N_POINTS:
+        return None, f"{path}: field 'points': expected an array of 1 to {MAX_BEST_OF_N_POINTS} objects"
+    records = []
+    for i, point in enumerate(points):
+        if not isinstance(point, dict):
+            return None, f"{path}: field 'points[{i}]': expected an object"
+        record = {k: _number(point.get(k)) if point.get(k) is not None else None for k in BEST_OF_N_FIELDS}
+        bad = [k for k in ("n", "d", "proxy", "gold") if record[k] is None]
+        if bad:
+            return None, f"{path}: field 'points[{i}].{bad[0]}': expected a finite number"
+        records.append(record)
+    frame = pd.DataFrame.from_records(records, columns=list(BEST_OF_N_FIELDS)).astype("float64")
+    return BestOfN(f"eval/{path.parent.name}", str(path), frame), None
+
+
+def find_best_of_n(root: str | os.PathLike) -> tuple[list[BestOfN], list[str]]:
+    """Every `<root>/eval/*/best_of_n.json`, and a problem naming each file that cannot be used."""
+    found, problems = [], []
+    for path in sorted(Path(root).glob(f"eval/*/{BEST_OF_N}")):
+        curve, problem = _best_of_n(path, root)
+        if curve is not None:
+            found.append(curve)
+        else:
+            problems.append(problem)
+    return found, problems
+
+
+def gold_proxy_points(frame: pd.DataFrame) -> list[Any]:
+    """A PPO run's gold-vs-proxy points (`lit_rlhf.evaluation.overoptimization.GoldProxyPoint`) from its metrics
+    frame: every step with ``ppo/eval/kl``, the SFT model's own point (d = 0) first when it was logged."""
+    from lit_rlhf.evaluation.overoptimization import points_from_metrics
+
+    keys = [k for k in frame.columns if k.startswith("ppo/eval/")]
+    if "ppo/eval/kl" not in keys:
+        return []
+    rows = [
+        {"step": int(step), **{k: float(v) for k, v in values.items() if not math.isnan(v)}}
+        for step, values in frame[keys].dropna(subset=["ppo/eval/kl"]).iterrows()
+    ]
+    return points_from_metrics(rows)
+
+
+def overoptimization_long(
+    runs: Mapping[str, Sequence[Any]], curves: Sequence[BestOfN], fit_points: int = 40
+) -> pd.DataFrame:
+    """Long-form data for the gold and proxy panels: d, value, measure (gold | proxy), series, kind (point | fit)
+    and label (the step or n).
+
+    Each PPO run (run id -> its points) gives its points and its fitted RL curve (gold only, through the SFT
+    point); each best-of-n curve gives the reward model's pick (gold and proxy) and the judge's pick (gold).
+    """
+    from lit_rlhf.evaluation.overoptimization import fit_run
+
+    parts: list[dict[str, Any]] = []
+    for run_id, points in runs.items():
+        for p in points:
+            label = "SFT" if p.step < 0 else f"step {p.step}"
+            for measure, value in (("gold", p.gold), ("proxy", p.proxy)):
+                if value is not None:
+                    parts.append(
+                        {
+                            "d": p.d,
+                            "value": value,
+                            "measure": measure,
+                            "series": run_id,
+                            "kind": "point",
+                            "label": label,
+                        }
+                    )
+        try:
+            fit = fit_run(points)
+        except ValueError:  # fewer than two evaluations, or no judge: no curve to draw
+            continue
+        top = max(p.d for p in points)
+        for i in range(fit_points + 1):
+            d = top * i / fit_points
+            value = points[0].gold + fit.predict(d)
+            parts.append(
+                {
+                    "d": d,
+                    "value": value,
+                    "measure": "gold",
+                    "series": f"{run_id} (fit)",
+                    "kind": "fit",
+                    "label": "",
+                }
+            )
+    for curve in curves:
+        for row in curve.points.to_dict("records"):
+            label = f"n={int(row['n'])}"
+            for measure, series, value in (
+                ("gold", f"{curve.label} best-of-n (RM picks)", row["gold"]),
+                ("proxy", f"{curve.label} best-of-n (RM picks)", row["proxy"]),
+                ("gold", f"{curve.label} best-of-n (judge picks)", row["oracle_gold"]),
+            ):
+                if value is not None and not math.isnan(value):
+                    parts.append(
+                        {
+                            "d": row["d"],
+                            "value": value,
+                            "measure": measure,
+                            "series": series,
+                            "kind": "point",
+                            "label": label,
+                        }
+                    )
+    columns = ["d", "value", "measure", "series", "kind", "label"]
+    return pd.DataFrame.from_records(parts, columns=columns)
+
+
+def fits_table(runs: Mapping[str, Sequence[Any]], curves: Sequence[BestOfN]) -> pd.DataFrame:
+    """Gao et al.'s fits: the RL form for each PPO run, the best-of-n form for each curve (gold relative to SFT)."""
+    from lit_rlhf.evaluation.overoptimization import fit_gao, fit_run
+
+    records = []
+    for run_id, points in runs.items():
+        try:
+            records.append({"series": run_id, **_fit_record(fit_run(points))})
+        except ValueError as err:
+            records.append({"series": run_id, "note": str(err)})
+    for curve in curves:
+        p = curve.points
+        try:
+            fit = fit_gao("bon", p["d"].tolist(), (p["gold"] - p["gold"].iloc[0]).tolist())
+            records.append({"series": f"{curve.label} best-of-n", **_fit_record(fit)})
+        except ValueError as err:
+            records.append({"series": f"{curve.label} best-of-n", "note": str(err)})
+    columns = ["series", "form", "alpha", "beta", "r2", "points", "peak_d", "peak_gain", "note"]
+    return pd.DataFrame.from_records(records, columns=columns)
+
+
+def _fit_record(fit: Any) -> dict[str, Any]:
+    return {
+        "form": "d(α − β log d)" if fit.form == "rl" else "d(α − β d)",
+        "alpha": fit.alpha,
+        "beta": fit.beta,
+        "r2": fit.r2,
+        "points": fit.points,
+        "peak_d": fit.peak_d,
+        "peak_gain": fit.peak_r,
+        "note": None,
+    }

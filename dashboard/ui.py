@@ -150,6 +150,38 @@ def line_chart(data: pd.DataFrame, color: str) -> None:
     st.altair_chart(chart, width="stretch")
 
 
+TOKENS_PER_ROW = 6
+
+
+def kl_chart(tokens: list[str], kl: list[float]) -> alt.Chart:
+    """Tokens laid out in rows, each cell coloured by its KL (red: the policy likes it more than the reference).
+
+    Token text is chart data (drawn by vega as text), never Markdown or HTML.
+    """
+    frame = pd.DataFrame(
+        {
+            "col": [i % TOKENS_PER_ROW for i in range(len(tokens))],
+            "row": [i // TOKENS_PER_ROW for i in range(len(tokens))],
+            "token": tokens,
+            "kl": kl,
+        }
+    )
+    bound = max(1e-6, max((abs(v) for v in kl), default=0.0))  # symmetric, so white is always KL 0
+    base = alt.Chart(frame).encode(
+        x=alt.X("col:O", axis=None, scale=alt.Scale(paddingInner=0.08)),
+        y=alt.Y("row:O", axis=None, scale=alt.Scale(paddingInner=0.2)),
+    )
+    legend = alt.Legend(orient="bottom", title="KL_t (nats)", gradientLength=160)
+    cells = base.mark_rect(cornerRadius=3).encode(
+        color=alt.Color(
+            "kl:Q", scale=alt.Scale(scheme="redblue", reverse=True, domain=[-bound, bound]), legend=legend
+        ),
+        tooltip=["token:N", alt.Tooltip("kl:Q", format=".4f")],
+    )
+    text = base.mark_text(fontSize=13).encode(text="token:N")
+    return (cells + text).properties(width=alt.Step(52), height=alt.Step(30))
+
+
 def no_runs_yet() -> None:
     """The empty state of every page: where the dashboard looked and how to make a first run."""
     st.info("No runs found under this runs root yet. Train a first model with:")

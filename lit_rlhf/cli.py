@@ -83,7 +83,12 @@ def _export(argv: list[str]) -> int:
     p = argparse.ArgumentParser(
         prog=f"{prog()} export", description="Export a stage directory as a plain transformers model."
     )
-    p.add_argument("--ckpt", required=True, help="stage directory (runs/<stage>/<name>/stage)")
+    p.add_argument(
+        "--ckpt",
+        required=True,
+        help="stage directory (runs/<stage>/<name>/stage), or a PPO run's kept checkpoint: runs/ppo/<name>@best "
+        "(by the judge), @latest, @step-N",
+    )
     p.add_argument("--out", required=True, help="output directory for the transformers model")
     p.add_argument("--adapter", default=None, help="adapter to merge (default: policy)")
     p.add_argument(
@@ -100,12 +105,14 @@ def _export(argv: list[str]) -> int:
         help="refuse a base outside the stage directory (hub or path)",
     )
     a = p.parse_args(argv)
+    from lit_rlhf.checkpoint.kept import resolve_stage_ref
     from lit_rlhf.checkpoint.manifest import ManifestError
     from lit_rlhf.checkpoint.stage_dir import export_stage_dir
 
     try:
+        ckpt = resolve_stage_ref(a.ckpt)  # KeptError is a ManifestError naming the index
         out = export_stage_dir(
-            a.ckpt,
+            ckpt,
             a.out,
             adapter=a.adapter,
             overwrite=a.overwrite,
@@ -115,7 +122,7 @@ def _export(argv: list[str]) -> int:
     except (FileExistsError, ManifestError) as e:  # each names the path at fault
         print(f"main.py export: error: {e}", file=sys.stderr)
         return 2
-    print(f"exported {a.ckpt} -> {out} (load with AutoModelForCausalLM.from_pretrained({str(out)!r}))")
+    print(f"exported {ckpt} -> {out} (load with AutoModelForCausalLM.from_pretrained({str(out)!r}))")
     return 0
 
 

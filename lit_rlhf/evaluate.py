@@ -36,6 +36,7 @@ import torch
 from torch import Tensor
 
 from lit_rlhf.backbone.generate import Generation, SamplingConfig, generate_batches
+from lit_rlhf.checkpoint.kept import resolve_stage_ref
 from lit_rlhf.checkpoint.manifest import MANIFEST, Manifest, ManifestError, read_manifest
 from lit_rlhf.checkpoint.safety import LOCAL_BASES_ONLY_ENV
 from lit_rlhf.data.rows import DataError
@@ -431,6 +432,7 @@ def evaluate_checkpoints(
         raise EvalError("; ".join(settings.problems()))
     if not ckpts:
         raise EvalError("give at least one --ckpt")
+    ckpts = [resolve_stage_ref(str(c)) for c in ckpts]  # RUN@best: a PPO run's best kept checkpoint
     try:
         judge = load_judge(settings.judge)
     except JudgeError as e:
@@ -618,7 +620,8 @@ def _parser() -> argparse.ArgumentParser:
         nargs="+",
         action="extend",
         required=True,
-        help="sft or ppo stage directories (runs/<stage>/<name>/stage); repeat or list several",
+        help="sft or ppo stage directories (runs/<stage>/<name>/stage), or a PPO run's kept checkpoint: "
+        "runs/ppo/<name>@best (by the judge), @latest, @step-N; repeat or list several",
     )
     p.add_argument("--prompts", required=True, help="held-out prompts JSONL ({'prompt': ...} rows)")
     p.add_argument(

@@ -116,17 +116,21 @@ class RunLogger(Logger):
 class RunStatus(Callback):
     """Keeps `status.json` of the run directory current: running -> finished | failed (rank zero only).
 
-    The module may add fields (e.g. ``stage_dir``) through `trainer.lit_rlhf_status` before fit ends.
+    The module may add fields (e.g. PPO's ``alarms``) through `trainer.lit_rlhf_status`, a dict; a change to it
+    is written at the end of that batch, not only every `every_n_steps`.
     """
 
     def __init__(self, stage: str, name: str, every_n_steps: int = 10) -> None:
         self.stage, self.name, self.every = stage, name, every_n_steps
         self.state: dict[str, Any] = {}
+        self._module_fields: dict[str, Any] = {}
 
     def _write(self, trainer: Any, **fields: Any) -> None:
         root = run_dir(trainer)
         if not trainer.is_global_zero or root is None:
             return
+        self._module_fields = dict(getattr(trainer, "lit_rlhf_status", None) or {})
+        self.state.update(self._module_fields)
         self.state.update(fields, step=int(trainer.global_step), updated=round(time.time(), 3))
         path = root / STATUS
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -144,7 +148,8 @@ class RunStatus(Callback):
         self._write(trainer, status="running")
 
     def on_train_batch_end(self, trainer: Any, pl_module: Any, *args: Any) -> None:
-        if trainer.global_step % self.every == 0:
+        changed = (getattr(trainer, "lit_rlhf_status", None) or {}) != self._module_fields
+        if trainer.global_step % self.every == 0 or changed:
             self._write(trainer, status="running")
 
     def on_fit_end(self, trainer: Any, pl_module: Any) -> None:

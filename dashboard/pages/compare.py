@@ -11,8 +11,6 @@ import importlib.util
 from dataclasses import dataclass
 from typing import Any
 
-import altair as alt
-import pandas as pd
 import streamlit as st
 
 from dashboard import loaders, safety, ui
@@ -22,7 +20,6 @@ from lit_rlhf.data.rows import DataError
 
 RESULT_KEY = "compare_result"
 RANK_KEY = "compare_rank_"  # + completion index
-TOKENS_PER_ROW = 6
 COLUMNS = 3  # completions side by side
 DEFAULT_COMPARISONS = "comparisons/dashboard.jsonl"  # relative to the labels folder
 
@@ -97,17 +94,24 @@ def _sampling_inputs() -> tuple[dict[str, Any], int]:
 
 def _request(found: list[loaders.StageDirInfo]) -> Request | None:
     """The settings widgets; a Request when Generate is pressed, else None."""
-    chosen = st.multiselect("Stage directories to compare", found, default=found[:2], format_func=_describe)
+    # the newest PPO stage and its SFT parent, KL to that SFT stage, scored by the PPO run's reward model
+    defaults = loaders.compare_defaults(found)
+    chosen = st.multiselect(
+        "Stage directories to compare", found, default=defaults.chosen, format_func=_describe
+    )
     for d in chosen:  # plain text: the name comes from a manifest someone else may have written
         if d.external_base:
             st.text(f"Note: {d.label}: {d.external_base}.")
     prompt = st.text_area("Prompt", placeholder="e.g. sort d c b =")
     sampling, seed = _sampling_inputs()
-    reference = st.selectbox("KL reference", chosen, format_func=_describe) if chosen else None
+    start = found.index(defaults.reference) if defaults.reference in found else 0
+    reference = st.selectbox("KL reference", found, index=start, format_func=_describe)
     missing = _scorer_missing()
+    rewards = [None, *(d for d in found if d.stage == "reward")]
     reward = st.selectbox(
         "Reward model (scores each completion)",
-        [None, *(d for d in found if d.stage == "reward")],
+        rewards,
+        index=rewards.index(defaults.reward) if defaults.reward in rewards else 0,
         format_func=_describe,
         disabled=missing is not None,
     )
@@ -172,32 +176,6 @@ def _generate(request: Request) -> Result:
     return Result(request.prompt, request.reference.label, completions, scores, note, judged, judge_note)
 
 
-def _kl_chart(tokens: list[str], kl: list[float]) -> alt.Chart:
-    """Tokens laid out in rows, each cell coloured by its KL (red: the policy likes it more than the reference)."""
-    frame = pd.DataFrame(
-        {
-            "col": [i % TOKENS_PER_ROW for i in range(len(tokens))],
-            "row": [i // TOKENS_PER_ROW for i in range(len(tokens))],
-            "token": tokens,
-            "kl": kl,
-        }
-    )
-    bound = max(1e-6, max(abs(v) for v in kl))  # symmetric, so white is always KL 0
-    base = alt.Chart(frame).encode(
-        x=alt.X("col:O", axis=None, scale=alt.Scale(paddingInner=0.08)),
-        y=alt.Y("row:O", axis=None, scale=alt.Scale(paddingInner=0.2)),
-    )
-    legend = alt.Legend(orient="bottom", title="KL_t (nats)", gradientLength=160)
-    cells = base.mark_rect(cornerRadius=3).encode(
-        color=alt.Color(
-            "kl:Q", scale=alt.Scale(scheme="redblue", reverse=True, domain=[-bound, bound]), legend=legend
-        ),
-        tooltip=["token:N", alt.Tooltip("kl:Q", format=".4f")],
-    )
-    text = base.mark_text(fontSize=13).encode(text="token:N")
-    return (cells + text).properties(width=alt.Step(52), height=alt.Step(30))
-
-
 def _show_one(i: int, completion: Any, score: float | None, judged: dict[str, float] | None = None) -> None:
     st.text(f"#{i + 1}  {completion.label}")
     st.text(completion.text)
@@ -215,7 +193,7 @@ def _show_one(i: int, completion: Any, score: float | None, judged: dict[str, fl
         facts.append(f"KL to reference {completion.kl_sum:+.4f} (sum over tokens)")
     st.text(" · ".join(facts))
     if completion.kl is not None:
-        st.altair_chart(_kl_chart(completion.tokens, completion.kl), width="content")
+        st.altair_chart(ui.kl_chart(completion.tokens, completion.kl), width="content")
 
 
 def _show(result: Result) -> None:

@@ -1,4 +1,5 @@
-"""Curves: metrics by step grouped by prefix (sft/, reward/, ppo/), several runs overlaid, EMA smoothing.
+"""Curves: each stage's headline metrics first, then every metric by step grouped by prefix (sft/, reward/, ppo/),
+several runs overlaid, EMA smoothing.
 
 Each rerun re-reads a metrics file only if its (path, mtime, size) changed, so a running run is followed by
 rerunning (the Refresh button, or the auto-refresh toggle).
@@ -38,15 +39,24 @@ def charts() -> None:
     if not groups:
         st.info("The chosen runs have logged no metrics yet.")
         return
+    headline = loaders.headline_keys(key for keys in groups.values() for key in keys)
+    if headline:
+        st.subheader("Headline")
+        _grid(frames, headline, weight)
     for group, keys in groups.items():
         st.subheader(f"{group}/" if group in loaders.STAGES else "other")
         # No key: the widget's identity is its options, so a run bringing new metrics resets it to all.
         shown = st.multiselect("Metrics", keys, default=keys)
-        for i in range(0, len(shown), 2):  # two charts a row, in key order
-            for col, key in zip(st.columns(2), shown[i : i + 2], strict=False):
-                with col:
-                    st.text(key)
-                    ui.line_chart(loaders.overlay(frames, key, weight), color="run")
+        _grid(frames, shown, weight)
+
+
+def _grid(frames, keys: list[str], weight: float) -> None:
+    """Two charts a row, in the order given."""
+    for i in range(0, len(keys), 2):
+        for col, key in zip(st.columns(2), keys[i : i + 2], strict=False):
+            with col:
+                st.text(key)
+                ui.line_chart(loaders.overlay(frames, key, weight), color="run")
 
 
 if not chosen:

@@ -17,6 +17,11 @@ frames = {run.id: ui.metrics_of(run) for run in runs}
 ui.table(loaders.runs_table(runs, frames), hide_index=True)
 ui.pick_runs([run.id for run in runs], page="runs", label="Runs to overlay on the Curves page")
 
+alarms = loaders.alarms_table(runs)
+if len(alarms):
+    st.subheader("Alarms")
+    ui.table(alarms, hide_index=True)
+
 failed = [run for run in runs if run.status == "failed" and run.error]
 for run in failed:
     st.text(f"{run.id} failed: {run.error}")
@@ -28,7 +33,17 @@ if report is not None:
     path, text = report
     st.subheader("Latest evaluation report")
     st.text(path)
-    st.code(text, language=None)
+    table, notes = loaders.report_table(path, root)
+    if table is None:  # no report.json (or a bad one): the Markdown as it is
+        ui.show_problems(notes, what="report files")
+        st.code(text, language=None)
+    else:
+        ui.table(table, hide_index=True)
+        for note in notes:
+            st.text(f"Note: {note}")
     png = loaders.report_figure(path, root)
     if png is not None:
         st.image(png)
+    if table is not None:
+        with st.expander("report.md"):
+            st.code(text, language=None)

@@ -27,6 +27,9 @@ from lit_rlhf.safe_io import StrictJSONError, UnreadableFile, clip, read_bounded
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
+KEPT = (
+    "kept"  # <run dir>/kept/<point>/: stage directories kept at evaluation points (lit_rlhf.checkpoint.kept)
+)
 MAX_MANIFEST_BYTES = 16 * 1024 * 1024  # a manifest is a few KB; a huge one is not ours
 STAGES = ("sft", "reward", "ppo")
 
@@ -88,13 +91,15 @@ def link_for(stage_dir: str | os.PathLike, target: str | os.PathLike | None) -> 
     """How the manifest of `stage_dir` records another stage directory `target`.
 
     Relative to `stage_dir` (``../../../sft/a/stage``) when `target` lies in the same runs root (the folder
-    holding ``<stage>/<name>/stage``), so a manifest does not carry the writer's user name and folder layout and
-    still points right when the runs root moves; absolute otherwise.
+    holding ``<stage>/<name>/stage``, or ``<stage>/<name>/kept/<point>``), so a manifest does not carry the
+    writer's user name and folder layout and still points right when the runs root moves; absolute otherwise.
     """
     if target is None:
         return None
     out, to = os.path.abspath(stage_dir), os.path.abspath(target)
-    runs_root = os.path.dirname(os.path.dirname(os.path.dirname(out)))
+    runs_root = out
+    for _ in range(4 if os.path.basename(os.path.dirname(out)) == KEPT else 3):
+        runs_root = os.path.dirname(runs_root)
     if os.path.commonpath([runs_root, to]) != runs_root:
         return to
     return PurePosixPath(*Path(os.path.relpath(to, out)).parts).as_posix()

@@ -8,6 +8,7 @@ One training step = one rollout batch, in numbered steps:
   5. several PPO epochs over shuffled minibatches: clipped policy loss + gamma_ptx * pretraining LM loss,
      clipped value loss, one optimizer step per minibatch (manual optimization)
   6. update the KL controller; log; every N steps evaluate against the SFT model on held-out prompts
+  7. check the alarms (lit_rlhf.alarms) on the step's statistics and evaluation: status.json; some stop the run
 The math lives in lit_rlhf.rl; this module only orchestrates.
 
 Under data parallelism (DDP) every rank rolls out its own prompts, and everything that steers the run is global:
@@ -30,11 +31,15 @@ import lightning as L
 import torch
 from torch import Tensor
 
+from lit_rlhf.alarms import AlarmConfig, AlarmMonitor
 from lit_rlhf.backbone.config import LoraSettings, Quantization
 from lit_rlhf.backbone.generate import Generation, SamplingConfig, generate, generate_batches
+from lit_rlhf.checkpoint.manifest import KEPT
 from lit_rlhf.data.formatting import prompt_to_json
 from lit_rlhf.data.io import append_jsonl
 from lit_rlhf.evaluation.metrics import judge_metrics, kl_k1_per_sequence, mean_or_none, weighted_mean
+from lit_rlhf.evaluation.overoptimization import gold_proxy_metrics
+from lit_rlhf.evaluation.samples import eval_rows, judge_fields, token_fields
 from lit_rlhf.judges import load_judge
 from lit_rlhf.rl.advantages import gae
 from lit_rlhf.rl.kl_control import AdaptiveKLController, FixedKLController
@@ -138,6 +143,9 @@ class EvalConfig:
         samples_per_step: Rollout completions written to samples.jsonl per step.
         batch_size: Prompts per generate call (it also picks the sampling seeds, as in ``evaluate``).
         seed: Prompt batch i samples with seed + i, for the policy and the SFT reference alike.
+        keep: Stage directories kept at evaluation points under ``<run dir>/kept/`` (0 = none): the best by the
+            judge's score (by the reward model's without a judge) and the newest others
+            (lit_rlhf.checkpoint.kept); ``evaluate`` and ``export`` reach them as ``RUN@best``.
     """
 
     prompts: str | None = None
@@ -148,6 +156,7 @@ class EvalConfig:
     samples_per_step: int = 4
     batch_size: int = 32
     seed: int = 1234
+    keep: int = 3
 
 
 def rollout_sampling_problems(sampling: SamplingConfig) -> list[str]:
@@ -203,6 +212,8 @@ class PPOModule(StrategyCheck, L.LightningModule):
         kl: KL penalty settings. ppo: PPO hyperparameters. sampling: rollout generation settings.
         lr: Policy learning rate. eval: held-out evaluation.
         max_nonfinite_updates: Stop after this many non-finite (skipped) updates in a row (0 = never).
+        alarms: When to raise alarms (KL, over-optimization, length, entropy, critic, clipping) and which stop
+            the run.
     """
 
     STAGE = "ppo"
@@ -220,6 +231,7 @@ class PPOModule(StrategyCheck, L.LightningModule):
         lr: float = 1e-4,
         eval: EvalConfig | None = None,
         max_nonfinite_updates: int = 10,
+        alarms: AlarmConfig | None = None,
     ) -> None:
         super().__init__()
         if ptx_coef < 0:
@@ -236,6 +248,9 @@ class PPOModule(StrategyCheck, L.LightningModule):
                 + " (eval.sampling may use any settings)"
             )
         self.eval_cfg = eval or EvalConfig()
+        self.alarm_cfg = alarms or AlarmConfig()
+        if self.alarm_cfg.problems():
+            raise ValueError("PPOModule: " + "; ".join(self.alarm_cfg.problems()))
         self.judge = load_judge(self.eval_cfg.judge)  # a bad judge name fails here, before weights load
         self.save_hyperparameters()
         self.automatic_optimization = False
@@ -251,12 +266,15 @@ class PPOModule(StrategyCheck, L.LightningModule):
         self.stage_dir_written: Path | None = None
         self.final_metrics: dict[str, float] = {}
         self._sft_eval: list[str] | None = None
+        self._sft_proxy: float | None = None
         self._eval_set: tuple[list[Any], list[str | None]] | None = None
         # Manual optimization advances trainer.global_step once per optimizer step (every minibatch update);
         # this counts PPO iterations (rollout batches) and is saved in checkpoints.
         self.rollouts_done = 0
         self.guard = NumericalGuard(self.STAGE, max_nonfinite_updates)
         self._first_length: float | None = None
+        self.alarm_monitor = AlarmMonitor(self.alarm_cfg, self.kl_cfg.target)
+        self.stopped_by: list[str] = []
 
     @property
     def log_step(self) -> int:
@@ -484,8 +502,26 @@ class PPOModule(StrategyCheck, L.LightningModule):
             logger.log_metrics({k: float(v) for k, v in logged.items()}, step=self.log_step)
         self._write_samples(prompts, gen, ro)
         n = self.eval_cfg.every_n_steps
-        if n and self.rollouts_done % n == 0:
-            self.evaluate()
+        evaluated = self.evaluate() if n and self.rollouts_done % n == 0 else None
+        self._check_alarms(stats, evaluated)  # 7
+
+    def _check_alarms(self, stats: dict[str, Tensor], evaluated: dict[str, float] | None) -> None:
+        """7. Fired alarms go to status.json (through RunStatus); one listed in alarms.stop_on ends fit after this
+        iteration. The statistics are global but evaluations are rank zero's, so the stop is agreed by all ranks."""
+        fired = self.alarm_monitor.observe(self.log_step, {k: float(v) for k, v in stats.items()}, evaluated)
+        stop = self.alarm_monitor.stops(fired)
+        if self.alarm_cfg.stop_on and self._world > 1:
+            agreed = self.trainer.strategy.reduce_boolean_decision(bool(stop), all=False)
+            stop = stop or (["(another rank)"] if agreed else [])
+        if stop:
+            self.stopped_by = stop
+            self.trainer.should_stop = True
+        status = getattr(self.trainer, "lit_rlhf_status", None) or {}
+        self.trainer.lit_rlhf_status = {
+            **status,
+            "alarms": self.alarm_monitor.records(),
+            "stopped_by": self.stopped_by,
+        }
 
     # ---- data parallelism ---------------------------------------------------------------------------------
     @property
@@ -531,8 +567,29 @@ class PPOModule(StrategyCheck, L.LightningModule):
                     "mode": "rollout",
                     "rm_score": float(rewards[i]),
                     "kl": float(kl[i].sum()),
+                    **token_fields(self.tokenizer, gen.response_ids[i], ro.response_mask[i], kl[i]),
+                    **judge_fields(self.judge, prompts[i], gen.texts[i]),
                 },
             )
+
+    def _write_eval_samples(
+        self,
+        mode: str,
+        prompts: list[Any],
+        refs: list[str | None],
+        texts: list[str],
+        rm_scores: list[float],
+        kls: list[float] | None,
+    ) -> None:
+        """The first `samples_per_step` held-out prompts' completions: the same prompts at every evaluation."""
+        k, root = self.eval_cfg.samples_per_step, run_dir(self.trainer)
+        if not k or root is None or not self.trainer.is_global_zero:
+            return
+        part = slice(0, k)
+        kls = None if kls is None else kls[part]
+        args = (prompts[part], refs[part], texts[part], rm_scores[part], kls, self.judge)
+        for row in eval_rows(self.log_step, mode, *args):
+            append_jsonl(root / "samples.jsonl", row)
 
     # ---- evaluation -------------------------------------------------------------------------------------
     def _eval_prompts(self) -> tuple[list[Any], list[str | None]]:
@@ -600,12 +657,17 @@ class PPOModule(StrategyCheck, L.LightningModule):
         if prompts:
             ours = self._complete("policy", prompts)
             texts = [t for g in ours for t in g.texts]
-            metrics["eval_kl"] = mean_or_none(self._kl_to_reference(ours))
-            metrics["eval_rm_score"] = mean_or_none(self.roles.reward_of(prompts, texts).tolist())
+            kls, rm_scores = self._kl_to_reference(ours), self.roles.reward_of(prompts, texts).tolist()
+            metrics["eval_kl"], metrics["eval_rm_score"] = mean_or_none(kls), mean_or_none(rm_scores)
             metrics["eval_length"] = mean_or_none([float(n) for g in ours for n in g.response_mask.sum(1)])
+            # the SFT model's own samples: the win-rate baseline and the over-optimization plot's d = 0 point
+            if self._sft_eval is None:
+                self._sft_eval = [t for g in self._complete("reference", prompts) for t in g.texts]
+                sft_scores = self.roles.reward_of(prompts, self._sft_eval).tolist()
+                self._sft_proxy = mean_or_none(sft_scores)
+                self._write_eval_samples("eval_sft", prompts, refs, self._sft_eval, sft_scores, None)
+            self._write_eval_samples("eval", prompts, refs, texts, rm_scores, kls)
             if self.judge is not None:
-                if self._sft_eval is None:
-                    self._sft_eval = [t for g in self._complete("reference", prompts) for t in g.texts]
                 figures = judge_metrics(self.judge, prompts, texts, refs, baseline=self._sft_eval)
                 metrics.update({k: v for k, v in figures.items() if k != "judged"})
                 sft = judge_metrics(self.judge, prompts, self._sft_eval, refs)
@@ -615,13 +677,49 @@ class PPOModule(StrategyCheck, L.LightningModule):
         if ptx is not None:
             metrics["pretrain_loss"] = ptx
         metrics = {k: v for k, v in metrics.items() if v is not None}
+        curve = gold_proxy_metrics(  # ppo/eval/*: the gold-vs-proxy plot's points
+            *(metrics.get(k) for k in ("eval_kl", "judge_score", "eval_rm_score", "sft_judge_score")),
+            self._sft_proxy,
+        )
         if metrics and self.logger is not None:
-            self.logger.log_metrics({f"ppo/{k}": v for k, v in metrics.items()}, step=self.log_step)
+            logged = {**metrics, **curve}
+            self.logger.log_metrics({f"ppo/{k}": v for k, v in logged.items()}, step=self.log_step)
+        self._keep(metrics)
         return metrics
+
+    def _keep(self, metrics: dict[str, float]) -> None:
+        """Keep the policy of this evaluation point as a stage directory; mark the best by the judge's score (or
+        the reward model's). Every computing rank gathers a sharded policy; rank zero writes."""
+        key = "judge_score" if "judge_score" in metrics else "eval_rm_score"
+        root = run_dir(self.trainer)
+        if not self.eval_cfg.keep or key not in metrics or root is None:
+            return
+        from lit_rlhf.backbone.sharding import full_state
+        from lit_rlhf.checkpoint.kept import Kept
+
+        net = self._policy_net
+        state = full_state(net) if net.sharded else None  # a collective: before the rank check
+        if not self.trainer.is_global_zero:
+            return
+        kept = Kept(root / KEPT)
+        best = kept.add(
+            self.log_step,
+            key,
+            metrics[key],
+            metrics,
+            self.eval_cfg.keep,
+            lambda out: self._write_stage(out, metrics, state),
+        )
+        status = getattr(self.trainer, "lit_rlhf_status", None) or {}
+        self.trainer.lit_rlhf_status = {
+            **status,
+            "best": {"path": f"{KEPT}/{best.name}", "step": best.step, best.metric: best.score},
+        }
 
     # ---- checkpoint state and the stage directory -------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["lit_rlhf_ppo"] = {
+            "alarms": self.alarm_monitor.state_dict(),
             "guard": self.guard.state_dict(),
             "first_length": self._first_length,
             "kl_ctl": self.kl_ctl.state_dict(),
@@ -636,6 +734,7 @@ class PPOModule(StrategyCheck, L.LightningModule):
         self.rollouts_done = int(state.get("rollouts_done", 0))
         self.guard.load_state_dict(state.get("guard", {}))
         self._first_length = state.get("first_length")
+        self.alarm_monitor.load_state_dict(state.get("alarms", {}))
         if "score_moments" in state:
             self.score_moments.load_state_dict(state["score_moments"])
 
@@ -646,9 +745,7 @@ class PPOModule(StrategyCheck, L.LightningModule):
     def on_train_end(self) -> None:
         if not computes_on_this_rank(self.trainer, self._policy_net) or not self.trainer.loggers:
             return
-        from lit_rlhf.backbone.build import CRITIC, POLICY
         from lit_rlhf.backbone.sharding import full_state
-        from lit_rlhf.checkpoint.stage_dir import save_stage_dir
 
         metrics = self.evaluate()
         net = self._policy_net
@@ -662,24 +759,29 @@ class PPOModule(StrategyCheck, L.LightningModule):
             metrics["kl"] = float(cm["ppo/kl"])
         metrics["kl_coef"] = float(self.kl_ctl.value)
         self.final_metrics = {k: v for k, v in metrics.items() if math.isfinite(v)}
-        root = run_dir(self.trainer)
-        config = root / "config.yaml"
-        roles = self.roles
-        if roles.is_shared:
+        out = run_dir(self.trainer) / "stage"
+        self._write_stage(out, self.final_metrics, state)
+        self.stage_dir_written = out
+
+    def _write_stage(self, out: Path, metrics: dict[str, float], state: dict[str, Tensor] | None) -> None:
+        """The policy (and critic) as a ``ppo`` stage directory at `out`, atomically (rank zero)."""
+        from lit_rlhf.backbone.build import CRITIC, POLICY
+        from lit_rlhf.checkpoint.stage_dir import save_stage_dir
+
+        config = run_dir(self.trainer) / "config.yaml"
+        if self.roles.is_shared:
             kwargs = {"adapters": [POLICY, CRITIC], "heads": {"value": {"adapter": CRITIC, "bias": 0.0}}}
         else:
             kwargs = {"adapters": [], "heads": {}}
-        out = root / "stage"
         save_stage_dir(
             out,
-            net,
+            self._policy_net,
             stage=self.STAGE,
             step=self.global_step,
-            metrics=self.final_metrics,
+            metrics={k: v for k, v in metrics.items() if math.isfinite(v)},
             parent=str(self.policy_from),
             config_text=config.read_text() if config.is_file() else None,
             extra={"reward_from": str(self.reward_from), "ptx_coef": self.ptx_coef},
             state=state,
             **kwargs,
         )
-        self.stage_dir_written = out

@@ -121,11 +121,22 @@ def _reward(root: Path) -> None:
     write_json(run / "stage" / "manifest.json", {"stage": "reward", "step": 30, "parent": parent})
 
 
+ALARM = {
+    "name": "kl_high",
+    "first_step": 2,
+    "step": 4,
+    "count": 2,
+    "values": {"kl": 12.5, "limit": 12.0},
+    "message": f"rollout KL 12.5 is above 2 x the target 6 {XSS_IMG}",
+}
+
+
 def _ppo(root: Path) -> None:
     run = root / "ppo" / "live"
     parent = str(root / "sft" / "alpha" / "stage")
     live = status("ppo", "live", "running", 2, parent=parent)
     live["updated"] = time.time()  # fresh, so the run reads as alive rather than stale
+    live["alarms"] = [ALARM]
     write_json(run / "status.json", live)
     write_jsonl(
         run / "metrics.jsonl",

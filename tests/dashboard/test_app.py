@@ -17,7 +17,15 @@ from dashboard import loaders
 from .helpers import REPO, SFT_PROMPT, XSS_IMG, XSS_SCRIPT, status, write_json, write_jsonl
 
 APP = str(REPO / "dashboard" / "app.py")
-PAGES = ["pages/runs.py", "pages/curves.py", "pages/rankings.py", "pages/samples.py", "pages/compare.py"]
+PAGES = [
+    "pages/runs.py",
+    "pages/curves.py",
+    "pages/rankings.py",
+    "pages/samples.py",
+    "pages/compare.py",
+    "pages/overoptimization.py",
+    "pages/ranking_queue.py",
+]
 
 
 def open_page(root, page: str, **state) -> AppTest:
@@ -65,13 +73,23 @@ def test_runs_selection_is_shared_with_curves(runs_root):
     assert at.session_state["selected_runs"] == ["reward/rm"]
     at.switch_page(PAGES[1]).run()
     assert at.multiselect[0].value == ["reward/rm"]
-    assert [s.value for s in at.subheader] == ["reward/"]
+    assert [s.value for s in at.subheader] == ["Headline", "reward/"]
 
 
 def test_curves_overlay_runs_by_prefix_and_smoothing_changes_the_lines(runs_root):
     at = open_page(runs_root, PAGES[1], selected_runs=["sft/alpha", "ppo/live"])
-    assert [s.value for s in at.subheader] == ["sft/", "ppo/", "other"]
+    assert [s.value for s in at.subheader] == ["Headline", "sft/", "ppo/", "other"]
     keys = texts(at)
+    headline = [
+        "sft/loss",
+        "sft/val_loss",
+        "sft/exact_match",
+        "ppo/reward_mean",
+        "ppo/kl",
+    ]  # each stage's first
+    assert keys[: len(headline)] == headline
+    keys = keys[len(headline) :]
+    charts = chart_frames(at)[len(headline) :]
     assert keys == [
         "sft/exact_match",
         "sft/loss",
@@ -82,10 +100,11 @@ def test_curves_overlay_runs_by_prefix_and_smoothing_changes_the_lines(runs_root
         "ppo/reward_mean",
         "epoch",
     ]
-    loss = chart_frames(at)[keys.index("sft/loss")]
+    loss = charts[keys.index("sft/loss")]
     assert loss.to_dict("list") == {"step": [10, 20], "run": ["sft/alpha"] * 2, "value": [2.0, 1.0]}
+    assert chart_frames(at)[0].equals(loss)  # the headline's sft/loss is the same curve
     at.slider[0].set_value(0.5).run()
-    smoothed = chart_frames(at)[keys.index("sft/loss")]
+    smoothed = chart_frames(at)[len(headline) + keys.index("sft/loss")]
     assert smoothed["value"].tolist() == [2.0, 1.5]  # 0.5 * 2 + 0.5 * 1
 
 
@@ -164,7 +183,7 @@ def test_pages_other_than_compare_never_import_torch(runs_root):
 import sys
 from streamlit.testing.v1 import AppTest
 at = AppTest.from_file({APP!r}, default_timeout=60).run()
-for page in {PAGES[1:4]!r}:
+for page in {[p for p in PAGES[1:] if p != "pages/compare.py"]!r}:
     at.switch_page(page).run()
     assert not at.exception, page
 heavy = [m for m in ("torch", "transformers", "lightning") if m in sys.modules]
@@ -202,10 +221,11 @@ def test_curves_metric_choice_follows_the_runs_chosen(runs_root):
     write_json(runs_root / "sft" / "beta" / "status.json", status("sft", "beta", "finished", 2))
     write_jsonl(runs_root / "sft" / "beta" / "metrics.jsonl", [{"step": 1, "sft/extra": 1.0}])
     at = open_page(runs_root, PAGES[1], selected_runs=["sft/alpha", "sft/beta"])
+    headline = ["sft/loss", "sft/val_loss", "sft/exact_match"]
     at.multiselect[1].set_value(["sft/loss"]).run()
-    assert texts(at) == ["sft/loss", "epoch"]
+    assert texts(at) == [*headline, "sft/loss", "epoch"]
     at.multiselect[0].set_value(["sft/beta"]).run()  # a different set of sft metrics: all shown again
-    assert texts(at) == ["sft/extra"]
+    assert texts(at) == ["sft/extra"]  # and no headline metric among them
 
 
 def test_runs_page_shows_the_report_figure_next_to_its_text(runs_root):
@@ -213,3 +233,59 @@ def test_runs_page_shows_the_report_figure_next_to_its_text(runs_root):
     assert len(open_page(runs_root, PAGES[0]).get("image")) == 0
     (runs_root / "eval" / "final" / "report.png").write_bytes(base64.b64decode(png))
     assert len(open_page(runs_root, PAGES[0]).get("image")) == 1
+
+
+def test_runs_page_lists_alarms_as_text(runs_root):
+    at = open_page(runs_root, PAGES[0])
+    assert "Alarms" in [s.value for s in at.subheader]
+    alarms = at.dataframe[1].value
+    assert alarms[["run", "alarm", "first_step", "step", "count"]].values.tolist() == [
+        ["ppo/live", "kl_high", 2, 4, 2]
+    ]
+    assert XSS_IMG in alarms["message"].iloc[0]  # shown as table text
+
+
+def test_samples_page_colours_token_kl_filters_flags_and_diffs_a_prompt(runs_root):
+    from .test_loaders import SAMPLE_ROWS
+
+    write_jsonl(runs_root / "ppo" / "samp" / "samples.jsonl", SAMPLE_ROWS)
+    write_json(runs_root / "ppo" / "samp" / "status.json", status("ppo", "samp", "finished", 9))
+    at = open_page(runs_root, PAGES[3])
+    at.multiselect[0].set_value(["ppo/samp"]).run()
+    assert at.selectbox[0].value == "p"
+    assert at.code[-1].value == "  a\n- b\n+ x\n  c\n+ d"  # step 0 -> step 9
+    at.selectbox[0].set_value("q").run()
+    (kl,) = chart_frames(at)
+    assert kl["token"].tolist() == ["b", "a", "</s>"] and kl["kl"].tolist() == [0.1, -0.2, 0.0]
+    flags = [m for m in at.multiselect if m.label == "Breaks (any of)"][0]
+    assert flags.options == ["banned", "rule:format"]
+    flags.set_value(["banned"]).run()
+    assert "1 of 8 samples" in texts(at)
+
+
+def test_runs_page_shows_the_latest_report_as_a_table_with_the_markdown_folded(runs_root):
+    write_json(
+        runs_root / "eval" / "final" / "report.json",
+        {
+            "checkpoints": {"runs/ppo/demo/stage": {"stage": "ppo", "win_rate_vs_sft": 0.61}},
+            "notes": ["a note"],
+        },
+    )
+    at = open_page(runs_root, PAGES[0])
+    report = at.dataframe[-1].value
+    assert report.to_dict("list") == {"checkpoint": ["ppo/demo"], "stage": ["ppo"], "win_rate_vs_sft": [0.61]}
+    assert "Note: a note" in texts(at)
+    assert [e.label for e in at.expander] == ["report.md"] and XSS_IMG in at.code[-1].value
+
+
+def test_compare_opens_on_the_newest_ppo_stage_against_its_sft_parent_scored_by_its_reward_model(
+    tmp_path, monkeypatch
+):
+    from .test_loaders import _manifests
+
+    _manifests(tmp_path)
+    monkeypatch.setenv("LIT_RLHF_RUNS", str(tmp_path))
+    at = open_page(tmp_path, PAGES[4])
+    assert [d.label for d in at.multiselect[0].value] == ["ppo/p", "sft/a"]
+    assert at.selectbox[0].label == "KL reference" and at.selectbox[0].value.label == "sft/a"
+    assert at.selectbox[1].value.label == "reward/r"

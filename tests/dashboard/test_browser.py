@@ -206,3 +206,104 @@ def test_every_page_renders_over_a_hostile_runs_root_in_chromium(sync_api, serve
             assert SECRET not in page.content()
         finally:
             browser.close()
+
+
+QUEUE = [
+    {"prompt": "a b c =", "responses": ["c b a", "a b c", "c b a", "b a c"]},
+    {"prompt": "c d =", "responses": ["d c", "c d"]},
+    {"prompt": "e f g =", "responses": ["g f e", "e f g"]},
+]
+
+
+@pytest.fixture
+def served_queue(tmp_path):
+    """The dashboard over a runs root holding one ranking queue (queue/mine.jsonl, three prompts)."""
+    from .helpers import write_jsonl
+
+    root = tmp_path / "runs"
+    write_jsonl(root / "queue" / "mine.jsonl", QUEUE)
+    yield from _serve(root, tmp_path)
+
+
+def test_ranking_queue_in_chromium_writes_rows_the_reward_stage_trains_on(
+    sync_api, served_queue, tmp_path, tiny_dir
+):
+    """Three prompts ranked in the browser (keyboard with a tie, clicks, keyboard), a reload in between; the rows
+    are comparisons, and a reward model trains on them."""
+    import re
+
+    import lightning as L
+    import torch
+
+    from lit_rlhf.backbone.build import Backbone
+    from lit_rlhf.backbone.config import BackboneConfig
+    from lit_rlhf.checkpoint.stage_dir import save_stage_dir
+    from lit_rlhf.data.comparisons import ComparisonDataModule
+    from lit_rlhf.data.rows import Comparison, read_rows
+    from lit_rlhf.stages.common import OptimConfig
+    from lit_rlhf.stages.reward import RewardModule
+
+    expect = sync_api.expect
+    expect.set_options(timeout=TIMEOUT_MS)
+    order = re.compile(r"^Ranking, best first")
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1400})
+            page.set_default_timeout(TIMEOUT_MS)
+            _visit(page, served_queue + "/ranking_queue", "Ranking queue")
+            expect(page.locator("code").filter(has_text="a b c =").first).to_be_visible()
+            box = page.get_by_label(order)
+            box.fill("c a=b")  # keyboard: C best, A and B tied
+            box.press("Enter")
+            expect(page.locator("code").filter(has_text="c d =").first).to_be_visible()
+            page.reload()  # progress lives in files, not in the browser
+            page.get_by_role("heading", name="Ranking queue", exact=True).wait_for()
+            expect(page.locator("code").filter(has_text="c d =").first).to_be_visible()
+            page.get_by_role("radiogroup", name="Place of A").get_by_role("radio", name="2").click()
+            page.get_by_role("radiogroup", name="Place of B").get_by_role("radio", name="1").click()
+            page.get_by_role("button", name="Submit ranking").click()
+            expect(page.locator("code").filter(has_text="e f g =").first).to_be_visible()
+            box = page.get_by_label(order)
+            box.fill("A B")
+            box.press("Enter")
+            expect(shown(page.get_by_text("Every prompt is ranked or skipped."))).to_be_visible()
+            expect(shown(page.get_by_text("3 of 3 prompts ranked, 0 skipped.", exact=False))).to_be_visible()
+        finally:
+            browser.close()
+
+    path = tmp_path / "runs" / "comparisons" / "mine.jsonl"
+    rows, report = read_rows(path, "comparison")
+    assert rows == [
+        Comparison("a b c =", ("c b a", "a b c", "b a c"), (1, 1, 0)),
+        Comparison("c d =", ("d c", "c d"), (1, 0)),
+        Comparison("e f g =", ("g f e", "e f g"), (0, 1)),
+    ]
+    assert report.skipped == []
+
+    torch.manual_seed(0)
+    save_stage_dir(
+        tmp_path / "sft", Backbone.build(BackboneConfig(name_or_path=str(tiny_dir / "gpt2"))), stage="sft"
+    )
+    module = RewardModule(
+        init_from=str(tmp_path / "sft"), optim=OptimConfig(lr=1e-2, warmup_steps=0), max_length=32
+    )
+    module.configure_model()
+    head = {n: p.detach().clone() for n, p in module.net.heads["reward"].named_parameters()}
+    trainer = L.Trainer(
+        max_steps=4,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
+    trainer.fit(module, ComparisonDataModule(str(path), str(path), batch_size=2, max_length=32))
+    assert trainer.global_step == 4
+    assert 0.0 <= float(trainer.callback_metrics["reward/val_accuracy"]) <= 1.0
+    assert torch.isfinite(trainer.callback_metrics["reward/loss"])
+    moved = [
+        n for n, p in module.net.heads["reward"].named_parameters() if not torch.equal(p.detach(), head[n])
+    ]
+    assert moved, "the reward head did not train on the queue's rows"

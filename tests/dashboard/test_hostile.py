@@ -16,7 +16,16 @@ from dashboard import loaders
 from .helpers import FORMULA, REPO, SECRET, build_hostile_runs
 
 APP = str(REPO / "dashboard" / "app.py")
-PAGES = ["pages/runs.py", "pages/curves.py", "pages/rankings.py", "pages/samples.py", "pages/compare.py"]
+PAGES = [
+    "pages/runs.py",
+    "pages/curves.py",
+    "pages/rankings.py",
+    "pages/samples.py",
+    "pages/compare.py",
+    "pages/overoptimization.py",
+    "pages/ranking_queue.py",
+]
+TITLES = {"pages/overoptimization.py": "Over-optimization", "pages/ranking_queue.py": "Ranking queue"}
 
 
 @pytest.fixture
@@ -48,7 +57,8 @@ def _shown(at: AppTest) -> str:
 @pytest.mark.parametrize("page", PAGES)
 def test_every_page_renders_over_a_hostile_runs_root(hostile, page):
     at = _page(page)
-    assert at.title[0].value == page.split("/")[1].removesuffix(".py").capitalize()
+    title = TITLES.get(page, page.split("/")[1].removesuffix(".py").capitalize())
+    assert at.title[0].value == title
     assert SECRET not in _shown(at)  # the report linked to a private key is never read
 
 

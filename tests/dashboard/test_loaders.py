@@ -393,3 +393,229 @@ def test_runs_table_of_a_run_without_metrics(tmp_path):
     assert table.loc[0, "step"] == 0
     assert table.loc[0, "status"] == "running"
     assert pd.isna(table.loc[0, "sft/loss"])
+
+
+# ---- alarms (PPO status.json) -------------------------------------------------------------------------------
+
+
+def test_alarms_are_read_from_status_json_and_tabled(runs_root):
+    from .helpers import ALARM
+
+    runs = {run.id: run for run in loaders.discover_runs(runs_root)}
+    live = runs["ppo/live"]
+    assert live.alarms == (
+        loaders.AlarmRecord("kl_high", 2, 4, 2, (("kl", 12.5), ("limit", 12.0)), ALARM["message"]),
+    )
+    table = loaders.alarms_table(list(runs.values()))
+    assert table.to_dict("records") == [
+        {
+            "run": "ppo/live",
+            "alarm": "kl_high",
+            "first_step": 2,
+            "step": 4,
+            "count": 2,
+            "numbers": "kl 12.5, limit 12",
+            "message": ALARM["message"],
+        }
+    ]
+    frames = {run.id: pd.DataFrame() for run in runs.values()}
+    column = loaders.runs_table(list(runs.values()), frames)["alarms"]
+    assert column.isna().tolist() == [True, True, False] and column.iloc[2] == "kl_high"
+
+
+@pytest.mark.parametrize(
+    ("status", "problem"),
+    [
+        ({"alarms": {"name": "x"}}, "field 'alarms': expected an array of at most 64 objects"),
+        ({"alarms": [{"name": "kl_high"}]}, "field 'alarms[0].message': expected a string"),
+        (
+            {"alarms": [{"name": "a", "message": "", "first_step": 1.5, "step": 1, "count": 1}]},
+            "field 'alarms[0].first_step': expected an integer",
+        ),
+        (
+            {
+                "alarms": [
+                    {"name": "a", "message": "", "first_step": 1, "step": 1, "count": 1, "values": {"k": "x"}}
+                ]
+            },
+            "field 'alarms[0].values': expected an object of finite numbers",
+        ),
+        ({"stopped_by": "kl_high"}, "field 'stopped_by': expected an array of alarm names"),
+    ],
+)
+def test_malformed_alarms_are_a_problem_naming_the_field(tmp_path, status, problem):
+    write_json(tmp_path / "ppo" / "x" / "status.json", {"status": "finished", **status})
+    (run,) = loaders.discover_runs(tmp_path)
+    assert run.alarms == () and run.problem == f"{tmp_path / 'ppo' / 'x' / 'status.json'}: {problem}"
+
+
+def test_a_run_stopped_by_an_alarm_says_so_in_its_status(tmp_path):
+    write_json(tmp_path / "ppo" / "x" / "status.json", {"status": "finished", "stopped_by": ["kl_high"]})
+    (run,) = loaders.discover_runs(tmp_path)
+    assert loaders.shown_status(run, now=0.0) == "finished (stopped by kl_high)"
+
+
+# ---- samples: filters, flags, per-token KL, diffs -------------------------------------------------------------
+
+SAMPLE_ROWS = [
+    {
+        "step": 0,
+        "prompt": "p",
+        "completion": "a b c",
+        "mode": "eval",
+        "rm_score": 0.5,
+        "score": 0.9,
+        "banned": 0.0,
+    },
+    {
+        "step": 9,
+        "prompt": "p",
+        "completion": "a x c d",
+        "mode": "eval",
+        "rm_score": 1.5,
+        "score": 0.4,
+        "banned": 1.0,
+    },
+    {
+        "step": 9,
+        "prompt": "q",
+        "completion": "b a",
+        "mode": "rollout",
+        "reward": 2.5,
+        "tokens": ["b", "a", "</s>"],
+        "token_kl": [0.1, -0.2, 0.0],
+        "rules": {"format": True, "banned word": False},
+    },
+]
+
+
+def _sample_frame(tmp_path, rows=SAMPLE_ROWS):
+    path = tmp_path / "samples.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return loaders.samples_frame({"ppo/x": loaders.read_jsonl(path)})
+
+
+def test_samples_carry_length_flags_and_token_kl(tmp_path):
+    frame, problems = _sample_frame(tmp_path)
+    assert problems == []
+    assert frame["length"].tolist() == [3, 4, 3]  # words, or tokens when the row has them
+    assert frame["flags"].tolist() == [(), ("banned",), ("rule:format",)]
+    assert frame.loc[2, "tokens"] == ("b", "a", "</s>") and frame.loc[2, "token_kl"] == (0.1, -0.2, 0.0)
+    assert loaders.sample_reward(frame).tolist() == [0.5, 1.5, 2.5]
+
+
+def test_sample_filters_by_reward_score_length_and_flags(tmp_path):
+    frame, _ = _sample_frame(tmp_path)
+
+    def completions(**kw):
+        return loaders.filter_samples(frame, **kw)["completion"].tolist()
+
+    assert completions(reward=(1.0, 3.0)) == ["a x c d", "b a"]
+    assert completions(score=(0.5, 1.0)) == ["a b c"]  # the rollout has no judge score: a range drops it
+    assert completions(length=(4, 4)) == ["a x c d"]
+    assert completions(flags=["banned", "rule:format"]) == ["a x c d", "b a"]
+    assert completions(flags=[]) == []
+
+
+@pytest.mark.parametrize(
+    ("row", "field"),
+    [
+        ({"tokens": ["a"], "token_kl": [0.1, 0.2]}, "token_kl"),
+        ({"tokens": "a", "token_kl": [0.1]}, "tokens"),
+        ({"tokens": ["a"]}, "token_kl"),
+    ],
+)
+def test_bad_token_kl_is_a_row_problem(tmp_path, row, field):
+    frame, problems = _sample_frame(
+        tmp_path, [{"step": 1, "prompt": "p", "completion": "a", "mode": "m", **row}]
+    )
+    assert frame.empty and problems[0].startswith(f"{tmp_path / 'samples.jsonl'}:1: field '{field}'")
+
+
+def test_word_diff_by_hand():
+    assert loaders.word_diff("a b c", "a x c d") == [
+        ("=", "a"),
+        ("-", "b"),
+        ("+", "x"),
+        ("=", "c"),
+        ("+", "d"),
+    ]
+    assert loaders.word_diff("", "") == []
+
+
+# ---- defaults: Compare's models, the Curves headline, the report table ------------------------------------------
+
+
+def _manifests(root, with_ppo: bool = True):
+    """sft/a (oldest), sft/b, reward/r from sft/a and, optionally, ppo/p from sft/a scored by reward/r (newest)."""
+    stages = [
+        ("sft", "a", {}),
+        ("sft", "b", {}),
+        ("reward", "r", {"parent": "../../../sft/a/stage", "relative_links": True}),
+    ]
+    if with_ppo:
+        links = {"parent": "../../../sft/a/stage", "extra": {"reward_from": "../../../reward/r/stage"}}
+        stages.append(("ppo", "p", {**links, "relative_links": True}))
+    for i, (stage, name, extra) in enumerate(stages):
+        path = root / stage / name / "stage" / "manifest.json"
+        write_json(path, {"stage": stage, "step": i, **extra})
+        os.utime(path, ns=(10**18 + i * 10**9, 10**18 + i * 10**9))
+
+
+def test_compare_defaults_to_the_newest_ppo_stage_its_sft_parent_and_its_reward_model(tmp_path):
+    _manifests(tmp_path)
+    found, _ = loaders.find_stage_dirs(tmp_path)
+    d = loaders.compare_defaults(found)
+    assert [x.label for x in d.chosen] == ["ppo/p", "sft/a"]
+    assert (d.reference.label, d.reward.label) == ("sft/a", "reward/r")
+
+
+def test_compare_defaults_without_ppo_never_pick_a_reward_stage_to_generate_with(tmp_path):
+    _manifests(tmp_path, with_ppo=False)
+    found, _ = loaders.find_stage_dirs(tmp_path)
+    d = loaders.compare_defaults(found)
+    assert [x.label for x in d.chosen] == ["sft/b", "sft/a"]
+    assert d.reference.label == "sft/b" and d.reward is None  # reward/r was trained from sft/a, not sft/b
+    assert loaders.compare_defaults([]) == loaders.CompareDefaults([], None, None)
+
+
+def test_headline_keys_are_each_stages_key_curves_in_order():
+    keys = ["ppo/win_rate_vs_sft", "sft/lr", "ppo/kl", "sft/loss", "reward/val_accuracy", "ppo/entropy"]
+    assert loaders.headline_keys(keys) == ["sft/loss", "reward/val_accuracy", "ppo/kl", "ppo/win_rate_vs_sft"]
+
+
+def test_report_table_from_report_json_and_its_notes(tmp_path):
+    report = tmp_path / "eval" / "demo" / "report.md"
+    report.parent.mkdir(parents=True)
+    report.write_text("# md")
+    table, notes = loaders.report_table(report, tmp_path)
+    assert table is None and notes == []  # no report.json: the page shows the Markdown
+    write_json(
+        report.with_name("report.json"),
+        {
+            "checkpoints": {
+                "runs/sft/demo/stage": {"stage": "sft", "step": 1600, "win_rate_vs_sft": 0.5, "kl": 0.0},
+                "runs/ppo/demo/kept/step-000049": {
+                    "stage": "ppo",
+                    "step": 400,
+                    "win_rate_vs_sft": 0.63,
+                    "kl": None,
+                },
+            },
+            "notes": ["pretrain_loss is null: no --pretrain", 3],
+        },
+    )
+    table, notes = loaders.report_table(report, tmp_path)
+    assert table.drop(columns=["kl"]).to_dict("list") == {
+        "checkpoint": ["sft/demo", "kept/step-000049"],
+        "stage": ["sft", "ppo"],
+        "step": [1600, 400],
+        "win_rate_vs_sft": [0.5, 0.63],
+    }
+    assert table["kl"].iloc[0] == 0.0 and table["kl"].isna().iloc[1]  # null: not measured
+    assert notes == ["pretrain_loss is null: no --pretrain"]
+    write_json(report.with_name("report.json"), {"checkpoints": ["x"]})
+    assert loaders.report_table(report, tmp_path) == (
+        None,
+        [f"{report.with_name('report.json')}: field 'checkpoints': expected an object of objects"],
+    )
