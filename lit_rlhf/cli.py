@@ -26,6 +26,18 @@ def _demo_data(argv: list[str]) -> int:
     p.add_argument("--n-eval", type=int, default=300)
     p.add_argument("--n-pretrain", type=int, default=5000)
     p.add_argument(
+        "--n-eval-adversarial",
+        type=int,
+        default=200,
+        help="held-out red-teaming prompts (eval_adversarial.jsonl)",
+    )
+    p.add_argument(
+        "--adversarial-rate",
+        type=float,
+        default=0.1,
+        help="share of sft_train/sft_val/rl_prompts rows that try to draw the banned word out (default: 0.1)",
+    )
+    p.add_argument(
         "--format",
         choices=("plain", "chat"),
         default="plain",
@@ -42,6 +54,8 @@ def _demo_data(argv: list[str]) -> int:
         n_rl=a.n_rl,
         n_eval=a.n_eval,
         n_pretrain=a.n_pretrain,
+        n_eval_adversarial=a.n_eval_adversarial,
+        adversarial_rate=a.adversarial_rate,
         row_format=a.format,
     )
     for name, path in paths.items():

@@ -9,6 +9,7 @@ crash in one leaves the others' outputs intact and memory is returned between st
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -139,7 +140,17 @@ class Pipeline:
         return out
 
     def demo_data(self) -> None:
-        if (self.data / "world.json").is_file():  # written last: its presence means the data is complete
+        world = self.data / "world.json"
+        if world.is_file():  # written last: its presence means the data is complete
+            from lit_rlhf.demo.datagen import FORMAT_VERSION
+
+            version = json.loads(world.read_text(encoding="utf-8")).get("format_version")
+            if version != FORMAT_VERSION:
+                raise SystemExit(
+                    f"[pipeline] {self.data} holds demo data of format {version}, this lit-rlhf writes "
+                    f"{FORMAT_VERSION} (adversarial prompts, eval_adversarial.jsonl): delete the folder or set "
+                    "another data_dir"
+                )
             print(f"[pipeline] demo data: done ({self.data}), skipped")
             return
         sizes = [f"--{k.replace('_', '-')}={v}" for k, v in self.cfg.demo_data.items()]

@@ -68,3 +68,13 @@ def test_interrupted_stage_resumes_from_its_last_checkpoint(tmp_path, monkeypatc
     assert calls[-1][-2:] == ["--ckpt_path", str(ckpt)]
     pipe._fit("reward", "configs/demo/rm.yaml", [])  # never started: no resume flag
     assert "--ckpt_path" not in calls[-1] and calls[-1][:3] == ["fit", "--config", "configs/demo/rm.yaml"]
+
+
+def test_demo_data_of_an_older_format_is_refused_not_reused(tmp_path):
+    from lit_rlhf.pipeline import Pipeline
+
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data/world.json").write_text('{"format_version": 1}')
+    pipe = Pipeline(PipelineConfig(data_dir=str(tmp_path / "data")))
+    with pytest.raises(SystemExit, match="format 1, this lit-rlhf writes 2"):
+        pipe.demo_data()
