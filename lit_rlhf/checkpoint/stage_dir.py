@@ -156,7 +156,8 @@ def save_stage_dir(
 
     Args:
         adapters: Adapter names to save (default: all the backbone has).
-        heads: head name -> {"adapter": adapter it reads through or None, "bias": float added to its output}.
+        heads: head name -> {"adapter": adapter it reads through or None, "bias": float added to its output}; a
+            multi-label head's output names are recorded as "outputs".
         metrics: Key figures for the manifest; must be finite numbers.
         metric_steps: The optimizer step each metric was measured at (default: `step` for every metric).
         config_text: The resolved YAML config of the run.
@@ -187,6 +188,9 @@ def save_stage_dir(
                 "adapter": info.get("adapter"),
                 "bias": float(info.get("bias", 0.0)),
             }
+            outputs = getattr(backbone.heads[name], "outputs", None)
+            if outputs is not None:  # a multi-label (rule) head: its output names, in order
+                saved_heads[name]["outputs"] = list(outputs)
         if config_text is not None:
             (tmp / "config.yaml").write_text(config_text, encoding="utf-8")
         parent, extra = record_links(out, parent, extra)  # relative to `out` where possible: no user names
@@ -271,7 +275,7 @@ def load_stage_dir(
         backbone.use_adapter_("policy")
     for name, info in manifest.heads.items():
         try:
-            backbone.add_head(name, _load_tensors(root / info["path"]))
+            backbone.add_head(name, _load_tensors(root / info["path"]), outputs=info.get("outputs"))
         except RuntimeError as e:
             raise ManifestError(f"{root / info['path']}: head {name!r} does not fit the base: {e}") from e
     return backbone.to(device) if not backbone.is_quantized else backbone, manifest
