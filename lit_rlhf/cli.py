@@ -126,6 +126,11 @@ def _collect(argv: list[str]) -> int:
         "(default: none: unranked samples)",
     )
     p.add_argument("--rank-noise", type=float, default=0.0, help="judge disagreement (score noise std)")
+    p.add_argument(
+        "--rules-out",
+        default=None,
+        help="also write rule-label rows (one per distinct sample) labeled by the judge's rules() (Sparrow)",
+    )
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
     from lit_rlhf.backbone.generate import SamplingConfig
@@ -149,6 +154,7 @@ def _collect(argv: list[str]) -> int:
         seed=a.seed,
         rank_noise=a.rank_noise,
         judge=a.judge,
+        rules_out=a.rules_out,
     )
     print(report.summary())
     return 0
