@@ -23,6 +23,8 @@ log = logging.getLogger(__name__)
 
 # Adapter names of the four InstructGPT roles; the reference is "adapters off" or a frozen "reference" copy.
 POLICY, REFERENCE, REWARD, CRITIC = "policy", "reference", "reward", "critic"
+# The reward stage's multi-label head of rule-violation logits (Sparrow), read through the reward adapter.
+RULES = "rules"
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

@@ -3,7 +3,8 @@
 One training step = one rollout batch, in numbered steps:
   1. generate responses to the prompts with the policy (KV cache, left-padded prompts)
   2. score: RM at the last response token; per-token log-probs of policy and reference; critic values
-  3. shape: per-token reward -beta*KL_t plus the (penalised, clipped, normalised) RM score at the last token
+  3. shape: per-token reward -beta*KL_t plus the combined score at the last token: RM score + rule terms + length
+     penalty + programmatic reward functions (lit_rlhf.rewards), each normalised alike, then penalised and clipped
   4. GAE advantages and returns; whiten advantages over valid tokens
   5. several PPO epochs over shuffled minibatches: clipped policy loss + gamma_ptx * pretraining LM loss,
      clipped value loss, one optimizer step per minibatch (manual optimization)
@@ -36,7 +37,9 @@ from lit_rlhf.data.formatting import prompt_to_json
 from lit_rlhf.data.io import append_jsonl
 from lit_rlhf.evaluation.metrics import judge_metrics, kl_k1_per_sequence, mean_or_none, weighted_mean
 from lit_rlhf.judges import load_judge
+from lit_rlhf.rewards import PREFERENCE, CombinedReward, CombinedRewardConfig
 from lit_rlhf.rl.advantages import gae
+from lit_rlhf.rl.combined import combine_components
 from lit_rlhf.rl.kl_control import AdaptiveKLController, FixedKLController
 from lit_rlhf.rl.logprobs import entropy_from_logits, gather_logprobs
 from lit_rlhf.rl.losses import lm_loss, ppo_policy_loss, value_loss
@@ -45,7 +48,6 @@ from lit_rlhf.rl.minibatch import index_record, minibatch_indices
 from lit_rlhf.rl.rewards import (
     RunningMoments,
     clip_scores,
-    normalize_scores,
     shape_rewards,
     truncation_penalty,
 )
@@ -104,9 +106,11 @@ class PPOConfig:
         max_grad_norm: Gradient norm clip (0 = off), applied to the policy's and the critic's gradients
             separately: one joint norm would let a large value-loss gradient shrink the policy's step.
         critic_lr: Critic learning rate (policy uses optim.lr).
-        score_clip: Clip RM scores to [-c, c] (null = off).
-        normalize_scores: Normalise RM scores by running mean/std.
-        truncation_penalty: Score given to responses that hit max_new_tokens without EOS (null = keep RM score).
+        score_clip: Clip the combined score to [-c, c] (null = off).
+        normalize_scores: Normalise each component of the combined score (the RM score, each rule term, the length
+            penalty, each reward function) by its own running mean/std before weighting.
+        truncation_penalty: Combined score given to responses that hit max_new_tokens without EOS (null = keep
+            it).
     """
 
     ppo_epochs: int = 2
@@ -203,6 +207,8 @@ class PPOModule(StrategyCheck, L.LightningModule):
         kl: KL penalty settings. ppo: PPO hyperparameters. sampling: rollout generation settings.
         lr: Policy learning rate. eval: held-out evaluation.
         max_nonfinite_updates: Stop after this many non-finite (skipped) updates in a row (0 = never).
+        reward: What the policy optimises besides the RM score: rule-head terms, a length penalty, programmatic
+            reward functions (``package.module:callable``), with their weights (``lit_rlhf.rewards``).
     """
 
     STAGE = "ppo"
@@ -220,6 +226,7 @@ class PPOModule(StrategyCheck, L.LightningModule):
         lr: float = 1e-4,
         eval: EvalConfig | None = None,
         max_nonfinite_updates: int = 10,
+        reward: CombinedRewardConfig | None = None,
     ) -> None:
         super().__init__()
         if ptx_coef < 0:
@@ -237,6 +244,7 @@ class PPOModule(StrategyCheck, L.LightningModule):
             )
         self.eval_cfg = eval or EvalConfig()
         self.judge = load_judge(self.eval_cfg.judge)  # a bad judge name fails here, before weights load
+        self.combined = CombinedReward(reward)  # so does a reward function that cannot be imported
         self.save_hyperparameters()
         self.automatic_optimization = False
         self.roles = None
@@ -246,7 +254,8 @@ class PPOModule(StrategyCheck, L.LightningModule):
             if self.kl_cfg.adaptive
             else FixedKLController(self.kl_cfg.init_coef)
         )
-        self.score_moments = RunningMoments()
+        self.score_moments = RunningMoments()  # the RM score's (the "preference" component's)
+        self.component_moments: dict[str, RunningMoments] = {}  # every other component's
         self.parent_dir = policy_from
         self.stage_dir_written: Path | None = None
         self.final_metrics: dict[str, float] = {}
@@ -293,6 +302,7 @@ class PPOModule(StrategyCheck, L.LightningModule):
         roles.eval()
         shard_if_fsdp2(self, *([roles.shared] if roles.is_shared else roles.separate.values()))
         self.roles = roles
+        self.combined.bind(roles.rule_names)  # rule weights must name rule heads the reward stage has
 
     def configure_optimizers(self):
         groups = [
@@ -308,6 +318,7 @@ class PPOModule(StrategyCheck, L.LightningModule):
                 "ptx_coef > 0 needs pretraining data: set data.init_args.pretrain_path "
                 "(or ptx_coef: 0 for plain PPO)"
             )
+        self.combined.probe(list(getattr(dm, "prompts", []))[:4])  # a bad reward function stops here
 
     # ---- 1-4: rollout -----------------------------------------------------------------------------------
     @torch.no_grad()
@@ -324,15 +335,9 @@ class PPOModule(StrategyCheck, L.LightningModule):
         logp = response_logprobs(roles.response_logits("policy", ids, mask, p), ids, p)  # 2. score: (B, R)
         ref_logp = response_logprobs(roles.response_logits("reference", ids, mask, p), ids, p)
         values = roles.values(ids, mask)[:, p - 1 : -1] * rmask  # (B, R) V(s_t) before token t
-        raw = roles.reward_of(prompts, gen.texts)  # (B,) on the text, as the reward model was trained
+        raw, rule_logits = roles.reward_and_rules(prompts, gen.texts)  # (B,), (B, R) on the text, as trained
         roles.train(was_training)
-        scores = truncation_penalty(raw, gen.ended, cfg.truncation_penalty)  # 3. shape
-        scores = clip_scores(scores, cfg.score_clip)
-        if cfg.normalize_scores:
-            self.score_moments.update(
-                self._gather(scores)
-            )  # every rank's scores: the same moments everywhere
-            scores = normalize_scores(scores, self.score_moments)
+        scores, reward_stats = self._combined_score(prompts, gen, raw, rule_logits, rmask)  # 3. shape
         parts = shape_rewards(scores, logp, ref_logp, rmask, self.kl_ctl.value, self.kl_cfg.estimator)
         adv, returns = gae(parts.rewards, values, rmask, cfg.gamma, cfg.lam)  # 4. advantages
         if cfg.whiten_advantages:
@@ -352,8 +357,38 @@ class PPOModule(StrategyCheck, L.LightningModule):
             # the whole job's generation throughput: every rank generates at the same time
             "gen_tokens_per_s": self._sum_over_ranks(rmask.sum() / max(gen_time, 1e-9)),
             "gen_time": torch.tensor(gen_time),
+            **reward_stats,
         }
         return Rollout(ids, mask, rmask, logp, ref_logp, values, adv, returns), gen, stats
+
+    def _combined_score(
+        self, prompts: list[Any], gen: Generation, raw: Tensor, rule_logits: Tensor | None, rmask: Tensor
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """The sequence score PPO pays at the last token, (B,), and its logged parts: each component's term
+        (``reward/<name>``, normalised and weighted: they add up to the score before the truncation penalty and
+        the clip), its raw mean (``reward_raw/<name>``; the RM score's is ``rm_score``) and each rule head's mean
+        violation probability (``rule/<rule>``)."""
+        cfg, combined = self.ppo_cfg, self.combined
+        components = combined.components(prompts, gen.texts, raw, rule_logits, rmask.sum(1))
+        moments = None
+        if cfg.normalize_scores:  # every rank's values: the same moments everywhere
+            moments = {
+                k: self.score_moments
+                if k == PREFERENCE
+                else self.component_moments.setdefault(k, RunningMoments())
+                for k in components
+            }
+        out = combine_components(components, combined.weights, moments, self._gather)
+        scores = truncation_penalty(out.total, gen.ended, cfg.truncation_penalty)
+        scores = clip_scores(scores, cfg.score_clip)
+        names, others = list(components), [k for k in components if k != PREFERENCE]
+        parts = [out.terms[k] for k in names] + [components[k] for k in others]
+        keys = [f"reward/{k}" for k in names] + [f"reward_raw/{k}" for k in others]
+        if rule_logits is not None:
+            parts += list(torch.sigmoid(rule_logits.float()).T)
+            keys += [f"rule/{r}" for r in combined.rules]
+        means = self._gather(torch.stack(parts, 1)).mean(0)  # every rank's sequences
+        return scores, dict(zip(keys, means, strict=True))
 
     # ---- 5: optimization --------------------------------------------------------------------------------
     def ptx_loss(self, batch: dict[str, Tensor]) -> Tensor:
@@ -614,6 +649,7 @@ class PPOModule(StrategyCheck, L.LightningModule):
             "kl_ctl": self.kl_ctl.state_dict(),
             "rollouts_done": self.rollouts_done,
             "score_moments": self.score_moments.state_dict(),
+            "component_moments": {k: m.state_dict() for k, m in self.component_moments.items()},
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -625,6 +661,8 @@ class PPOModule(StrategyCheck, L.LightningModule):
         self._first_length = state.get("first_length")
         if "score_moments" in state:
             self.score_moments.load_state_dict(state["score_moments"])
+        for name, moments in state.get("component_moments", {}).items():
+            self.component_moments.setdefault(name, RunningMoments()).load_state_dict(moments)
 
     @property
     def _policy_net(self):

@@ -23,6 +23,7 @@ from torch import Tensor
 from torchmetrics import MeanMetric
 from torchmetrics.functional.regression import kendall_rank_corrcoef
 
+from lit_rlhf.backbone.build import RULES
 from lit_rlhf.backbone.config import LoraSettings, Quantization
 from lit_rlhf.data.comparisons import reward_inputs
 from lit_rlhf.data.formatting import PromptSpec
@@ -43,7 +44,6 @@ from lit_rlhf.stages.common import (
 from lit_rlhf.stages.guards import NumericalGuard
 
 REWARD = "reward"
-RULES = "rules"  # the multi-label rule head: one logit per rule, "the response breaks it"
 
 
 def per_prompt_kendall_tau(scores: Tensor, ranks: Tensor, group: Tensor) -> list[float | None]:

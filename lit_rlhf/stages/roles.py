@@ -3,7 +3,8 @@
 Shared (LoRA): one frozen base in memory; the roles are named adapters plus scalar heads:
     policy    = "policy" adapter (trainable; from the SFT policy adapter, or fresh on an SFT-trained base)
     reference = adapters off when the base holds the SFT weights, else a frozen "reference" copy of the SFT adapter
-    reward    = frozen "reward" adapter + "reward" head (from the reward stage directory)
+    reward    = frozen "reward" adapter + "reward" head (from the reward stage directory), and its "rules" head of
+                rule-violation logits when the reward stage trained one (Sparrow)
     critic    = "critic" adapter + "value" head, both initialised from the reward model (InstructGPT)
 Separate (no LoRA): four backbones; memory is about 4x the model (plus optimizer state for policy and critic).
 """
@@ -24,6 +25,7 @@ from lit_rlhf.backbone.build import (
     POLICY,
     REFERENCE,
     REWARD,
+    RULES,
     Backbone,
     position_ids_from_mask,
 )
@@ -122,6 +124,10 @@ class Roles(nn.Module):
         head_state = _load_tensors(root / head["path"])
         net.add_head(REWARD, head_state).requires_grad_(False)
         net.add_head(VALUE, head_state)
+        if RULES in rm_m.heads:
+            rules = rm_m.heads[RULES]
+            state = _load_tensors(root / rules["path"])
+            net.add_head(RULES, state, outputs=rules["outputs"]).requires_grad_(False)
         reference = None
         if POLICY in net.adapters:  # SFT trained an adapter: the reference is a frozen copy of it
             net.add_adapter(REFERENCE, trainable=False, state=net.adapter_state(POLICY))
@@ -149,6 +155,8 @@ class Roles(nn.Module):
         policy.model.requires_grad_(True)
         critic.model.requires_grad_(True)
         critic.heads[VALUE] = critic.heads.pop(REWARD)
+        if RULES in critic.heads:  # the critic starts from the reward model's trunk, not its rule classifiers
+            del critic.heads[RULES]
         for frozen in (reference, reward):
             frozen.requires_grad_(False).eval()
         roles = cls(
@@ -228,6 +236,25 @@ class Roles(nn.Module):
         device = next(self._net("reward").parameters()).device
         ids, mask = reward_inputs(self.text_format, prompts, responses, self.reward_max_length)
         return self.reward(ids.to(device), mask.to(device))
+
+    @property
+    def rule_names(self) -> list[str]:
+        """The reward model's rule heads, in output order (empty without them)."""
+        heads = self._net("reward").heads
+        return list(heads[RULES].outputs) if RULES in heads else []
+
+    @torch.no_grad()
+    def reward_and_rules(self, prompts: list[Any], responses: list[str]) -> tuple[Tensor, Tensor | None]:
+        """The RM score (bias applied, (B,)) and the rule heads' violation logits ((B, R), or None without rule
+        heads) of (prompt, response text) pairs, from ONE forward pass of the reward model's trunk."""
+        net = self._net("reward")
+        device = next(net.parameters()).device
+        ids, mask = reward_inputs(self.text_format, prompts, responses, self.reward_max_length)
+        ids, mask = ids.to(device), mask.to(device)
+        heads = (REWARD, RULES) if self.rule_names else (REWARD,)
+        with net.use_adapter(self._adapter("reward")) if self.is_shared else contextlib.nullcontext():
+            out = net.score_heads(heads, ids, mask, position_ids_from_mask(mask))
+        return out[REWARD] + self.reward_bias, out.get(RULES)
 
     def values(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         """Critic value at every position: (B, L) -> (B, L) float32."""

@@ -261,3 +261,13 @@ def test_demo_judge_gives_rule_labels_for_demo_prompts_only():
     judge = DemoJudge()
     assert judge.rules("reverse c dang b =", "b dang c") == {"banned_word": True, "answer_format": False}
     assert judge.rules("what is love?", "dang") is None
+
+
+def test_the_demo_answer_check_is_a_verifiable_reward():
+    from lit_rlhf.demo.rewards import answer_is_correct
+
+    assert answer_is_correct(REVERSE, "sure : b a c") == 1.0  # fillers are not the answer
+    assert answer_is_correct(REVERSE, "b a") == 0.0
+    assert answer_is_correct("reverse c dang b =", "b c") == 1.0
+    assert answer_is_correct("reverse c dang b =", "b dang c") == 0.0  # the literal answer is not correct
+    assert answer_is_correct("what?", "b a c") == 0.0
