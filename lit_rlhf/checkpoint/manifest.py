@@ -82,7 +82,7 @@ class Manifest:
         return json.dumps(asdict(self), indent=2, sort_keys=True, allow_nan=False)
 
 
-LINKS_IN_EXTRA = ("reward_from",)  # `extra` entries that name another stage directory
+LINKS_IN_EXTRA = ("reward_from", "reference_from")  # `extra` entries that name another stage directory
 
 
 def link_for(stage_dir: str | os.PathLike, target: str | os.PathLike | None) -> str | None:

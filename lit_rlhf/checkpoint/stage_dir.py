@@ -10,7 +10,7 @@ import contextlib
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -229,6 +229,8 @@ def load_stage_dir(
     trainable: tuple[str, ...] = (),
     trust_remote_code: bool = False,
     allow_external_base: bool | None = None,
+    adapters: Collection[str] | None = None,
+    heads: Collection[str] | None = None,
 ) -> tuple[Backbone, Manifest]:
     """Rebuild the backbone, adapters and heads a stage directory describes.
 
@@ -240,6 +242,8 @@ def load_stage_dir(
             the user's own config); the manifest's own value is never used: a copied directory must not run code.
         allow_external_base: False refuses a base outside the directory (a hub name or another folder); None
             follows LIT_RLHF_LOCAL_BASES_ONLY. Such a base is logged either way.
+        adapters, heads: Attach only these of the directory's adapters and heads (None: all). A later PPO round
+            takes a PPO stage's policy and leaves its critic, which the new reward model replaces.
     """
     root = Path(stage_dir)
     manifest = read_manifest(root)
@@ -267,6 +271,8 @@ def load_stage_dir(
     except (TypeError, ValueError) as e:
         raise ManifestError(f"{root / MANIFEST}: field 'prompt_format': {e}") from e
     for name, rel in manifest.adapters.items():
+        if adapters is not None and name not in adapters:
+            continue
         try:
             backbone.add_adapter(name, trainable=name in trainable, state=_load_tensors(root / rel))
         except (RuntimeError, ValueError) as e:
@@ -274,6 +280,8 @@ def load_stage_dir(
     if "policy" in backbone.adapters:  # adding adapters activates the last one; generation wants the policy
         backbone.use_adapter_("policy")
     for name, info in manifest.heads.items():
+        if heads is not None and name not in heads:
+            continue
         try:
             backbone.add_head(name, _load_tensors(root / info["path"]), outputs=info.get("outputs"))
         except RuntimeError as e:

@@ -209,6 +209,9 @@ class PPOModule(StrategyCheck, L.LightningModule):
         max_nonfinite_updates: Stop after this many non-finite (skipped) updates in a row (0 = never).
         reward: What the policy optimises besides the RM score: rule-head terms, a length penalty, programmatic
             reward functions (``package.module:callable``), with their weights (``lit_rlhf.rewards``).
+        reference_from: The SFT stage directory of the KL reference (and of the win rate's SFT baseline) when
+            ``policy_from`` is a PPO stage to continue (InstructGPT's iterated rounds: the policy goes on from where
+            it is, the KL still keeps it near the SFT model); default ``policy_from``.
     """
 
     STAGE = "ppo"
@@ -227,11 +230,12 @@ class PPOModule(StrategyCheck, L.LightningModule):
         eval: EvalConfig | None = None,
         max_nonfinite_updates: int = 10,
         reward: CombinedRewardConfig | None = None,
+        reference_from: str | None = None,
     ) -> None:
         super().__init__()
         if ptx_coef < 0:
             raise ValueError("ptx_coef must be >= 0")
-        self.policy_from, self.reward_from = policy_from, reward_from
+        self.policy_from, self.reward_from, self.reference_from = policy_from, reward_from, reference_from
         self.lora, self.quantization, self.ptx_coef, self.lr = lora, quantization, ptx_coef, lr
         self.kl_cfg, self.ppo_cfg = kl or KLConfig(), ppo or PPOConfig()
         self.sampling = sampling or SamplingConfig(max_new_tokens=24, do_sample=True, temperature=1.0)
@@ -296,7 +300,12 @@ class PPOModule(StrategyCheck, L.LightningModule):
         from lit_rlhf.stages.roles import Roles
 
         roles = Roles.load(
-            self.policy_from, self.reward_from, self.lora, self.quantization, self._target_device()
+            self.policy_from,
+            self.reward_from,
+            self.lora,
+            self.quantization,
+            self._target_device(),
+            reference_from=self.reference_from,
         )
         # Dropout stays off for the whole run: with it, the first update's ratio pi/pi_old would not be 1.
         roles.eval()
@@ -703,7 +712,11 @@ class PPOModule(StrategyCheck, L.LightningModule):
             metrics=self.final_metrics,
             parent=str(self.policy_from),
             config_text=config.read_text() if config.is_file() else None,
-            extra={"reward_from": str(self.reward_from), "ptx_coef": self.ptx_coef},
+            extra={
+                "reward_from": str(self.reward_from),
+                "ptx_coef": self.ptx_coef,
+                "reference_from": str(self.reference_from or self.policy_from),
+            },
             state=state,
             **kwargs,
         )

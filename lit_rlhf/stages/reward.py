@@ -133,7 +133,8 @@ class RewardModule(StrategyCheck, L.LightningModule):
     """Train a reward model from ranked comparisons; writes a ``reward`` stage directory.
 
     Args:
-        init_from: The SFT stage directory (the RM starts from the SFT model).
+        init_from: The SFT stage directory (the RM starts from the SFT model), or a reward stage directory to train
+            further (InstructGPT's iterated rounds: its adapter, reward head and rule head are the start).
         lora: LoRA settings for the ``reward`` adapter when the SFT stage trained the full model; ``null`` trains
             the full backbone. When the SFT stage used LoRA, its settings are kept (the adapter starts from it).
         quantization: Quantize the frozen base (``8bit``/``4bit``; needs LoRA). Default: as the SFT stage.
@@ -225,24 +226,41 @@ class RewardModule(StrategyCheck, L.LightningModule):
             overrides["quantization"] = self.quantization
         if sft_lora is None and self.lora is not None:
             overrides["lora"] = dataclasses.asdict(self.lora)
-        net, _ = load_stage_dir(self.init_from, device=self._target_device(), backbone_overrides=overrides)
-        if net.cfg.lora is not None:
+        further = parent.stage == "reward"  # iterated rounds: train the last round's reward model further
+        net, _ = load_stage_dir(
+            self.init_from,
+            device=self._target_device(),
+            backbone_overrides=overrides,
+            trainable=(REWARD,) if further else (),
+        )
+        if further and REWARD not in net.heads:
+            raise ValueError(f"{self.init_from}: a reward stage without a reward head")
+        if net.cfg.lora is not None and not further:
             # start the reward adapter from the SFT policy adapter when there is one, else from the bare base
             state = net.adapter_state(POLICY) if POLICY in net.adapters else None
             net.add_adapter(REWARD, trainable=True, state=state)
-        else:
+        elif net.cfg.lora is None:
             net.model.requires_grad_(True)
-        net.add_head(REWARD)
+        if not further:
+            net.add_head(REWARD)
         self._add_rule_head(net)
         net.train()  # from_pretrained returns eval mode; dropout as configured
         shard_if_fsdp2(self, net)
         self.net = net
 
     def _add_rule_head(self, net) -> None:
-        """The rule head, when there are rules: the configured ones, else every rule the training rows label."""
+        """The rule head, when there are rules: the one a reward stage started from already has (its rules), else
+        the configured ones, else every rule the training rows label."""
         dm = self.trainer.datamodule if self._trainer is not None else None
         data_names = list(getattr(dm, "rule_names", []) or [])
-        names = self.rules if self.rules is not None else data_names
+        if RULES in net.heads:
+            names = list(net.heads[RULES].outputs)
+            if self.rules is not None and self.rules != names:
+                raise ValueError(
+                    f"RewardModule.rules {self.rules} differ from the rules of {self.init_from} ({names})"
+                )
+        else:
+            names = self.rules if self.rules is not None else data_names
         if not names:
             return
         missing = [n for n in names if n not in data_names]
@@ -252,7 +270,8 @@ class RewardModule(StrategyCheck, L.LightningModule):
                 f"RewardModule.rules names {missing}, which no row of the rule data ({path}) labels "
                 f"(it labels {data_names}); set data.init_args.rules_train_path or fix the names"
             )
-        net.add_head(RULES, outputs=names)
+        if RULES not in net.heads:
+            net.add_head(RULES, outputs=names)
         self.rule_names, self._rule_columns = list(names), [data_names.index(n) for n in names]
         self.rule_metrics = RuleMetrics(names)
 
