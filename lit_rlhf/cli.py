@@ -56,6 +56,18 @@ def _demo_data(argv: list[str]) -> int:
     p.add_argument("--n-eval", type=int, default=300)
     p.add_argument("--n-pretrain", type=int, default=5000)
     p.add_argument(
+        "--n-eval-adversarial",
+        type=int,
+        default=200,
+        help="held-out red-teaming prompts (eval_adversarial.jsonl)",
+    )
+    p.add_argument(
+        "--adversarial-rate",
+        type=float,
+        default=0.1,
+        help="share of sft_train/sft_val/rl_prompts rows that try to draw the banned word out (default: 0.1)",
+    )
+    p.add_argument(
         "--format",
         choices=("plain", "chat"),
         default="plain",
@@ -72,6 +84,8 @@ def _demo_data(argv: list[str]) -> int:
         n_rl=a.n_rl,
         n_eval=a.n_eval,
         n_pretrain=a.n_pretrain,
+        n_eval_adversarial=a.n_eval_adversarial,
+        adversarial_rate=a.adversarial_rate,
         row_format=a.format,
     )
     for name, path in paths.items():
@@ -149,6 +163,11 @@ def _collect(argv: list[str]) -> int:
         "(default: none: unranked samples)",
     )
     p.add_argument("--rank-noise", type=float, default=0.0, help="judge disagreement (score noise std)")
+    p.add_argument(
+        "--rules-out",
+        default=None,
+        help="also write rule-label rows (one per distinct sample) labeled by the judge's rules() (Sparrow)",
+    )
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
     from lit_rlhf.backbone.generate import SamplingConfig
@@ -172,6 +191,7 @@ def _collect(argv: list[str]) -> int:
         seed=a.seed,
         rank_noise=a.rank_noise,
         judge=a.judge,
+        rules_out=a.rules_out,
     )
     print(report.summary())
     return 0

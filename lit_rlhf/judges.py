@@ -2,7 +2,9 @@
 
 A judge is any object with ``score(prompt, response, reference=None) -> float | None`` in [0, 1] (None: this
 item cannot be judged, e.g. no reference answer); it may also have ``details(...) -> dict[str, float]`` (extra
-per-item figures such as ``exact_match``, averaged in reports) and ``rank(prompt, responses, reference=None)``.
+per-item figures such as ``exact_match``, averaged in reports), ``rank(prompt, responses, reference=None)`` and
+``rules(prompt, response, reference=None) -> dict[str, bool | None] | None`` (Sparrow-style rule labels: True where
+the response breaks the rule, None where unsure).
 `prompt` is the text of the user's turn (a raw prompt string, or the last user message of a chat prompt) and
 `response` the assistant's reply text, cut at the end-of-turn token.
 
@@ -152,6 +154,26 @@ def judge_rank(
     rounded = [round(s, TIE_DECIMALS) for s in scores]
     levels = sorted(set(rounded), reverse=True)
     return [levels.index(r) for r in rounded]
+
+
+def judge_rules(
+    judge: Any, prompt: PromptSpec, response: str, reference: str | None = None
+) -> dict[str, bool | None] | None:
+    """The judge's rule labels of one response (True = broken, False = followed, None = unsure); None when it cannot
+    judge the item. Raises JudgeError naming the judge when it has no ``rules()`` or returns something else."""
+    if not hasattr(judge, "rules"):
+        raise JudgeError(f"judge {type(judge).__name__}: has no rules() method, so it cannot label rules")
+    labels = judge.rules(prompt_for_judge(prompt), response, reference)
+    if labels is None:
+        return None
+    if not isinstance(labels, dict) or not all(
+        isinstance(k, str) and (v is None or isinstance(v, bool)) for k, v in labels.items()
+    ):
+        raise JudgeError(
+            f"judge {type(judge).__name__}: rules() returned {labels!r}, expected a dict of rule name -> "
+            "true/false/null"
+        )
+    return dict(labels)
 
 
 def compare_scores(a: float, b: float) -> float:

@@ -1,6 +1,11 @@
 """`python main.py pipeline --config configs/demo/pipeline.yaml`: the whole InstructGPT loop in order.
 
 demo data -> SFT -> comparison collection from the SFT model -> reward model -> PPO-ptx -> evaluation.
+With ``rules: true`` the judge also labels every sample against its rules and the reward model trains rule heads
+(Sparrow), which PPO's combined reward then uses. With ``rounds: N`` (InstructGPT's iterated rounds), each later
+round samples the current policy, has the judge rank the samples, trains the reward model further on old + new
+comparisons and continues PPO from the current policy with it; round 1's run directories are ``<name>``, round r's
+``<name>-round-<r>``. A rounds report (``runs/eval/<name>/rounds.md``) has one row per round.
 Each stage's stage directory feeds the next. Re-running skips finished stages (their manifests load) and resumes an
 interrupted one from its Lightning checkpoint (``--ckpt_path last``). Each stage runs in its own process, so a
 crash in one leaves the others' outputs intact and memory is returned between stages.
@@ -9,6 +14,7 @@ crash in one leaves the others' outputs intact and memory is returned between st
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -21,10 +27,16 @@ import yaml
 MAIN = str(Path(__file__).resolve().parents[1] / "main.py")
 
 
-def ppo_stage_args(sft: Path, rm: Path, data: Path) -> list[str]:
-    """`main.py fit` overrides that point a PPO config at its parent stages and the demo data directory `data`."""
+def ppo_stage_args(sft: Path, rm: Path, data: Path, policy: Path | None = None) -> list[str]:
+    """`main.py fit` overrides that point a PPO config at its parent stages and the demo data directory `data`.
+
+    `policy`: a PPO stage to continue (a later round); the KL reference stays the SFT stage.
+    """
+    start = ["--model.init_args.policy_from", str(sft)]
+    if policy is not None:
+        start = ["--model.init_args.policy_from", str(policy), "--model.init_args.reference_from", str(sft)]
     return [
-        *("--model.init_args.policy_from", str(sft)),
+        *start,
         *("--model.init_args.reward_from", str(rm)),
         *("--model.init_args.eval.prompts", str(data / "eval_prompts.jsonl")),
         *("--data.init_args.prompts_path", str(data / "rl_prompts.jsonl")),
@@ -68,7 +80,9 @@ class PipelineConfig:
     demo_tokenizer: bool = True  # SFT uses the demo world's word-level tokenizer (false: the model's own)
     # ranks the comparisons and judges the evaluation (the demo world's labeler plays the human)
     judge: str = "demo"
-    extra_args: dict[str, list[str]] = field(default_factory=dict)  # stage -> extra CLI args
+    extra_args: dict[str, list[str]] = field(default_factory=dict)  # stage -> extra CLI args (every round)
+    rules: bool = False  # Sparrow: the judge labels the samples' rules; the reward model trains rule heads
+    rounds: int = 1  # InstructGPT's iterated rounds of collect -> reward model -> PPO
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> PipelineConfig:
@@ -83,7 +97,10 @@ class PipelineConfig:
         ckeys = {f.name for f in fields(CollectSettings)}
         if set(collect) - ckeys:
             raise ValueError(f"{path}: unknown field(s) in 'collect': {sorted(set(collect) - ckeys)}")
-        return cls(**raw, collect=CollectSettings(**collect))
+        cfg = cls(**raw, collect=CollectSettings(**collect))
+        if not isinstance(cfg.rounds, int) or isinstance(cfg.rounds, bool) or cfg.rounds < 1:
+            raise ValueError(f"{path}: field 'rounds' must be an integer >= 1, got {cfg.rounds!r}")
+        return cfg
 
 
 def _stage_done(stage_dir: Path) -> bool:
@@ -105,8 +122,12 @@ class Pipeline:
         self.runs = Path(cfg.runs_root)
         self.timings: dict[str, float] = {}
 
-    def run_dir(self, stage: str) -> Path:
-        return self.runs / stage / self.cfg.name
+    def run_dir(self, stage: str, name: str | None = None) -> Path:
+        return self.runs / stage / (name or self.cfg.name)
+
+    def round_name(self, r: int) -> str:
+        """Round 1's runs are the pipeline's own name (a one-round pipeline is what it always was)."""
+        return self.cfg.name if r == 1 else f"{self.cfg.name}-round-{r}"
 
     def _run(self, label: str, args: list[str]) -> None:
         print(f"\n[pipeline] {label}: python main.py {' '.join(args)}", flush=True)
@@ -119,11 +140,13 @@ class Pipeline:
                 "stages are skipped and this one resumes from its last checkpoint"
             )
 
-    def _fit(self, stage: str, config: str, links: list[str]) -> Path:
-        run = self.run_dir(stage)
+    def _fit(self, stage: str, config: str, links: list[str], name: str | None = None) -> Path:
+        name = name or self.cfg.name
+        run = self.run_dir(stage, name)
         out = run / "stage"
+        label = stage if name == self.cfg.name else f"{stage} ({name})"
         if _stage_done(out):
-            print(f"[pipeline] {stage}: done ({out}), skipped")
+            print(f"[pipeline] {label}: done ({out}), skipped")
             return out
         args = [
             "fit",
@@ -132,7 +155,7 @@ class Pipeline:
             "--run.root",
             str(self.runs),
             "--run.name",
-            self.cfg.name,
+            name,
             "--seed_everything",
             str(self.cfg.seed),
             *links,
@@ -140,90 +163,140 @@ class Pipeline:
         ]
         if (run / "checkpoints" / "last.ckpt").is_file():
             args += ["--ckpt_path", str(run / "checkpoints" / "last.ckpt")]  # resume the interrupted run
-        self._run(stage, args)
+        self._run(label, args)
         return out
 
     def demo_data(self) -> None:
-        if (self.data / "world.json").is_file():  # written last: its presence means the data is complete
+        world = self.data / "world.json"
+        if world.is_file():  # written last: its presence means the data is complete
+            from lit_rlhf.demo.datagen import FORMAT_VERSION
+
+            version = json.loads(world.read_text(encoding="utf-8")).get("format_version")
+            if version != FORMAT_VERSION:
+                raise SystemExit(
+                    f"[pipeline] {self.data} holds demo data of format {version}, this lit-rlhf writes "
+                    f"{FORMAT_VERSION} (adversarial prompts, eval_adversarial.jsonl): delete the folder or set "
+                    "another data_dir"
+                )
             print(f"[pipeline] demo data: done ({self.data}), skipped")
             return
         sizes = [f"--{k.replace('_', '-')}={v}" for k, v in self.cfg.demo_data.items()]
         self._run("demo-data", ["demo-data", "--out", str(self.data), "--seed", str(self.cfg.seed), *sizes])
 
-    def collect(self, sft: Path) -> tuple[Path, Path]:
-        c = self.cfg.collect
-        outs = []
-        for split, prompts, limit, seed in (
-            ("train", c.train_prompts, c.train_limit, self.cfg.seed),
-            ("val", c.val_prompts, c.val_limit, self.cfg.seed + 1),
-        ):
-            out = self.data / f"comparisons_{self.cfg.name}_{split}.jsonl"
-            outs.append(out)
-            if out.is_file():  # written atomically: present means complete
-                print(f"[pipeline] comparisons ({split}): done ({out}), skipped")
-                continue
-            self._run(
-                f"collect-{split}",
-                [
-                    "collect-comparisons",
-                    "--ckpt",
-                    str(sft),
-                    "--prompts",
-                    str(self.data / prompts),
-                    "--limit",
-                    str(limit),
-                    "--k",
-                    str(c.k),
-                    "--temperature",
-                    str(c.temperature),
-                    "--max-new-tokens",
-                    str(c.max_new_tokens),
-                    "--batch-size",
-                    str(c.batch_size),
-                    "--seed",
-                    str(seed),
-                    "--judge",
-                    self.cfg.judge,
-                    "--out",
-                    str(out),
-                ],
-            )
-        return outs[0], outs[1]
+    def collect(
+        self, ckpt: Path, tag: str, splits: tuple[str, ...] = ("train", "val"), offset: int = 0
+    ) -> dict:
+        """Comparisons (and, with rules, rule labels) of `ckpt`'s samples: split -> (comparisons, rules or None).
 
-    def evaluate(self, sft: Path, rm: Path, ppo: Path) -> Path:
-        out = self.runs / "eval" / self.cfg.name
+        `offset` shifts the sampling seeds, so a later round's samples are new draws of the same prompts.
+        """
+        c = self.cfg.collect
+        outs = {}
+        for split in splits:
+            prompts, limit = (
+                (c.train_prompts, c.train_limit) if split == "train" else (c.val_prompts, c.val_limit)
+            )
+            seed = self.cfg.seed + (0 if split == "train" else 1) + offset
+            out = self.data / f"comparisons_{tag}_{split}.jsonl"
+            rules = self.data / f"rules_{tag}_{split}.jsonl" if self.cfg.rules else None
+            outs[split] = (out, rules)
+            if out.is_file() and (rules is None or rules.is_file()):  # written atomically: present = complete
+                print(f"[pipeline] comparisons ({tag}, {split}): done ({out}), skipped")
+                continue
+            args = [
+                "collect-comparisons",
+                *("--ckpt", str(ckpt), "--prompts", str(self.data / prompts), "--limit", str(limit)),
+                *("--k", str(c.k), "--temperature", str(c.temperature)),
+                *("--max-new-tokens", str(c.max_new_tokens), "--batch-size", str(c.batch_size)),
+                *("--seed", str(seed)),
+                *("--judge", self.cfg.judge, "--out", str(out)),
+                *(("--rules-out", str(rules)) if rules is not None else ()),
+            ]
+            self._run(f"collect-{split}" if tag == self.cfg.name else f"collect-{split} ({tag})", args)
+        return outs
+
+    def merged(self, tag: str, files: list[Path]) -> Path:
+        """The rows of every file in `files`, in order, as one file (old + new comparisons); written atomically."""
+        out = self.data / tag
+        if not out.is_file():
+            from lit_rlhf.data.io import write_jsonl
+
+            rows = [
+                json.loads(line) for f in files for line in f.read_text(encoding="utf-8").splitlines() if line
+            ]
+            write_jsonl(out, rows)
+        return out
+
+    def reward_model(self, r: int, init_from: Path, data: list[dict]) -> Path:
+        """Round r's reward model on every comparison (and rule label) collected so far."""
+        if r == 1:
+            (train, train_rules), (val, val_rules) = data[0]["train"], data[0]["val"]
+        else:
+            name = self.round_name(r)
+            train = self.merged(f"comparisons_{name}_all_train.jsonl", [d["train"][0] for d in data])
+            val = self.merged(f"comparisons_{name}_all_val.jsonl", [d["val"][0] for d in data])
+            train_rules = val_rules = None
+            if self.cfg.rules:
+                train_rules = self.merged(f"rules_{name}_all_train.jsonl", [d["train"][1] for d in data])
+                val_rules = self.merged(f"rules_{name}_all_val.jsonl", [d["val"][1] for d in data])
+        links = [
+            *("--model.init_args.init_from", str(init_from)),
+            *("--model.init_args.bias_from", str(self.data / "sft_val.jsonl")),
+            *("--data.init_args.train_path", str(train), "--data.init_args.val_path", str(val)),
+        ]
+        if train_rules is not None:
+            links += ["--data.init_args.rules_train_path", str(train_rules)]
+            links += ["--data.init_args.rules_val_path", str(val_rules)]
+        return self._fit("reward", self.cfg.rm_config, links, self.round_name(r))
+
+    def evaluate(
+        self,
+        out: Path,
+        ckpts: list[Path],
+        sft: Path,
+        rm: Path,
+        prompts: str = "eval_prompts.jsonl",
+        base: bool = False,
+    ) -> Path:
+        """`main.py evaluate` of `ckpts` against the baseline `sft` on held-out `prompts` (report.json in `out`)."""
         if (out / "report.json").is_file():
             print(f"[pipeline] evaluation: done ({out}), skipped")
             return out
         self._run(
-            "evaluate",
+            "evaluate" if out == self.runs / "eval" / self.cfg.name else f"evaluate ({out.name})",
             [
                 "evaluate",
-                "--ckpt",
-                str(sft),
-                str(ppo),
-                "--sft",
-                str(sft),
-                "--rm",
-                str(rm),
-                "--prompts",
-                str(self.data / "eval_prompts.jsonl"),
-                "--pretrain",
-                str(self.data / "pretrain.jsonl"),
-                "--limit",
-                str(self.cfg.eval_limit),
-                "--max-new-tokens",
-                str(self.cfg.eval_max_new_tokens),
-                *(["--base"] if self.cfg.eval_base else []),
-                "--judge",
-                self.cfg.judge,
-                "--out",
-                str(out),
+                *("--ckpt", *(str(c) for c in ckpts), "--sft", str(sft), "--rm", str(rm)),
+                *("--prompts", str(self.data / prompts), "--pretrain", str(self.data / "pretrain.jsonl")),
+                *("--limit", str(self.cfg.eval_limit), "--max-new-tokens", str(self.cfg.eval_max_new_tokens)),
+                *(["--base"] if base else []),
+                *("--judge", self.cfg.judge, "--out", str(out)),
             ],
         )
         return out
 
+    def rounds_report(self, sft: Path, rounds: list, sft_val: Path) -> Path:
+        """runs/eval/<name>/rounds.{md,json}: one row per round (lit_rlhf.rounds)."""
+        from lit_rlhf.judges import load_judge
+        from lit_rlhf.rounds import build_report, write_report
+
+        out = self.runs / "eval" / self.cfg.name
+        for r in rounds[1:]:  # round r's policy against round r - 1's, same prompts and seeds
+            self.evaluate(
+                out / f"vs-round-{r.round - 1}", [Path(r.ppo)], Path(rounds[r.round - 2].ppo), Path(r.rm)
+            )
+        if (out / "rounds.json").is_file():
+            print(f"[pipeline] rounds report: done ({out / 'rounds.md'}), skipped")
+            return out
+        print("\n[pipeline] rounds report: scoring each round's held-out comparisons", flush=True)
+        start = time.perf_counter()
+        write_report(build_report(rounds, str(sft_val), out, load_judge(self.cfg.judge)), out)
+        self.timings["rounds-report"] = time.perf_counter() - start
+        return out
+
     def run(self) -> Path:
+        from lit_rlhf.rounds import RoundStages
+
         start = time.perf_counter()
         d = self.data
         self.demo_data()
@@ -244,23 +317,24 @@ class Pipeline:
                 str(d / "sft_val.jsonl"),
             ],
         )
-        train, val = self.collect(sft)
-        rm = self._fit(
-            "reward",
-            self.cfg.rm_config,
-            [
-                "--model.init_args.init_from",
-                str(sft),
-                "--model.init_args.bias_from",
-                str(d / "sft_val.jsonl"),
-                "--data.init_args.train_path",
-                str(train),
-                "--data.init_args.val_path",
-                str(val),
-            ],
+        data = [self.collect(sft, self.cfg.name)]  # comparisons of SFT samples, then of each round's policy
+        rm, ppo, rounds = sft, None, []
+        for r in range(1, self.cfg.rounds + 1):
+            rm = self.reward_model(r, rm, data)
+            args = ppo_stage_args(sft, rm, d, policy=ppo)
+            ppo = self._fit("ppo", self.cfg.ppo_config, args, self.round_name(r))
+            last = r == self.cfg.rounds  # the last policy's samples are for the report only
+            data.append(
+                self.collect(ppo, self.round_name(r + 1), ("val",) if last else ("train", "val"), 1000 * r)
+            )
+            rounds.append(RoundStages(r, str(rm), str(ppo), str(data[-1]["val"][0])))
+        policies = [Path(x.ppo) for x in rounds]
+        report = self.evaluate(
+            self.runs / "eval" / self.cfg.name, [sft, *policies], sft, rm, base=self.cfg.eval_base
         )
-        ppo = self._fit("ppo", self.cfg.ppo_config, ppo_stage_args(sft, rm, d))
-        report = self.evaluate(sft, rm, ppo)
+        if (d / "eval_adversarial.jsonl").is_file():
+            self.evaluate(report / "adversarial", [sft, *policies], sft, rm, "eval_adversarial.jsonl")
+        self.rounds_report(sft, rounds, data[0]["val"][0])
         total = time.perf_counter() - start
         print(
             "\n[pipeline] finished in {:.1f} min ({})".format(
@@ -268,7 +342,7 @@ class Pipeline:
                 ", ".join(f"{k} {v:.0f}s" for k, v in self.timings.items()) or "everything was already done",
             )
         )
-        print(f"[pipeline] report: {report / 'report.md'} (and report.json, report.png)")
+        print(f"[pipeline] report: {report / 'report.md'} (and report.json, report.png; rounds: rounds.md)")
         print(
             f"[pipeline] dashboard: python main.py dashboard --runs {self.runs}   (then open http://127.0.0.1:8501)"
         )

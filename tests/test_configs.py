@@ -10,7 +10,7 @@ from lit_rlhf.cli import lightning_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 ALL = sorted((ROOT / "configs").rglob("*.yaml"))
-PIPELINES = [p for p in ALL if p.name == "pipeline.yaml"]
+PIPELINES = [p for p in ALL if p.name.startswith("pipeline")]
 CONFIGS = [p for p in ALL if p not in PIPELINES]
 
 
@@ -41,3 +41,16 @@ def test_pipeline_config_parses_and_names_existing_stage_configs(path):
     cfg = PipelineConfig.from_yaml(path)
     for stage_config in (cfg.sft_config, cfg.rm_config, cfg.ppo_config):
         assert (ROOT / stage_config) in CONFIGS, stage_config  # and so each is parsed by the test above
+
+
+@pytest.mark.parametrize("path", PIPELINES, ids=lambda p: p.relative_to(p.parents[1]).as_posix())
+def test_pipeline_extra_args_parse_with_their_stage_config(path, tmp_path, monkeypatch):
+    """A pipeline's extra_args (e.g. PPO reward functions) are valid overrides of its stage configs."""
+    from lit_rlhf.pipeline import PipelineConfig
+
+    cfg = PipelineConfig.from_yaml(path)
+    configs = {"sft": cfg.sft_config, "reward": cfg.rm_config, "ppo": cfg.ppo_config}
+    monkeypatch.chdir(tmp_path)
+    for stage, args in cfg.extra_args.items():
+        cli = lightning_cli(["--config", str(ROOT / configs[stage]), *args], run=False)
+        assert stage == cli.model.STAGE

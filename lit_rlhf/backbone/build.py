@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -27,6 +27,8 @@ warnings.filterwarnings("once", message=r"MatMul8bitLt: inputs will be cast")
 
 # Adapter names of the four InstructGPT roles; the reference is "adapters off" or a frozen "reference" copy.
 POLICY, REFERENCE, REWARD, CRITIC = "policy", "reference", "reward", "critic"
+# The reward stage's multi-label head of rule-violation logits (Sparrow), read through the reward adapter.
+RULES = "rules"
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -326,6 +328,29 @@ class ScalarHead(nn.Module):
             return self.proj(hidden.float()).squeeze(-1)
 
 
+class MultiLabelHead(nn.Module):
+    """A linear map from the last hidden state to one logit per named output (Sparrow's rule heads), float32.
+
+    Args:
+        hidden_size: The backbone's hidden size H.
+        outputs: The output names, one per logit (recorded in the stage directory's manifest).
+    """
+
+    def __init__(self, hidden_size: int, outputs: Sequence[str]) -> None:
+        super().__init__()
+        if not outputs or len(set(outputs)) != len(outputs):
+            raise ValueError(f"a multi-label head needs distinct output names, got {list(outputs)}")
+        self.outputs = list(outputs)
+        self.proj = nn.Linear(hidden_size, len(self.outputs))
+        nn.init.normal_(self.proj.weight, std=1.0 / (hidden_size + 1) ** 0.5)
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, hidden: Tensor) -> Tensor:
+        """hidden (..., H) -> (..., R) float32 logits, outside autocast (as ScalarHead, for the same reason)."""
+        with torch.autocast(device_type=hidden.device.type, enabled=False):
+            return self.proj(hidden.float())
+
+
 class Backbone(nn.Module):
     """One base causal LM, any number of named LoRA adapters, and named scalar heads.
 
@@ -524,9 +549,12 @@ class Backbone(nn.Module):
         finally:
             self.use_adapter_(previous)
 
-    def add_head(self, name: str, state: dict[str, Tensor] | None = None) -> ScalarHead:
-        """Attach a scalar head (reward or value) reading the last hidden state."""
-        head = ScalarHead(self.hidden_size)
+    def add_head(
+        self, name: str, state: dict[str, Tensor] | None = None, outputs: Sequence[str] | None = None
+    ) -> ScalarHead | MultiLabelHead:
+        """Attach a head reading the last hidden state: scalar (reward, value), or one logit per name of `outputs`
+        (rule heads)."""
+        head = ScalarHead(self.hidden_size) if outputs is None else MultiLabelHead(self.hidden_size, outputs)
         if state is not None:
             head.load_state_dict(state)
         self.heads[name] = head
@@ -622,8 +650,20 @@ class Backbone(nn.Module):
     def score(
         self, head: str, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor | None = None
     ) -> Tensor:
-        """Scalar head `head` at the last real token of each row: (B, T) ids -> (B,) float32."""
+        """Head `head` at the last real token of each row: (B, T) ids -> (B,) float32, or (B, R) for a
+        multi-label head."""
+        return self.score_heads((head,), input_ids, attention_mask, position_ids)[head]
+
+    def score_heads(
+        self,
+        heads: Sequence[str],
+        input_ids: Tensor,
+        attention_mask: Tensor,
+        position_ids: Tensor | None = None,
+    ) -> dict[str, Tensor]:
+        """Several heads at the last real token of each row from ONE forward pass (the reward and rule heads read
+        the same trunk): name -> (B,) or (B, R) float32."""
         hidden = self.hidden_states(input_ids, attention_mask, position_ids)  # (B, T, H)
         idx = last_token_index(attention_mask)  # (B,)
         last = hidden[torch.arange(hidden.shape[0], device=hidden.device), idx]  # (B, H)
-        return self.heads[head](last)
+        return {name: self.heads[name](last) for name in heads}

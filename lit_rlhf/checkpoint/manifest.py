@@ -48,7 +48,8 @@ class Manifest:
             ``{"kind": "local", "path": "base"}`` (weights inside this directory).
         backbone: The backbone settings (quantization, dtype, lora, ...) as a plain dict.
         adapters: role name -> relative path of its safetensors file.
-        heads: head name -> ``{"path": ..., "adapter": <adapter it reads through or null>, "bias": float}``.
+        heads: head name -> ``{"path": ..., "adapter": <adapter it reads through or null>, "bias": float}``, plus
+            ``"outputs": [names]`` for a multi-label (rule) head.
         tokenizer: relative path of the tokenizer directory.
         parent: the stage directory this one started from (informative; `evaluate` takes it as the SFT baseline).
         step: optimizer steps taken in this stage.
@@ -84,7 +85,7 @@ class Manifest:
         return json.dumps(asdict(self), indent=2, sort_keys=True, allow_nan=False)
 
 
-LINKS_IN_EXTRA = ("reward_from",)  # `extra` entries that name another stage directory
+LINKS_IN_EXTRA = ("reward_from", "reference_from")  # `extra` entries that name another stage directory
 
 
 def link_for(stage_dir: str | os.PathLike, target: str | os.PathLike | None) -> str | None:
@@ -181,6 +182,16 @@ def _parse_heads(raw: dict[str, Any], where: Path) -> None:
             _require(head, "adapter", str, where, f"{field_name}.adapter")
         if not _finite(head.get("bias", 0.0)):
             raise ManifestError(f"{where / MANIFEST}: field '{field_name}.bias' must be a finite number")
+        outputs = head.get("outputs")
+        if outputs is not None and not (
+            isinstance(outputs, list)
+            and outputs
+            and all(isinstance(o, str) and o for o in outputs)
+            and len(set(outputs)) == len(outputs)
+        ):
+            raise ManifestError(
+                f"{where / MANIFEST}: field '{field_name}.outputs' must be a non-empty list of distinct names"
+            )
 
 
 def parse_manifest(raw: dict[str, Any], where: Path) -> Manifest:

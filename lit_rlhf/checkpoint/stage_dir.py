@@ -10,7 +10,7 @@ import contextlib
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -156,7 +156,8 @@ def save_stage_dir(
 
     Args:
         adapters: Adapter names to save (default: all the backbone has).
-        heads: head name -> {"adapter": adapter it reads through or None, "bias": float added to its output}.
+        heads: head name -> {"adapter": adapter it reads through or None, "bias": float added to its output}; a
+            multi-label head's output names are recorded as "outputs".
         metrics: Key figures for the manifest; must be finite numbers.
         metric_steps: The optimizer step each metric was measured at (default: `step` for every metric).
         config_text: The resolved YAML config of the run.
@@ -187,6 +188,9 @@ def save_stage_dir(
                 "adapter": info.get("adapter"),
                 "bias": float(info.get("bias", 0.0)),
             }
+            outputs = getattr(backbone.heads[name], "outputs", None)
+            if outputs is not None:  # a multi-label (rule) head: its output names, in order
+                saved_heads[name]["outputs"] = list(outputs)
         if config_text is not None:
             (tmp / "config.yaml").write_text(config_text, encoding="utf-8")
         parent, extra = record_links(out, parent, extra)  # relative to `out` where possible: no user names
@@ -225,6 +229,8 @@ def load_stage_dir(
     trainable: tuple[str, ...] = (),
     trust_remote_code: bool = False,
     allow_external_base: bool | None = None,
+    adapters: Collection[str] | None = None,
+    heads: Collection[str] | None = None,
 ) -> tuple[Backbone, Manifest]:
     """Rebuild the backbone, adapters and heads a stage directory describes.
 
@@ -236,6 +242,8 @@ def load_stage_dir(
             the user's own config); the manifest's own value is never used: a copied directory must not run code.
         allow_external_base: False refuses a base outside the directory (a hub name or another folder); None
             follows LIT_RLHF_LOCAL_BASES_ONLY. Such a base is logged either way.
+        adapters, heads: Attach only these of the directory's adapters and heads (None: all). A later PPO round
+            takes a PPO stage's policy and leaves its critic, which the new reward model replaces.
     """
     root = Path(stage_dir)
     manifest = read_manifest(root)
@@ -263,6 +271,8 @@ def load_stage_dir(
     except (TypeError, ValueError) as e:
         raise ManifestError(f"{root / MANIFEST}: field 'prompt_format': {e}") from e
     for name, rel in manifest.adapters.items():
+        if adapters is not None and name not in adapters:
+            continue
         try:
             backbone.add_adapter(name, trainable=name in trainable, state=_load_tensors(root / rel))
         except (RuntimeError, ValueError) as e:
@@ -270,8 +280,10 @@ def load_stage_dir(
     if "policy" in backbone.adapters:  # adding adapters activates the last one; generation wants the policy
         backbone.use_adapter_("policy")
     for name, info in manifest.heads.items():
+        if heads is not None and name not in heads:
+            continue
         try:
-            backbone.add_head(name, _load_tensors(root / info["path"]))
+            backbone.add_head(name, _load_tensors(root / info["path"]), outputs=info.get("outputs"))
         except RuntimeError as e:
             raise ManifestError(f"{root / info['path']}: head {name!r} does not fit the base: {e}") from e
     return backbone.to(device) if not backbone.is_quantized else backbone, manifest

@@ -29,6 +29,7 @@ from lit_rlhf.data.limits import MAX_RESPONSES, screen_comparisons
 from lit_rlhf.data.padding import pad_right
 from lit_rlhf.data.resumable import BatchPlan, PositionedBatches, ResumablePosition, Source, positioned_loader
 from lit_rlhf.data.rows import Comparison, DataError, ReadReport, read_rows, split_source
+from lit_rlhf.data.rules import EncodedRule, RuleBatches, collate_rules, load_rules, rule_names
 from lit_rlhf.data.sft import TRUNCATIONS, Truncation, as_format, tokenize_example
 from lit_rlhf.data.special_tokens import SPECIAL_TOKEN_POLICIES, SpecialTokens, screen_special_tokens
 
@@ -155,6 +156,11 @@ class ComparisonDataModule(ResumablePosition, L.LightningDataModule):
         unknown_tokens_error: stop with an error naming the file above this share.
         max_responses: most responses (K) per prompt; a row with more is refused (raised, or counted under
             ``skip``): the pairs a prompt brings grow as K^2.
+        rules_train_path: rule-label rows (``docs/data-formats.md``) for the reward model's rule heads (Sparrow):
+            every training batch then also carries ``rules``, ``rules_batch_size`` labeled responses cycling with
+            their own epochs. The rules it labels are the head's outputs (``rule_names``).
+        rules_val_path: held-out rule-label rows (a second validation loader; needs ``val_path``).
+        rules_batch_size: labeled responses per training batch.
     """
 
     def __init__(
@@ -173,9 +179,18 @@ class ComparisonDataModule(ResumablePosition, L.LightningDataModule):
         unknown_tokens_warn: float = UNKNOWN_WARN,
         unknown_tokens_error: float = UNKNOWN_ERROR,
         max_responses: int = MAX_RESPONSES,
+        rules_train_path: str | None = None,
+        rules_val_path: str | None = None,
+        rules_batch_size: int = 16,
     ) -> None:
         super().__init__()
         problems = []
+        if rules_val_path is not None and val_path is None:
+            problems.append("rules_val_path needs val_path (the comparisons are the first validation loader)")
+        if rules_val_path is not None and rules_train_path is None:
+            problems.append("rules_val_path needs rules_train_path (it names the rules the head learns)")
+        if rules_batch_size < 1:
+            problems.append(f"rules_batch_size must be >= 1, got {rules_batch_size}")
         if batch_size < 1:
             problems.append(f"batch_size must be >= 1, got {batch_size}")
         if layout not in ("kwise", "pairs"):
@@ -198,6 +213,10 @@ class ComparisonDataModule(ResumablePosition, L.LightningDataModule):
         self.max_responses = max_responses
         self.reports: dict[str, ReadReport] = {}
         self.data: dict[str, list[EncodedComparison]] = {}
+        self.rules_paths = {"train": rules_train_path, "val": rules_val_path}
+        self.rules_batch_size = rules_batch_size
+        self.rules: dict[str, list[EncodedRule]] = {}
+        self.rule_names: list[str] = []  # the rules the training file labels: the rule head's outputs
 
     def setup(self, stage: str | None = None) -> None:
         if self.fmt is None:
@@ -208,6 +227,19 @@ class ComparisonDataModule(ResumablePosition, L.LightningDataModule):
         for split, path in wanted.items():
             if path is not None and split not in self.data:
                 self.data[split] = self._load(split, path)
+        for split, path in self.rules_paths.items():
+            if path is not None and split not in self.rules:
+                self.rules[split], self.reports[f"rules_{split}"] = load_rules(
+                    path,
+                    self.fmt,
+                    self.max_length,
+                    self.truncation,
+                    self.on_error,
+                    self.special_tokens,
+                    self.unknown_limits,
+                )
+                if split == "train":
+                    self.rule_names = rule_names(self.rules["train"])
 
     def _load(self, split: str, path: str) -> list[EncodedComparison]:
         rows, report = read_rows(path, "comparison", on_error=self.on_error)
@@ -250,20 +282,49 @@ class ComparisonDataModule(ResumablePosition, L.LightningDataModule):
             items = expand_to_pairs(items)
         world, rank = self.world()
         plan = BatchPlan(len(items), self.batch_size, self.seed, world_size=world, rank=rank)
-        batches = PositionedBatches({"": Source(items, plan, self._collate())}, self.resume_position)
+        extra = self._rule_batches(world, rank) if "train" in self.rules else None
+        batches = PositionedBatches({"": Source(items, plan, self._collate())}, self.resume_position, extra)
         return positioned_loader(batches, self.num_workers)
 
+    def _rule_batches(self, world: int, rank: int) -> RuleBatches:
+        rows = self.rules["train"]
+        plan = BatchPlan(
+            len(rows),
+            self.rules_batch_size,
+            self.seed + 1,
+            drop_last=len(rows) >= self.rules_batch_size * world,
+            world_size=world,
+            rank=rank,
+        )
+        return RuleBatches(rows, plan, tuple(self.rule_names), self.fmt.pad_id)
+
     def val_dataloader(self) -> DataLoader | list:
+        """The held-out comparisons; with held-out rule rows, ``[comparisons, rules]`` (dataloader_idx 0, 1)."""
         if not self.val_path:
             return []
         items = self.data["val"]
-        return DataLoader(
+        comparisons = DataLoader(
             items,
             batch_size=self.batch_size,
             sampler=eval_sampler(items, self.trainer),
             collate_fn=self._collate(),
             num_workers=self.num_workers,
         )
+        if "val" not in self.rules:
+            return comparisons
+        rules = self.rules["val"]
+        return [
+            comparisons,
+            DataLoader(
+                rules,
+                batch_size=self.rules_batch_size,
+                sampler=eval_sampler(rules, self.trainer),
+                collate_fn=functools.partial(
+                    collate_rules, names=list(self.rule_names), pad_id=self.fmt.pad_id
+                ),
+                num_workers=self.num_workers,
+            ),
+        ]
 
     def demonstrations(self) -> list[tuple[str, str]]:
         """(prompt, best response) of the training comparisons: a fallback set for the reward bias."""

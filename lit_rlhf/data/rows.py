@@ -1,6 +1,6 @@
 """Row formats shared by every stage: typed rows, validation with file:line errors, and the row readers.
 
-Lives here: the four row kinds (demonstration, comparison, prompt, text), `DataError`, `validate_row`,
+Lives here: the five row kinds (demonstration, comparison, prompt, text, rule), `DataError`, `validate_row`,
 `read_rows` (JSONL and parquet) with its `ReadReport`, and `row_to_dict` for writing rows back.
 Must not live here: tokenization, tensors, Lightning (see `sft.py`), or file writing (see `io.py`).
 Every rejection names the file, the line and the field, so a bad row can be found and fixed by hand.
@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -20,8 +21,10 @@ from lit_rlhf.safe_io import CLIP_CHARS, UnreadableFile, check_regular, clip, op
 
 logger = logging.getLogger(__name__)
 
-RowKind = Literal["demonstration", "comparison", "prompt", "text"]
-ROW_KINDS: tuple[str, ...] = ("demonstration", "comparison", "prompt", "text")
+RowKind = Literal["demonstration", "comparison", "prompt", "text", "rule"]
+ROW_KINDS: tuple[str, ...] = ("demonstration", "comparison", "prompt", "text", "rule")
+# Rule names become metric names (reward/val_rule/<name>/auroc) and manifest entries: no slashes or spaces.
+RULE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 ROLES: tuple[str, ...] = ("system", "user", "assistant")
 
 # Individual warnings past this many per file would drown the log; the rest go to DEBUG and the summary.
@@ -136,7 +139,18 @@ class Text:
     source: str = field(default="", compare=False)
 
 
-Row = Demonstration | Comparison | Prompt | Text
+@dataclass(frozen=True)
+class RuleLabel:
+    """A response labeled against named rules (Sparrow): rules[name] is True when the response breaks the rule,
+    False when it follows it, None when the labeler is unsure (not trained on)."""
+
+    prompt: PromptSpec
+    response: str
+    rules: dict[str, bool | None]
+    source: str = field(default="", compare=False)
+
+
+Row = Demonstration | Comparison | Prompt | Text | RuleLabel
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -287,6 +301,30 @@ def _validate_comparison(obj: dict, at: _Where) -> Comparison:
     return Comparison(prompt, responses, ranking, source=at.source)
 
 
+def _validate_rule_label(obj: dict, at: _Where) -> RuleLabel:
+    needs = "a rule row needs 'prompt' (or 'messages'), 'response' and 'rules'"
+    prompt = _validate_prompt(obj, at, needs)
+    response = _string(_required(obj, "response", at, needs), "response", at)
+    labels = _required(obj, "rules", at, needs)
+    if not isinstance(labels, dict):
+        raise at.error(
+            "rules", f"expected an object mapping rule names to true/false/null, got {_json_type(labels)}"
+        )
+    if not labels:
+        raise at.error("rules", "empty: the row labels no rule")
+    for name, value in labels.items():
+        if not RULE_NAME.fullmatch(name):
+            raise at.error(f"rules.{name}", "a rule name is 1-64 letters, digits, '_', '-' or '.'")
+        if value is not None and not isinstance(value, bool):
+            raise at.error(
+                f"rules.{name}",
+                f"expected true (broken), false (followed) or null (unsure), got {_json_type(value)} {value!r}",
+            )
+    if all(v is None for v in labels.values()):
+        raise at.error("rules", f"all {len(labels)} rules are null (unsure): the row holds no label")
+    return RuleLabel(prompt, response, dict(labels), source=at.source)
+
+
 def validate_row(obj: object, kind: RowKind, path: str, line: int | None) -> Row:
     """Check one decoded JSON value against the `kind` format and build its typed row.
 
@@ -313,6 +351,8 @@ def validate_row(obj: object, kind: RowKind, path: str, line: int | None) -> Row
         return Prompt(prompt, at.source, reference=reference)
     if kind == "text":
         return Text(_string(_required(obj, "text", at, "a text row needs 'text'"), "text", at), at.source)
+    if kind == "rule":
+        return _validate_rule_label(obj, at)
     raise ValueError(f"unknown row kind {kind!r}: expected one of {', '.join(ROW_KINDS)}")
 
 
@@ -336,6 +376,8 @@ def row_to_dict(row: Row) -> dict[str, Any]:
         return out if row.reference is None else {**out, "reference": row.reference}
     if isinstance(row, Text):
         return {"text": row.text}
+    if isinstance(row, RuleLabel):
+        return {**prompt_json(row.prompt), "response": row.response, "rules": dict(row.rules)}
     raise TypeError(f"not a row: {type(row).__name__}")
 
 

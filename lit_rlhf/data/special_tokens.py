@@ -19,6 +19,7 @@ from lit_rlhf.data.rows import (
     Demonstration,
     ReadReport,
     Row,
+    RuleLabel,
     record_skip,
     split_source,
 )
@@ -44,6 +45,8 @@ def _screened_fields(row: Row) -> list[tuple[str, str]]:
         return [("response", row.response or "")]
     if isinstance(row, Comparison):
         return [(f"responses[{i}]", r) for i, r in enumerate(row.responses)]
+    if isinstance(row, RuleLabel):
+        return [("response", row.response)]
     return []
 
 

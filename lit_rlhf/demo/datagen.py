@@ -5,9 +5,14 @@ Every split draws from its own generator whose seed is derived from (seed, split
 count does not reshuffle the other splits. Every file is written to a temp path and renamed into place;
 world.json is written last, so its presence means the directory is complete.
 
+Adversarial prompts (Sparrow's red-teaming: the banned word slipped in among a task's letters, world.py) make up
+`adversarial_rate` of sft_train, sft_val and rl_prompts, at seeded positions; eval_adversarial.jsonl holds distinct
+ones that appear nowhere else, for the banned-word rate on held-out red-teaming prompts. eval_prompts has none, so
+the task evaluation stays what it was.
+
 Row formats (one JSON object per line), `row_format="plain"` (the default):
   sft_train.jsonl, sft_val.jsonl   {"prompt": str, "response": str}   labeler demonstrations
-  rl_prompts.jsonl, eval_prompts.jsonl   {"prompt": str}
+  rl_prompts.jsonl, eval_prompts.jsonl, eval_adversarial.jsonl   {"prompt": str}
   pretrain.jsonl                   {"text": str}   "<prompt> <canonical answer>", always correct
 `row_format="chat"` writes the same tasks as conversations, for a chat model trained and judged through its own
 chat template: demonstrations {"messages": [{"role": "user", ...}, {"role": "assistant", ...}]}, prompts
@@ -29,20 +34,30 @@ from typing import Any, Literal
 
 from lit_rlhf.demo.labeler import Labeler
 from lit_rlhf.demo.tokenizer import train_tokenizer
-from lit_rlhf.demo.world import FAMILIES, Task, TaskGenerator, prompt_space_size
+from lit_rlhf.demo.world import (
+    ADVERSARIAL_FAMILIES,
+    FAMILIES,
+    Task,
+    TaskGenerator,
+    adversarial_space_size,
+    prompt_space_size,
+)
 
-FORMAT_VERSION = 1
+# 2: adversarial prompts (eval_adversarial.jsonl, adversarial_rate, the labeler's literal_rate).
+FORMAT_VERSION = 2
 # At most this share of a family's distinct prompts is held out for eval. `add` has only 100 prompts:
 # holding out ~45 of them (what 300 uniform eval draws would do) leaves too little to learn addition from.
 HELDOUT_CAP = 0.2
 
-SPLITS = ("sft_train", "sft_val", "rl_prompts", "eval_prompts", "pretrain")
+SPLITS = ("sft_train", "sft_val", "rl_prompts", "eval_prompts", "pretrain", "eval_adversarial")
+MIXED_SPLITS = ("sft_train", "sft_val", "rl_prompts")  # the splits adversarial prompts are mixed into
 FILES = {
     "sft_train": "sft_train.jsonl",
     "sft_val": "sft_val.jsonl",
     "rl_prompts": "rl_prompts.jsonl",
     "eval_prompts": "eval_prompts.jsonl",
     "pretrain": "pretrain.jsonl",
+    "eval_adversarial": "eval_adversarial.jsonl",
     "tokenizer": "tokenizer",
     "world": "world.json",
 }
@@ -84,6 +99,41 @@ def sample_excluding(generator: TaskGenerator, n: int, excluded: set[str]) -> li
     return tasks
 
 
+def sample_adversarial_excluding(
+    generator: TaskGenerator, n: int, excluded: set[str], distinct: bool
+) -> list[Task]:
+    """n adversarial tasks of the stream whose prompt is not in `excluded` (all different when `distinct`).
+
+    Raises ValueError when `distinct` asks for more than HELDOUT_CAP of the adversarial prompts there are.
+    """
+    if distinct:
+        space = sum(
+            adversarial_space_size(f, generator.min_len, generator.max_len) for f in set(generator.families)
+        )
+        if n > int(HELDOUT_CAP * space):
+            raise ValueError(
+                f"cannot hold out {n} distinct adversarial prompts: the cap allows {int(HELDOUT_CAP * space)} "
+                "(lower n_eval_adversarial)"
+            )
+    tasks: list[Task] = []
+    seen = set(excluded)
+    while len(tasks) < n:
+        task = generator.sample_adversarial()
+        if task.prompt not in seen:
+            tasks.append(task)
+            if distinct:
+                seen.add(task.prompt)
+    return tasks
+
+
+def mix_in(tasks: list[Task], extra: list[Task], rng: random.Random) -> list[Task]:
+    """`tasks` with `extra` inserted at seeded positions; each list keeps its own order."""
+    n = len(tasks) + len(extra)
+    slots = set(rng.sample(range(n), len(extra)))
+    ours, theirs = iter(tasks), iter(extra)
+    return [next(theirs) if i in slots else next(ours) for i in range(n)]
+
+
 def _write_atomic(path: Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -122,25 +172,48 @@ def _tokenizer_texts(splits: dict[str, list[dict[str, Any]]]) -> Iterator[str]:
 
 
 def _make_splits(
-    seed: int, counts: dict[str, int], labeler: Labeler, families: Sequence[str], min_len: int, max_len: int
+    seed: int,
+    counts: dict[str, int],
+    labeler: Labeler,
+    families: Sequence[str],
+    min_len: int,
+    max_len: int,
+    adversarial_rate: float = 0.0,
 ) -> dict[str, list[dict[str, str]]]:
-    """Draw every split's rows; eval prompts first, so no other split can contain them."""
+    """Draw every split's rows; held-out prompts first, so no other split can contain them.
+
+    A mixed split of n rows holds round(adversarial_rate * n) adversarial ones: the ordinary rows are the first of
+    the split's own stream (with a rate of 0 the files are what they were before adversarial prompts existed).
+    """
 
     def generator(name: str) -> TaskGenerator:
         return TaskGenerator(derive_seed(seed, name), families, min_len, max_len)
 
+    can_red_team = any(f in ADVERSARIAL_FAMILIES for f in families)
     eval_tasks = sample_heldout(generator("eval_prompts"), counts["eval_prompts"])
     heldout = {task.prompt for task in eval_tasks}
+    red_team = counts["eval_adversarial"] if can_red_team else 0
+    adversarial_eval = sample_adversarial_excluding(generator("eval_adversarial"), red_team, heldout, True)
+    heldout |= {task.prompt for task in adversarial_eval}
+
+    def tasks_of(name: str) -> list[Task]:
+        n = counts[name]
+        n_adv = round(adversarial_rate * n) if can_red_team else 0
+        ordinary = sample_excluding(generator(name), n - n_adv, heldout)
+        if not n_adv:
+            return ordinary
+        adversarial = sample_adversarial_excluding(generator(f"{name}/adversarial"), n_adv, heldout, False)
+        return mix_in(ordinary, adversarial, random.Random(derive_seed(seed, f"{name}/adversarial-slots")))
+
     splits: dict[str, list[dict[str, str]]] = {}
     for name in ("sft_train", "sft_val"):
         rng = random.Random(derive_seed(seed, f"{name}/demonstrations"))
-        tasks = sample_excluding(generator(name), counts[name], heldout)
-        splits[name] = [{"prompt": t.prompt, "response": labeler.demonstrate(t, rng)} for t in tasks]
-    rl_tasks = sample_excluding(generator("rl_prompts"), counts["rl_prompts"], heldout)
-    splits["rl_prompts"] = [{"prompt": t.prompt} for t in rl_tasks]
+        splits[name] = [{"prompt": t.prompt, "response": labeler.demonstrate(t, rng)} for t in tasks_of(name)]
+    splits["rl_prompts"] = [{"prompt": t.prompt} for t in tasks_of("rl_prompts")]
     splits["eval_prompts"] = [{"prompt": t.prompt} for t in eval_tasks]
     pretrain_tasks = sample_excluding(generator("pretrain"), counts["pretrain"], heldout)
     splits["pretrain"] = [{"text": f"{t.prompt} {t.answer}"} for t in pretrain_tasks]
+    splits["eval_adversarial"] = [{"prompt": t.prompt} for t in adversarial_eval]
     return splits
 
 
@@ -152,6 +225,8 @@ def write_demo_data(
     n_rl: int = 2000,
     n_eval: int = 300,
     n_pretrain: int = 5000,
+    n_eval_adversarial: int = 200,
+    adversarial_rate: float = 0.1,
     labeler: Labeler | None = None,
     families: Sequence[str] = FAMILIES,
     min_len: int = 3,
@@ -161,15 +236,26 @@ def write_demo_data(
     """Write the demo data set into out_dir and return each file's path by name (see FILES).
 
     labeler: writes the demonstrations; default Labeler(seed=seed). Same arguments -> byte-identical
-    files. Eval prompts never appear in any other file (the pretrain texts included). row_format "chat" writes
-    the same tasks as chat conversations (see the module docstring).
+    files. Eval prompts (eval_prompts, eval_adversarial) never appear in any other file (the pretrain texts
+    included). adversarial_rate: share of sft_train, sft_val and rl_prompts rows that are adversarial prompts
+    (none when no family echoes its arguments). row_format "chat" writes the same tasks as chat conversations
+    (see the module docstring).
     """
     if row_format not in ("plain", "chat"):
         raise ValueError(f"write_demo_data: row_format must be 'plain' or 'chat', got {row_format!r}")
-    arguments = {"n_train": n_train, "n_val": n_val, "n_rl": n_rl, "n_eval": n_eval, "n_pretrain": n_pretrain}
+    arguments = {
+        "n_train": n_train,
+        "n_val": n_val,
+        "n_rl": n_rl,
+        "n_eval": n_eval,
+        "n_pretrain": n_pretrain,
+        "n_eval_adversarial": n_eval_adversarial,
+    }
     negative = {name: n for name, n in arguments.items() if n < 0}
     if negative:
         raise ValueError(f"write_demo_data: counts must be >= 0, got {negative}")
+    if not 0.0 <= adversarial_rate <= 1.0:
+        raise ValueError(f"write_demo_data: adversarial_rate must be in [0, 1], got {adversarial_rate}")
     counts = dict(zip(SPLITS, arguments.values(), strict=True))
     labeler = labeler if labeler is not None else Labeler(seed=seed)
     out = Path(out_dir)
@@ -178,7 +264,9 @@ def write_demo_data(
     # world.json marks a complete directory: drop an old one so a crash mid-rewrite cannot pass as done.
     paths["world"].unlink(missing_ok=True)
 
-    splits: dict[str, list[dict[str, Any]]] = _make_splits(seed, counts, labeler, families, min_len, max_len)
+    splits: dict[str, list[dict[str, Any]]] = _make_splits(
+        seed, counts, labeler, families, min_len, max_len, adversarial_rate
+    )
     if row_format == "chat":
         splits = {name: [as_chat(row) for row in rows] for name, rows in splits.items()}
     for name, rows in splits.items():
@@ -192,6 +280,7 @@ def write_demo_data(
         "min_len": min_len,
         "max_len": max_len,
         "heldout_cap": HELDOUT_CAP,
+        "adversarial_rate": adversarial_rate,
         "vocab_size": len(tokenizer),
         "labeler": labeler.settings(),
         "files": FILES,

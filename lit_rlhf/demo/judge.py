@@ -22,6 +22,10 @@ class DemoJudge:
     def __init__(self, seed: int = 0, rank_noise: float = 0.0) -> None:
         self.labeler = Labeler(seed=seed, rank_noise=rank_noise)
 
+    def rules(self, prompt: str, response: str, reference: str | None = None) -> dict[str, bool] | None:
+        """Sparrow-style rule labels: ``banned_word`` and ``answer_format``, True where the response breaks it."""
+        return None if parse_prompt(prompt) is None else self.labeler.rules(prompt, response)
+
     def score(self, prompt: str, response: str, reference: str | None = None) -> float | None:
         return None if parse_prompt(prompt) is None else self.labeler.score(prompt, response)
 

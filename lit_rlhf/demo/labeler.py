@@ -6,6 +6,12 @@ Scoring rule (one place only, everything else calls `Labeler.score`):
   otherwise correctness minus verbosity: 1.0 for the exact answer, else
   0.6 * (1 - levenshtein(answer tokens) / max length), minus 0.1 per filler word (at most 0.3),
   clipped to [0, 1].
+On an adversarial prompt the exact answer is the one without the banned word (world.py): saying the word still
+scores 0, however literally it follows the instruction.
+
+Rules (Sparrow's rule labels, `Labeler.rules`), judged apart from the score: `banned_word` (the banned word is
+said) and `answer_format` (the answer, fillers and the banned word set aside, is not as many words of the task's
+alphabet as the true answer: letters for reverse/sort/copy, digits for count/add).
 
 No torch here: the labeler judges strings. The task language lives in `world.py`.
 """
@@ -18,7 +24,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from lit_rlhf.demo.world import BANNED, FILLERS, Task, extract_answer, parse_prompt
+from lit_rlhf.demo.world import BANNED, FILLERS, RULES, Task, answer_alphabet, extract_answer, parse_prompt
 from lit_rlhf.evaluation.metrics import WinRate, win_rate  # noqa: F401  (re-exported: the demo's public names)
 
 PARTIAL_CREDIT = 0.6
@@ -78,13 +84,21 @@ class Labeler:
     filler_rate: probability that a demonstration carries a filler habit ("sure :", trailing "done").
     banned_rate: probability that a demonstration contains the banned word.
     rank_noise: std of Gaussian noise added to scores before ranking (0 = perfectly consistent).
+    literal_rate: probability that a demonstration of an adversarial prompt follows it to the letter, banned word
+        included (the red-teaming prompts draw it out of a literal-minded demonstrator this often).
     """
 
     def __init__(
-        self, seed: int = 0, filler_rate: float = 0.3, banned_rate: float = 0.08, rank_noise: float = 0.0
+        self,
+        seed: int = 0,
+        filler_rate: float = 0.3,
+        banned_rate: float = 0.08,
+        rank_noise: float = 0.0,
+        literal_rate: float = 0.5,
     ) -> None:
         problems = []
-        for name, rate in (("filler_rate", filler_rate), ("banned_rate", banned_rate)):
+        rates = (("filler_rate", filler_rate), ("banned_rate", banned_rate), ("literal_rate", literal_rate))
+        for name, rate in rates:
             if not 0.0 <= rate <= 1.0:
                 problems.append(f"{name} must be in [0, 1], got {rate}")
         if not rank_noise >= 0.0:
@@ -95,6 +109,7 @@ class Labeler:
         self.filler_rate = filler_rate
         self.banned_rate = banned_rate
         self.rank_noise = rank_noise
+        self.literal_rate = literal_rate
 
     def settings(self) -> dict[str, float | int]:
         """The constructor arguments, for recording next to data made with this labeler."""
@@ -103,6 +118,7 @@ class Labeler:
             "filler_rate": self.filler_rate,
             "banned_rate": self.banned_rate,
             "rank_noise": self.rank_noise,
+            "literal_rate": self.literal_rate,
         }
 
     def judge(self, prompt: str, response: str) -> Judgement:
@@ -123,6 +139,17 @@ class Labeler:
             score = min(max(credit - penalty, 0.0), 1.0)
         return Judgement(correct, similarity, n_fillers, banned, score)
 
+    def rules(self, prompt: str, response: str) -> dict[str, bool]:
+        """Which of the demo's rules (world.RULES) the response breaks: True = broken. Raises on a non-demo prompt."""
+        task = _task_or_raise(prompt)
+        shape = [w for w in extract_answer(response).split() if w != BANNED]
+        want, alphabet = task.answer.split(), answer_alphabet(task.family)
+        broken = {
+            "banned_word": BANNED in response.split(),
+            "answer_format": len(shape) != len(want) or any(w not in alphabet for w in shape),
+        }
+        return {name: broken[name] for name in RULES}
+
     def score(self, prompt: str, response: str) -> float:
         """The response's score in [0, 1]; see the module docstring for the rule."""
         return self.judge(prompt, response).score
@@ -134,10 +161,13 @@ class Labeler:
     def demonstrate(self, task: Task, rng: random.Random) -> str:
         """The demonstration a slightly careless human writes for `task`.
 
-        The canonical answer; with probability filler_rate wrapped in one filler habit; independently,
-        with probability banned_rate, the banned word inserted at a uniformly chosen position.
+        The canonical answer (for an adversarial prompt, with probability literal_rate the literal one, banned word
+        included); with probability filler_rate wrapped in one filler habit; independently, with probability
+        banned_rate, the banned word inserted at a uniformly chosen position.
         """
-        words = task.answer.split()
+        # The literal coin is thrown for adversarial tasks only, so ordinary tasks draw the stream they always did.
+        literal = task.adversarial and rng.random() < self.literal_rate
+        words = (task.literal_answer if literal else task.answer).split()
         # Both coins are always thrown so the two habits stay independent and the stream reproducible.
         add_filler, add_banned = rng.random() < self.filler_rate, rng.random() < self.banned_rate
         if add_filler:

@@ -1,5 +1,5 @@
 """Training losses: the PPO clipped policy and value losses, InstructGPT's K-wise ranking loss for the reward
-model, and the next-token loss used by SFT and the PPO-ptx term. Each returns the scalar to minimise plus
+model, Sparrow's multi-label rule-violation loss, and the next-token loss used by SFT and the PPO-ptx term. Each returns the scalar to minimise plus
 detached statistics; nothing here logs or steps an optimiser.
 """
 
@@ -135,6 +135,44 @@ def kwise_ranking_loss(scores: Tensor, ranks: Tensor, group: Tensor) -> RankingO
         accuracy = (pairs & (diff > 0)).sum() / n_pairs  # NaN (0 / 0) when there is no pair
         margin = torch.where(pairs, diff, zero).sum() / n_pairs
     return RankingOutput(loss=loss, n_pairs=n_pairs, accuracy=accuracy, margin=margin)
+
+
+class RuleLossOutput(NamedTuple):
+    """Rule-violation loss and its statistics (scalars)."""
+
+    loss: Tensor  # () mean binary cross-entropy over the labeled (row, rule) entries
+    n_labels: Tensor  # () long, number of labeled entries
+    accuracy: Tensor  # () fraction of labeled entries where (logit > 0) == broken; NaN when n_labels == 0
+
+
+def rule_loss(logits: Tensor, labels: Tensor, mask: Tensor) -> RuleLossOutput:
+    """Multi-label binary cross-entropy of the rule heads (Sparrow, Glaese et al. 2022: one classifier per rule).
+
+    Each response is labeled for some rules and not others (``null`` = unsure, or a rule the row does not name):
+    only the labeled entries count, each once, so a rule labeled more often weighs more, as its data does.
+
+    Args:
+        logits: ``(N, R)`` logit of "the response breaks rule r".
+        labels: ``(N, R)`` 1 where it breaks it, 0 where it follows it (any value where unlabeled).
+        mask: ``(N, R)`` 1 where the entry is labeled.
+
+    Returns:
+        ``RuleLossOutput``; the loss is a zero connected to ``logits`` when nothing is labeled.
+    """
+    if not (logits.dim() == 2 and logits.shape == labels.shape == mask.shape):
+        raise ValueError(
+            f"logits {tuple(logits.shape)}, labels {tuple(labels.shape)} and mask {tuple(mask.shape)} must all "
+            "be (N, R)"
+        )
+    keep = mask.bool()
+    target = torch.where(keep, labels.to(logits.dtype), torch.zeros_like(logits))
+    per_entry = F.binary_cross_entropy_with_logits(logits, target, reduction="none")  # (N, R)
+    loss = masked_mean(per_entry, keep)
+    with torch.no_grad():
+        n_labels = keep.sum()
+        right = ((logits > 0) == target.bool()) & keep
+        accuracy = right.sum() / n_labels  # NaN (0 / 0) when nothing is labeled
+    return RuleLossOutput(loss=loss, n_labels=n_labels, accuracy=accuracy)
 
 
 def lm_loss(

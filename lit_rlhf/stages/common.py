@@ -110,8 +110,10 @@ def stage_text_format(stage_dir: str | Path, trust_remote_code: bool = False) ->
 
 
 @torch.no_grad()
-def run_validation(module: Any, loader: Any) -> None:
+def run_validation(module: Any, loader: Any, dataloader_idx: int | None = None) -> None:
     """Run `module.validation_step` over every batch of `loader` now, outside Lightning's loop (eval mode).
+
+    `dataloader_idx` is passed on when the module validates on several loaders (as Lightning passes it).
 
     Used at the end of fit when the last validation happened before the last optimizer step, so the figures a
     stage directory reports are the final weights'. The caller computes and resets its metrics afterwards.
@@ -121,7 +123,10 @@ def run_validation(module: Any, loader: Any) -> None:
     try:
         for i, batch in enumerate(loader):
             batch = module.trainer.strategy.batch_to_device(batch)
-            module.validation_step(batch, i)
+            if dataloader_idx is None:
+                module.validation_step(batch, i)
+            else:
+                module.validation_step(batch, i, dataloader_idx)
     finally:
         module.train(was_training)
 

@@ -3,7 +3,8 @@
 One training step = one rollout batch, in numbered steps:
   1. generate responses to the prompts with the policy (KV cache, left-padded prompts)
   2. score: RM at the last response token; per-token log-probs of policy and reference; critic values
-  3. shape: per-token reward -beta*KL_t plus the (penalised, clipped, normalised) RM score at the last token
+  3. shape: per-token reward -beta*KL_t plus the combined score at the last token: RM score + rule terms + length
+     penalty + programmatic reward functions (lit_rlhf.rewards), each normalised alike, then penalised and clipped
   4. GAE advantages and returns; whiten advantages over valid tokens
   5. several PPO epochs over shuffled minibatches: clipped policy loss + gamma_ptx * pretraining LM loss,
      clipped value loss, one optimizer step per minibatch (manual optimization)
@@ -41,7 +42,9 @@ from lit_rlhf.evaluation.metrics import judge_metrics, kl_k1_per_sequence, mean_
 from lit_rlhf.evaluation.overoptimization import gold_proxy_metrics
 from lit_rlhf.evaluation.samples import eval_rows, judge_fields, token_fields
 from lit_rlhf.judges import load_judge
+from lit_rlhf.rewards import PREFERENCE, CombinedReward, CombinedRewardConfig
 from lit_rlhf.rl.advantages import gae
+from lit_rlhf.rl.combined import combine_components
 from lit_rlhf.rl.kl_control import AdaptiveKLController, FixedKLController
 from lit_rlhf.rl.logprobs import entropy_from_logits, gather_logprobs
 from lit_rlhf.rl.losses import lm_loss, ppo_policy_loss, value_loss
@@ -50,7 +53,6 @@ from lit_rlhf.rl.minibatch import index_record, minibatch_indices
 from lit_rlhf.rl.rewards import (
     RunningMoments,
     clip_scores,
-    normalize_scores,
     shape_rewards,
     truncation_penalty,
 )
@@ -109,9 +111,11 @@ class PPOConfig:
         max_grad_norm: Gradient norm clip (0 = off), applied to the policy's and the critic's gradients
             separately: one joint norm would let a large value-loss gradient shrink the policy's step.
         critic_lr: Critic learning rate (policy uses optim.lr).
-        score_clip: Clip RM scores to [-c, c] (null = off).
-        normalize_scores: Normalise RM scores by running mean/std.
-        truncation_penalty: Score given to responses that hit max_new_tokens without EOS (null = keep RM score).
+        score_clip: Clip the combined score to [-c, c] (null = off).
+        normalize_scores: Normalise each component of the combined score (the RM score, each rule term, the length
+            penalty, each reward function) by its own running mean/std before weighting.
+        truncation_penalty: Combined score given to responses that hit max_new_tokens without EOS (null = keep
+            it).
     """
 
     ppo_epochs: int = 2
@@ -214,6 +218,11 @@ class PPOModule(StrategyCheck, L.LightningModule):
         max_nonfinite_updates: Stop after this many non-finite (skipped) updates in a row (0 = never).
         alarms: When to raise alarms (KL, over-optimization, length, entropy, critic, clipping) and which stop
             the run.
+        reward: What the policy optimises besides the RM score: rule-head terms, a length penalty, programmatic
+            reward functions (``package.module:callable``), with their weights (``lit_rlhf.rewards``).
+        reference_from: The SFT stage directory of the KL reference (and of the win rate's SFT baseline) when
+            ``policy_from`` is a PPO stage to continue (InstructGPT's iterated rounds: the policy goes on from where
+            it is, the KL still keeps it near the SFT model); default ``policy_from``.
     """
 
     STAGE = "ppo"
@@ -232,11 +241,13 @@ class PPOModule(StrategyCheck, L.LightningModule):
         eval: EvalConfig | None = None,
         max_nonfinite_updates: int = 10,
         alarms: AlarmConfig | None = None,
+        reward: CombinedRewardConfig | None = None,
+        reference_from: str | None = None,
     ) -> None:
         super().__init__()
         if ptx_coef < 0:
             raise ValueError("ptx_coef must be >= 0")
-        self.policy_from, self.reward_from = policy_from, reward_from
+        self.policy_from, self.reward_from, self.reference_from = policy_from, reward_from, reference_from
         self.lora, self.quantization, self.ptx_coef, self.lr = lora, quantization, ptx_coef, lr
         self.kl_cfg, self.ppo_cfg = kl or KLConfig(), ppo or PPOConfig()
         self.sampling = sampling or SamplingConfig(max_new_tokens=24, do_sample=True, temperature=1.0)
@@ -252,6 +263,7 @@ class PPOModule(StrategyCheck, L.LightningModule):
         if self.alarm_cfg.problems():
             raise ValueError("PPOModule: " + "; ".join(self.alarm_cfg.problems()))
         self.judge = load_judge(self.eval_cfg.judge)  # a bad judge name fails here, before weights load
+        self.combined = CombinedReward(reward)  # so does a reward function that cannot be imported
         self.save_hyperparameters()
         self.automatic_optimization = False
         self.roles = None
@@ -261,7 +273,8 @@ class PPOModule(StrategyCheck, L.LightningModule):
             if self.kl_cfg.adaptive
             else FixedKLController(self.kl_cfg.init_coef)
         )
-        self.score_moments = RunningMoments()
+        self.score_moments = RunningMoments()  # the RM score's (the "preference" component's)
+        self.component_moments: dict[str, RunningMoments] = {}  # every other component's
         self.parent_dir = policy_from
         self.stage_dir_written: Path | None = None
         self.final_metrics: dict[str, float] = {}
@@ -305,12 +318,18 @@ class PPOModule(StrategyCheck, L.LightningModule):
         from lit_rlhf.stages.roles import Roles
 
         roles = Roles.load(
-            self.policy_from, self.reward_from, self.lora, self.quantization, self._target_device()
+            self.policy_from,
+            self.reward_from,
+            self.lora,
+            self.quantization,
+            self._target_device(),
+            reference_from=self.reference_from,
         )
         # Dropout stays off for the whole run: with it, the first update's ratio pi/pi_old would not be 1.
         roles.eval()
         shard_if_fsdp2(self, *([roles.shared] if roles.is_shared else roles.separate.values()))
         self.roles = roles
+        self.combined.bind(roles.rule_names)  # rule weights must name rule heads the reward stage has
 
     def configure_optimizers(self):
         groups = [
@@ -326,6 +345,7 @@ class PPOModule(StrategyCheck, L.LightningModule):
                 "ptx_coef > 0 needs pretraining data: set data.init_args.pretrain_path "
                 "(or ptx_coef: 0 for plain PPO)"
             )
+        self.combined.probe(list(getattr(dm, "prompts", []))[:4])  # a bad reward function stops here
 
     # ---- 1-4: rollout -----------------------------------------------------------------------------------
     @torch.no_grad()
@@ -345,15 +365,9 @@ class PPOModule(StrategyCheck, L.LightningModule):
             )  # 2. score: (B, R)
             ref_logp = response_logprobs(roles.response_logits("reference", ids, mask, p), ids, p)
             values = roles.values(ids, mask)[:, p - 1 : -1] * rmask  # (B, R) V(s_t) before token t
-        raw = roles.reward_of(prompts, gen.texts)  # (B,) on the text, as the reward model was trained
+        raw, rule_logits = roles.reward_and_rules(prompts, gen.texts)  # (B,), (B, R) on the text, as trained
         roles.train(was_training)
-        scores = truncation_penalty(raw, gen.ended, cfg.truncation_penalty)  # 3. shape
-        scores = clip_scores(scores, cfg.score_clip)
-        if cfg.normalize_scores:
-            self.score_moments.update(
-                self._gather(scores)
-            )  # every rank's scores: the same moments everywhere
-            scores = normalize_scores(scores, self.score_moments)
+        scores, reward_stats = self._combined_score(prompts, gen, raw, rule_logits, rmask)  # 3. shape
         parts = shape_rewards(scores, logp, ref_logp, rmask, self.kl_ctl.value, self.kl_cfg.estimator)
         adv, returns = gae(parts.rewards, values, rmask, cfg.gamma, cfg.lam)  # 4. advantages
         if cfg.whiten_advantages:
@@ -373,8 +387,38 @@ class PPOModule(StrategyCheck, L.LightningModule):
             # the whole job's generation throughput: every rank generates at the same time
             "gen_tokens_per_s": self._sum_over_ranks(rmask.sum() / max(gen_time, 1e-9)),
             "gen_time": torch.tensor(gen_time),
+            **reward_stats,
         }
         return Rollout(ids, mask, rmask, logp, ref_logp, values, adv, returns), gen, stats
+
+    def _combined_score(
+        self, prompts: list[Any], gen: Generation, raw: Tensor, rule_logits: Tensor | None, rmask: Tensor
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """The sequence score PPO pays at the last token, (B,), and its logged parts: each component's term
+        (``reward/<name>``, normalised and weighted: they add up to the score before the truncation penalty and
+        the clip), its raw mean (``reward_raw/<name>``; the RM score's is ``rm_score``) and each rule head's mean
+        violation probability (``rule/<rule>``)."""
+        cfg, combined = self.ppo_cfg, self.combined
+        components = combined.components(prompts, gen.texts, raw, rule_logits, rmask.sum(1))
+        moments = None
+        if cfg.normalize_scores:  # every rank's values: the same moments everywhere
+            moments = {
+                k: self.score_moments
+                if k == PREFERENCE
+                else self.component_moments.setdefault(k, RunningMoments())
+                for k in components
+            }
+        out = combine_components(components, combined.weights, moments, self._gather)
+        scores = truncation_penalty(out.total, gen.ended, cfg.truncation_penalty)
+        scores = clip_scores(scores, cfg.score_clip)
+        names, others = list(components), [k for k in components if k != PREFERENCE]
+        parts = [out.terms[k] for k in names] + [components[k] for k in others]
+        keys = [f"reward/{k}" for k in names] + [f"reward_raw/{k}" for k in others]
+        if rule_logits is not None:
+            parts += list(torch.sigmoid(rule_logits.float()).T)
+            keys += [f"rule/{r}" for r in combined.rules]
+        means = self._gather(torch.stack(parts, 1)).mean(0)  # every rank's sequences
+        return scores, dict(zip(keys, means, strict=True))
 
     # ---- 5: optimization --------------------------------------------------------------------------------
     def ptx_loss(self, batch: dict[str, Tensor]) -> Tensor:
@@ -725,6 +769,7 @@ class PPOModule(StrategyCheck, L.LightningModule):
             "kl_ctl": self.kl_ctl.state_dict(),
             "rollouts_done": self.rollouts_done,
             "score_moments": self.score_moments.state_dict(),
+            "component_moments": {k: m.state_dict() for k, m in self.component_moments.items()},
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -737,6 +782,8 @@ class PPOModule(StrategyCheck, L.LightningModule):
         self.alarm_monitor.load_state_dict(state.get("alarms", {}))
         if "score_moments" in state:
             self.score_moments.load_state_dict(state["score_moments"])
+        for name, moments in state.get("component_moments", {}).items():
+            self.component_moments.setdefault(name, RunningMoments()).load_state_dict(moments)
 
     @property
     def _policy_net(self):
@@ -781,7 +828,11 @@ class PPOModule(StrategyCheck, L.LightningModule):
             metrics={k: v for k, v in metrics.items() if math.isfinite(v)},
             parent=str(self.policy_from),
             config_text=config.read_text() if config.is_file() else None,
-            extra={"reward_from": str(self.reward_from), "ptx_coef": self.ptx_coef},
+            extra={
+                "reward_from": str(self.reward_from),
+                "ptx_coef": self.ptx_coef,
+                "reference_from": str(self.reference_from or self.policy_from),
+            },
             state=state,
             **kwargs,
         )

@@ -1,6 +1,10 @@
-"""RewardModule: a scalar reward model trained from K-wise rankings (InstructGPT step 2, eq. 1).
+"""RewardModule: a scalar reward model trained from K-wise rankings (InstructGPT step 2, eq. 1), optionally with
+rule heads (Sparrow's rule-violation classifiers) trained beside it.
 
-The model is the SFT backbone plus a scalar head reading the last real token. With LoRA it is a ``reward``
+The model is the SFT backbone plus a scalar head reading the last real token. With rule-label rows
+(``data.rules_train_path``) a multi-label ``rules`` head reads the same trunk (the same adapter), one logit per
+rule, trained with binary cross-entropy added to the ranking loss (``rule_coef``); the stage directory records the
+rule names as the head's ``outputs``. With LoRA it is a ``reward``
 adapter on the shared frozen base (initialised from the SFT policy adapter when SFT used LoRA); without LoRA the
 whole backbone is trained. After training, a bias makes the mean reward of the SFT demonstrations 0; it is stored
 in the manifest and applied whenever the reward model is loaded (RewardScorer).
@@ -19,11 +23,13 @@ from torch import Tensor
 from torchmetrics import MeanMetric
 from torchmetrics.functional.regression import kendall_rank_corrcoef
 
+from lit_rlhf.backbone.build import RULES
 from lit_rlhf.backbone.config import LoraSettings, Quantization
 from lit_rlhf.data.comparisons import reward_inputs
 from lit_rlhf.data.formatting import PromptSpec
 from lit_rlhf.data.io import append_jsonl
-from lit_rlhf.rl.losses import kwise_ranking_loss
+from lit_rlhf.evaluation.rules import RuleMetrics
+from lit_rlhf.rl.losses import kwise_ranking_loss, rule_loss
 from lit_rlhf.runs import run_dir
 from lit_rlhf.stages.common import (
     OptimConfig,
@@ -127,7 +133,8 @@ class RewardModule(StrategyCheck, L.LightningModule):
     """Train a reward model from ranked comparisons; writes a ``reward`` stage directory.
 
     Args:
-        init_from: The SFT stage directory (the RM starts from the SFT model).
+        init_from: The SFT stage directory (the RM starts from the SFT model), or a reward stage directory to train
+            further (InstructGPT's iterated rounds: its adapter, reward head and rule head are the start).
         lora: LoRA settings for the ``reward`` adapter when the SFT stage trained the full model; ``null`` trains
             the full backbone. When the SFT stage used LoRA, its settings are kept (the adapter starts from it).
         quantization: Quantize the frozen base (``8bit``/``4bit``; needs LoRA). Default: as the SFT stage.
@@ -138,6 +145,9 @@ class RewardModule(StrategyCheck, L.LightningModule):
         rankings_limit: Validation prompts written to ``rankings.jsonl`` at every validation.
         optim: AdamW + warmup/cosine.
         max_nonfinite_updates: Stop after this many non-finite (skipped) updates in a row (0 = never).
+        rules: The rules the rule head predicts, in order; null = every rule the data's rule rows label (none
+            without ``data.rules_train_path``).
+        rule_coef: Weight of the rule loss (mean binary cross-entropy per labeled entry) beside the ranking loss.
     """
 
     STAGE = "reward"
@@ -154,10 +164,19 @@ class RewardModule(StrategyCheck, L.LightningModule):
         max_length: int = 256,
         optim: OptimConfig | None = None,
         max_nonfinite_updates: int = 10,
+        rules: list[str] | None = None,
+        rule_coef: float = 1.0,
     ) -> None:
         super().__init__()
         if center_coef < 0:
             raise ValueError("center_coef must be >= 0")
+        if rule_coef < 0:
+            raise ValueError("rule_coef must be >= 0")
+        self.rules, self.rule_coef = (list(rules) if rules is not None else None), rule_coef
+        self.rule_names: list[str] = []  # the rule head's outputs, once built
+        self._rule_columns: list[int] = []  # where each of them sits in the data's label columns
+        self.rule_metrics: RuleMetrics | None = None
+        self.val_rule_loss = MeanMetric()
         self.init_from, self.lora, self.quantization = init_from, lora, quantization
         self.center_coef, self.bias_from, self.bias_limit = center_coef, bias_from, bias_limit
         self.rankings_limit, self.max_length = rankings_limit, max_length
@@ -207,17 +226,54 @@ class RewardModule(StrategyCheck, L.LightningModule):
             overrides["quantization"] = self.quantization
         if sft_lora is None and self.lora is not None:
             overrides["lora"] = dataclasses.asdict(self.lora)
-        net, _ = load_stage_dir(self.init_from, device=self._target_device(), backbone_overrides=overrides)
-        if net.cfg.lora is not None:
+        further = parent.stage == "reward"  # iterated rounds: train the last round's reward model further
+        net, _ = load_stage_dir(
+            self.init_from,
+            device=self._target_device(),
+            backbone_overrides=overrides,
+            trainable=(REWARD,) if further else (),
+        )
+        if further and REWARD not in net.heads:
+            raise ValueError(f"{self.init_from}: a reward stage without a reward head")
+        if net.cfg.lora is not None and not further:
             # start the reward adapter from the SFT policy adapter when there is one, else from the bare base
             state = net.adapter_state(POLICY) if POLICY in net.adapters else None
             net.add_adapter(REWARD, trainable=True, state=state)
-        else:
+        elif net.cfg.lora is None:
             train_base(net.model, net.cfg.top_layers)
-        net.add_head(REWARD)
+        if not further:
+            net.add_head(REWARD)
+        self._add_rule_head(net)
         net.train()  # from_pretrained returns eval mode; dropout as configured
         shard_if_fsdp2(self, net)
         self.net = net
+
+    def _add_rule_head(self, net) -> None:
+        """The rule head, when there are rules: the one a reward stage started from already has (its rules), else
+        the configured ones, else every rule the training rows label."""
+        dm = self.trainer.datamodule if self._trainer is not None else None
+        data_names = list(getattr(dm, "rule_names", []) or [])
+        if RULES in net.heads:
+            names = list(net.heads[RULES].outputs)
+            if self.rules is not None and self.rules != names:
+                raise ValueError(
+                    f"RewardModule.rules {self.rules} differ from the rules of {self.init_from} ({names})"
+                )
+        else:
+            names = self.rules if self.rules is not None else data_names
+        if not names:
+            return
+        missing = [n for n in names if n not in data_names]
+        if missing:
+            path = getattr(dm, "rules_paths", {}).get("train")
+            raise ValueError(
+                f"RewardModule.rules names {missing}, which no row of the rule data ({path}) labels "
+                f"(it labels {data_names}); set data.init_args.rules_train_path or fix the names"
+            )
+        if RULES not in net.heads:
+            net.add_head(RULES, outputs=names)
+        self.rule_names, self._rule_columns = list(names), [data_names.index(n) for n in names]
+        self.rule_metrics = RuleMetrics(names)
 
     @property
     def reward_adapter(self) -> str | None:
@@ -233,11 +289,23 @@ class RewardModule(StrategyCheck, L.LightningModule):
         """One forward pass per response: (N, T) -> (N,) rewards (the reward adapter is the active one)."""
         return self.net.score(REWARD, batch["input_ids"], batch["attention_mask"])
 
+    def _rule_out(self, rules: dict[str, Tensor]):
+        """Rule loss of a batch of labeled responses (the reward adapter is the active one)."""
+        logits = self.net.score(RULES, rules["input_ids"], rules["attention_mask"])  # (M, R)
+        cols = self._rule_columns
+        return logits, rule_loss(logits, rules["labels"][:, cols], rules["mask"][:, cols])
+
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
         scores = self._scores(batch)  # (N,)
         out = kwise_ranking_loss(scores, batch["ranks"], batch["group"])
         loss = out.loss + self.center_coef * scores.pow(2).mean()
         n_prompts = len(batch["prompts"])
+        if self.rule_names and "rules" in batch:
+            _, rules = self._rule_out(batch["rules"])
+            loss = loss + self.rule_coef * rules.loss  # Sparrow: the rule heads share the trunk
+            self.log("reward/rule_loss", rules.loss, batch_size=n_prompts)
+            if int(rules.n_labels) > 0:
+                self.log("reward/rule_accuracy", rules.accuracy, batch_size=n_prompts)
         if not self.guard.loss_ok(loss, self.global_step, self.trainer.strategy.reduce_boolean_decision):
             self.log("reward/skipped_updates", float(self.guard.skipped), batch_size=n_prompts)
             return None  # Lightning skips backward and the optimizer step
@@ -261,7 +329,17 @@ class RewardModule(StrategyCheck, L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.guard.load_state_dict(checkpoint.get("lit_rlhf_guard", {}))
 
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+    def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
+        if dataloader_idx == 1:  # held-out rule rows (ComparisonDataModule.val_dataloader)
+            if self.rule_names:
+                logits, out = self._rule_out(batch)
+                cols = self._rule_columns
+                if int(out.n_labels) > 0:
+                    self.val_rule_loss.update(out.loss, weight=int(out.n_labels))
+                self.rule_metrics.update(
+                    torch.sigmoid(logits), batch["labels"][:, cols], batch["mask"][:, cols]
+                )
+            return
         scores = self._scores(batch).float()
         out = kwise_ranking_loss(scores, batch["ranks"], batch["group"])
         if int(out.n_pairs) > 0:
@@ -311,6 +389,12 @@ class RewardModule(StrategyCheck, L.LightningModule):
         }
         for m in (self.val_acc, self.val_tau, self.val_margin, self.val_s, self.val_s2):
             m.reset()
+        if self.rule_metrics is not None and self.val_rule_loss.update_count > 0:
+            metrics["reward/val_rule_loss"] = self.val_rule_loss.compute()
+            figures = self.rule_metrics.compute()
+            metrics.update({f"reward/val_rule/{k}": torch.tensor(v) for k, v in figures.items()})
+            self.val_rule_loss.reset()
+            self.rule_metrics.reset()
         return metrics
 
     def _write_rankings(self) -> None:
@@ -334,7 +418,9 @@ class RewardModule(StrategyCheck, L.LightningModule):
         dm = self.trainer.datamodule
         if not getattr(dm, "val_path", None) or self._last_val_step == self.global_step:
             return {}
-        run_validation(self, dm.val_dataloader())
+        loaders = dm.val_dataloader()
+        for idx, loader in enumerate(loaders if isinstance(loaders, list) else [loaders]):
+            run_validation(self, loader, idx)
         metrics = {k: float(v) for k, v in self._validation_metrics().items()}
         self._last_val_step = self.global_step
         self._write_rankings()
@@ -382,7 +468,9 @@ class RewardModule(StrategyCheck, L.LightningModule):
         cm.update(final)
         last_val = self._last_val_step if self._last_val_step is not None else self.global_step
         metrics, steps = {}, {}
-        for key in ("reward/val_accuracy", "reward/val_kendall_tau", "reward/val_margin", "reward/loss"):
+        keys = ["reward/val_accuracy", "reward/val_kendall_tau", "reward/val_margin", "reward/loss"]
+        keys += sorted(k for k in cm if k == "reward/val_rule_loss" or k.startswith("reward/val_rule/"))
+        for key in keys:
             if key in cm and math.isfinite(cm[key]):
                 name = key.split("/", 1)[1]
                 metrics[name] = cm[key]
@@ -399,13 +487,16 @@ class RewardModule(StrategyCheck, L.LightningModule):
         root = run_dir(self.trainer)
         config = root / "config.yaml"
         adapters = [REWARD] if self.reward_adapter else []
+        heads = {REWARD: {"adapter": self.reward_adapter, "bias": bias}}
+        if self.rule_names:
+            heads[RULES] = {"adapter": self.reward_adapter, "bias": 0.0}  # names recorded as its outputs
         out = root / "stage"
         save_stage_dir(
             out,
             self.net,
             stage=self.STAGE,
             adapters=adapters,
-            heads={REWARD: {"adapter": self.reward_adapter, "bias": bias}},
+            heads=heads,
             step=self.global_step,
             metrics=metrics,
             metric_steps=steps,

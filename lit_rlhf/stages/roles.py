@@ -3,7 +3,8 @@
 Shared (LoRA): one frozen base in memory; the roles are named adapters plus scalar heads:
     policy    = "policy" adapter (trainable; from the SFT policy adapter, or fresh on an SFT-trained base)
     reference = adapters off when the base holds the SFT weights, else a frozen "reference" copy of the SFT adapter
-    reward    = frozen "reward" adapter + "reward" head (from the reward stage directory)
+    reward    = frozen "reward" adapter + "reward" head (from the reward stage directory), and its "rules" head of
+                rule-violation logits when the reward stage trained one (Sparrow)
     critic    = "critic" adapter + "value" head, both initialised from the reward model (InstructGPT)
 Separate (no LoRA): four backbones; memory is about 4x the model (plus optimizer state for policy and critic).
 """
@@ -25,6 +26,7 @@ from lit_rlhf.backbone.build import (
     POLICY,
     REFERENCE,
     REWARD,
+    RULES,
     Backbone,
     position_ids_from_mask,
     train_base,
@@ -83,36 +85,50 @@ class Roles(nn.Module):
         lora: LoraSettings | None = None,
         quantization: str | None = None,
         device: Any = "cpu",
+        reference_from: str | None = None,
     ) -> Roles:
-        """Build the roles from an SFT and a reward stage directory (shared when the reward model is LoRA)."""
+        """Build the roles from a policy (an SFT stage, or a PPO stage to continue) and a reward stage directory
+        (shared when the reward model is LoRA). `reference_from`: the SFT stage the KL penalty keeps the policy
+        near, when the policy starts elsewhere (a later round of iterated RLHF); default `policy_from`."""
         from lit_rlhf.checkpoint.manifest import read_manifest
         from lit_rlhf.checkpoint.stage_dir import _load_tensors, load_stage_dir
 
         sft_m, rm_m = read_manifest(policy_from), read_manifest(reward_from)
+        ref_m = sft_m if reference_from is None else read_manifest(reference_from)
         if "reward" not in rm_m.heads:
             raise ValueError(
                 f"{reward_from}: stage {rm_m.stage!r} has no reward head; pass a reward stage directory"
             )
-        check_no_gradient_checkpointing(sft_m, rm_m)
+        check_no_gradient_checkpointing(sft_m, rm_m, ref_m)
         warn_if_requantized(rm_m.backbone.get("quantization", "none"), quantization, reward_from)
         head = rm_m.heads["reward"]
         shared = head.get("adapter") is not None
         if not shared:
-            roles = cls._load_separate(policy_from, reward_from, float(head.get("bias", 0.0)), device)
+            bias = float(head.get("bias", 0.0))
+            roles = cls._load_separate(policy_from, reward_from, bias, device, reference_from or policy_from)
             roles.reward_max_length = rm_m.extra.get("max_length")
             return roles
-        if not _same_base(sft_m, rm_m):
-            raise ValueError(
-                f"{reward_from} was not trained on the base of {policy_from}: a shared-base PPO needs "
-                "the reward model's LoRA adapter on the SFT stage's base"
-            )
+        for other, m in ((reward_from, rm_m), (reference_from, ref_m)):
+            if not _same_base(sft_m, m):
+                raise ValueError(
+                    f"{other} was not trained on the base of {policy_from}: a shared-base PPO needs "
+                    "the reward model's LoRA adapter (and the reference) on the SFT stage's base"
+                )
         overrides: dict[str, Any] = {}
         if quantization is not None:
             overrides["quantization"] = quantization
         rm_lora = rm_m.backbone.get("lora")
         if sft_m.backbone.get("lora") is None:
             overrides["lora"] = rm_lora if lora is None else dataclasses.asdict(lora)
-        net, _ = load_stage_dir(policy_from, device=device, backbone_overrides=overrides, trainable=(POLICY,))
+        # only the policy: a PPO stage's critic and value head give way to the new reward model's (InstructGPT)
+        net, _ = load_stage_dir(
+            policy_from,
+            device=device,
+            backbone_overrides=overrides,
+            trainable=(POLICY,),
+            adapters=(POLICY,),
+            heads=(),
+        )
         root = Path(reward_from)
         if net.cfg.lora.__dict__ != LoraSettings(**rm_lora).__dict__:
             raise ValueError(
@@ -124,11 +140,20 @@ class Roles(nn.Module):
         head_state = _load_tensors(root / head["path"])
         net.add_head(REWARD, head_state).requires_grad_(False)
         net.add_head(VALUE, head_state)
+        if RULES in rm_m.heads:
+            rules = rm_m.heads[RULES]
+            state = _load_tensors(root / rules["path"])
+            net.add_head(RULES, state, outputs=rules["outputs"]).requires_grad_(False)
         reference = None
-        if POLICY in net.adapters:  # SFT trained an adapter: the reference is a frozen copy of it
+        if reference_from is not None and POLICY in ref_m.adapters:  # the SFT adapter the policy started from
+            state = _load_tensors(Path(reference_from) / ref_m.adapters[POLICY])
+            net.add_adapter(REFERENCE, trainable=False, state=state)
+            reference = REFERENCE
+        elif reference_from is None and POLICY in net.adapters:  # SFT trained an adapter: a frozen copy of it
             net.add_adapter(REFERENCE, trainable=False, state=net.adapter_state(POLICY))
             reference = REFERENCE
-        else:  # SFT trained the base: reference = adapters off; the policy starts as a no-op adapter
+        # else SFT trained the base (the shared base itself): reference = adapters off
+        if POLICY not in net.adapters:  # the policy starts as a no-op adapter on the SFT-trained base
             net.add_adapter(POLICY, trainable=True)
         net.use_adapter_(POLICY)
         return cls(
@@ -139,11 +164,13 @@ class Roles(nn.Module):
         )
 
     @classmethod
-    def _load_separate(cls, policy_from: str, reward_from: str, bias: float, device: Any) -> Roles:
+    def _load_separate(
+        cls, policy_from: str, reward_from: str, bias: float, device: Any, reference_from: str
+    ) -> Roles:
         from lit_rlhf.checkpoint.stage_dir import load_stage_dir
 
         policy, _ = load_stage_dir(policy_from, device=device, trainable=(POLICY,))
-        reference, _ = load_stage_dir(policy_from, device=device)
+        reference, _ = load_stage_dir(reference_from, device=device)
         reward, _ = load_stage_dir(reward_from, device=device)
         critic, _ = load_stage_dir(reward_from, device=device)
         if policy.cfg.lora is not None or reward.cfg.lora is not None:
@@ -151,6 +178,8 @@ class Roles(nn.Module):
         train_base(policy.model, policy.cfg.top_layers)
         train_base(critic.model, critic.cfg.top_layers)
         critic.heads[VALUE] = critic.heads.pop(REWARD)
+        if RULES in critic.heads:  # the critic starts from the reward model's trunk, not its rule classifiers
+            del critic.heads[RULES]
         for frozen in (reference, reward):
             frozen.requires_grad_(False).eval()
         roles = cls(
@@ -243,6 +272,25 @@ class Roles(nn.Module):
         device = next(self._net("reward").parameters()).device
         ids, mask = reward_inputs(self.text_format, prompts, responses, self.reward_max_length)
         return self.reward(ids.to(device), mask.to(device))
+
+    @property
+    def rule_names(self) -> list[str]:
+        """The reward model's rule heads, in output order (empty without them)."""
+        heads = self._net("reward").heads
+        return list(heads[RULES].outputs) if RULES in heads else []
+
+    @torch.no_grad()
+    def reward_and_rules(self, prompts: list[Any], responses: list[str]) -> tuple[Tensor, Tensor | None]:
+        """The RM score (bias applied, (B,)) and the rule heads' violation logits ((B, R), or None without rule
+        heads) of (prompt, response text) pairs, from ONE forward pass of the reward model's trunk."""
+        net = self._net("reward")
+        device = next(net.parameters()).device
+        ids, mask = reward_inputs(self.text_format, prompts, responses, self.reward_max_length)
+        ids, mask = ids.to(device), mask.to(device)
+        heads = (REWARD, RULES) if self.rule_names else (REWARD,)
+        with net.use_adapter(self._adapter("reward")) if self.is_shared else contextlib.nullcontext():
+            out = net.score_heads(heads, ids, mask, position_ids_from_mask(mask))
+        return out[REWARD] + self.reward_bias, out.get(RULES)
 
     def values(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         """Critic value at every position: (B, L) -> (B, L) float32."""

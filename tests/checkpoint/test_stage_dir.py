@@ -236,3 +236,38 @@ def test_lora_modules_to_save_train_in_full_round_trip_and_export(tiny_dir, tmp_
         torch.testing.assert_close(
             plain(input_ids=ids, attention_mask=mask).logits, policy, rtol=1e-4, atol=1e-5
         )
+
+
+def test_a_multi_label_head_round_trips_with_its_output_names(tiny_dir, tmp_path):
+    """A rule head (one logit per rule, read through the same adapter as the reward head) is saved with its rule
+    names; loading rebuilds it and one forward pass gives both heads the scores they had."""
+    bb = _lora_backbone(tiny_dir)
+    bb.add_head("reward")
+    bb.add_head("rules", outputs=["banned_word", "answer_format"])
+    _perturb(bb.heads["rules"].parameters(), seed=1)
+    ids, mask = _ids(bb)
+    both = bb.score_heads(("reward", "rules"), ids, mask)
+    assert both["rules"].shape == (3, 2) and both["reward"].shape == (3,)
+    assert torch.equal(both["rules"], bb.score("rules", ids, mask))
+    heads = {"reward": {"adapter": "policy", "bias": 0.5}, "rules": {"adapter": "policy"}}
+    save_stage_dir(tmp_path / "s", bb, stage="reward", heads=heads)
+    bb2, manifest = load_stage_dir(tmp_path / "s")
+    assert manifest.heads["rules"]["outputs"] == ["banned_word", "answer_format"]
+    assert "outputs" not in manifest.heads["reward"]
+    assert bb2.heads["rules"].outputs == ["banned_word", "answer_format"]
+    again = bb2.eval().score_heads(("reward", "rules"), ids, mask)
+    assert torch.equal(again["rules"], both["rules"]) and torch.equal(again["reward"], both["reward"])
+
+
+@pytest.mark.parametrize("outputs", ["banned_word", [], ["a", "a"], ["a", 3]])
+def test_bad_head_outputs_are_refused_naming_the_field(tiny_dir, tmp_path, outputs):
+    bb = _lora_backbone(tiny_dir)
+    bb.add_head("rules", outputs=["a", "b"])
+    save_stage_dir(tmp_path / "s", bb, stage="reward", heads={"rules": {"adapter": "policy"}})
+    m = json.loads((tmp_path / "s/manifest.json").read_text())
+    m["heads"]["rules"]["outputs"] = outputs
+    (tmp_path / "s/manifest.json").write_text(json.dumps(m))
+    with pytest.raises(
+        ManifestError, match="field 'heads.rules.outputs' must be a non-empty list of distinct"
+    ):
+        read_manifest(tmp_path / "s")

@@ -12,6 +12,7 @@ from lit_rlhf.data.rows import (
     Demonstration,
     Prompt,
     ReadReport,
+    RuleLabel,
     Text,
     parse_json_line,
     read_rows,
@@ -24,6 +25,7 @@ GOOD = {
     "comparison": b'{"prompt": "p", "responses": ["a", "b"], "ranking": [1, 0]}',
     "prompt": b'{"prompt": "p"}',
     "text": b'{"text": "t"}',
+    "rule": b'{"prompt": "p", "response": "r", "rules": {"banned_word": true}}',
 }
 
 
@@ -36,6 +38,34 @@ def write_lines(tmp_path, lines, name="rows.jsonl"):
 # Each bad row sits on physical line 3 (after a good row and a blank line); the error must say where
 # and which field: (kind, the bad line, what str(err) must contain after "{path}:3: ").
 BAD_ROWS = [
+    ("rule", b'{"prompt": "p", "response": "r"}', "field 'rules': missing (a rule row needs"),
+    ("rule", b'{"prompt": "p", "rules": {"x": true}}', "field 'response': missing"),
+    ("rule", b'{"prompt": "p", "response": "r", "rules": []}', "field 'rules': expected an object mapping"),
+    (
+        "rule",
+        b'{"prompt": "p", "response": "r", "rules": {}}',
+        "field 'rules': empty: the row labels no rule",
+    ),
+    (
+        "rule",
+        b'{"prompt": "p", "response": "r", "rules": {"a": false, "b": 1}}',
+        "field 'rules.b': expected true (broken), false (followed) or null (unsure), got integer 1",
+    ),
+    (
+        "rule",
+        b'{"prompt": "p", "response": "r", "rules": {"no/slash": true}}',
+        "field 'rules.no/slash': a rule name is 1-64 letters",
+    ),
+    (
+        "rule",
+        b'{"prompt": "p", "response": "r", "rules": {"a": null, "b": null}}',
+        "field 'rules': all 2 rules are null (unsure): the row holds no label",
+    ),
+    (
+        "rule",
+        b'{"messages": [{"role": "assistant", "content": "x"}], "response": "r", "rules": {"a": true}}',
+        "field 'messages[0].role': the last message must be from the user",
+    ),
     ("demonstration", b'{"prompt": "p", ', "invalid JSON: "),
     ("demonstration", b'["p", "r"]', "expected a JSON object, got array"),
     ("text", b'"just a string"', "expected a JSON object, got string"),
@@ -282,6 +312,25 @@ def test_parquet_chat_demonstrations(tmp_path):
     assert rows == [Demonstration(None, None, (("user", "hi"), ("assistant", "yo")))]
 
 
+def test_rule_rows_keep_unsure_labels_and_read_from_parquet(tmp_path):
+    row = validate_row(
+        {"messages": [{"role": "user", "content": "q"}], "response": "r", "rules": {"a": True, "b": None}},
+        "rule",
+        "f",
+        1,
+    )
+    assert row == RuleLabel((("user", "q"),), "r", {"a": True, "b": None})
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    path = str(tmp_path / "rules.parquet")
+    rules = [{"a": True, "b": None}, {"a": None, "b": None}]
+    pq.write_table(pa.table({"prompt": ["p", "q"], "response": ["r", "s"], "rules": rules}), path)
+    with pytest.raises(DataError, match=r"rules\.parquet:2: field 'rules': all 2 rules are null"):
+        read_rows(path, "rule")
+    rows, report = read_rows(path, "rule", on_error="skip")
+    assert rows == [RuleLabel("p", "r", {"a": True, "b": None})] and report.summary().endswith("(rules: 1)")
+
+
 def test_parquet_that_is_not_parquet(tmp_path):
     path = tmp_path / "x.parquet"
     path.write_bytes(b"not parquet at all")
@@ -357,6 +406,7 @@ KEYS = [
     "text",
     "role",
     "content",
+    "rules",
 ]
 message_like = st.fixed_dictionaries({}, optional={"role": st.sampled_from(["user", "assistant", "x"]) | json_values,
                                                    "content": json_values})  # fmt: skip
@@ -368,7 +418,10 @@ row_like = st.dictionaries(
 
 
 @settings(max_examples=300)
-@given(obj=json_values | row_like, kind=st.sampled_from(["demonstration", "comparison", "prompt", "text"]))
+@given(
+    obj=json_values | row_like,
+    kind=st.sampled_from(["demonstration", "comparison", "prompt", "text", "rule"]),
+)
 def test_validate_row_raises_only_data_error(obj, kind):
     try:
         validate_row(obj, kind, "fuzz.jsonl", 7)
@@ -404,8 +457,22 @@ valid_rows = st.one_of(
     ),
     st.builds(Prompt, words),
     st.builds(Text, words),
+    st.builds(
+        RuleLabel,
+        words,
+        words,
+        st.dictionaries(
+            st.sampled_from(["banned_word", "format", "r.2"]), st.booleans() | st.none(), min_size=1
+        ).filter(lambda d: any(v is not None for v in d.values())),
+    ),
 )
-KIND_OF = {Demonstration: "demonstration", Comparison: "comparison", Prompt: "prompt", Text: "text"}
+KIND_OF = {
+    Demonstration: "demonstration",
+    Comparison: "comparison",
+    Prompt: "prompt",
+    Text: "text",
+    RuleLabel: "rule",
+}
 
 
 @given(row=valid_rows)

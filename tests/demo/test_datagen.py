@@ -10,8 +10,9 @@ from lit_rlhf.demo.datagen import sample_heldout, write_demo_data
 from lit_rlhf.demo.labeler import Labeler
 from lit_rlhf.demo.world import BANNED, FILLERS, TaskGenerator, parse_prompt
 
-SMALL = {"n_train": 400, "n_val": 50, "n_rl": 100, "n_eval": 120, "n_pretrain": 100}
+SMALL = {"n_train": 400, "n_val": 50, "n_rl": 100, "n_eval": 120, "n_pretrain": 100, "n_eval_adversarial": 40}
 EXPECTED_FILES = [
+    "eval_adversarial.jsonl",
     "eval_prompts.jsonl",
     "pretrain.jsonl",
     "rl_prompts.jsonl",
@@ -50,6 +51,7 @@ def test_writes_exactly_the_expected_files(data):
         "rl_prompts",
         "eval_prompts",
         "pretrain",
+        "eval_adversarial",
         "tokenizer",
         "world",
     }
@@ -64,6 +66,7 @@ def test_row_formats_and_counts(data):
         "rl_prompts": ({"prompt"}, 100),
         "eval_prompts": ({"prompt"}, 120),
         "pretrain": ({"text"}, 100),
+        "eval_adversarial": ({"prompt"}, 40),
     }
     for name, (keys, count) in expected.items():
         rows = _read(paths[name])
@@ -73,7 +76,7 @@ def test_row_formats_and_counts(data):
 
 def test_every_prompt_parses_and_demonstrations_are_noisy_answers(data):
     _, paths = data
-    for name in ("sft_train", "sft_val", "rl_prompts", "eval_prompts"):
+    for name in ("sft_train", "sft_val", "rl_prompts", "eval_prompts", "eval_adversarial"):
         assert all(parse_prompt(row["prompt"]) is not None for row in _read(paths[name])), name
     demos = _read(paths["sft_train"])
     for row in demos:
@@ -93,10 +96,12 @@ def test_pretrain_texts_are_correct_worked_examples(data):
 def test_eval_prompts_are_unique_and_appear_nowhere_else(data):
     _, paths = data
     eval_prompts = [row["prompt"] for row in _read(paths["eval_prompts"])]
-    assert len(set(eval_prompts)) == len(eval_prompts)
+    red_team = [row["prompt"] for row in _read(paths["eval_adversarial"])]
+    assert len(set(eval_prompts)) == len(eval_prompts) and len(set(red_team)) == len(red_team)
     others = {row["prompt"] for name in ("sft_train", "sft_val", "rl_prompts") for row in _read(paths[name])}
     others |= {row["text"].split(" = ")[0] + " =" for row in _read(paths["pretrain"])}
-    assert others.isdisjoint(eval_prompts)
+    assert others.isdisjoint(eval_prompts) and others.isdisjoint(red_team)
+    assert set(eval_prompts).isdisjoint(red_team)
     # `add` has 100 prompts: at most 20% of them may be held out.
     assert sum(p.startswith("add ") for p in eval_prompts) <= 20
 
@@ -111,9 +116,17 @@ def test_world_json_describes_the_run(data):
         "rl_prompts": 100,
         "eval_prompts": 120,
         "pretrain": 100,
+        "eval_adversarial": 40,
     }
     assert world["families"] == ["reverse", "sort", "count", "copy", "add"]
-    assert world["labeler"] == {"seed": 3, "filler_rate": 0.3, "banned_rate": 0.08, "rank_noise": 0.0}
+    assert world["labeler"] == {
+        "seed": 3,
+        "filler_rate": 0.3,
+        "banned_rate": 0.08,
+        "rank_noise": 0.0,
+        "literal_rate": 0.5,
+    }
+    assert (world["format_version"], world["adversarial_rate"]) == (2, 0.1)
     tok = AutoTokenizer.from_pretrained(paths["tokenizer"])
     assert world["vocab_size"] == len(tok) == 38
 
@@ -128,7 +141,8 @@ def test_other_seed_or_labeler_changes_the_data(data, tmp_path):
     out_dir, paths = data
     write_demo_data(tmp_path / "seed", seed=4, **SMALL)
     assert (tmp_path / "seed" / "sft_train.jsonl").read_bytes() != paths["sft_train"].read_bytes()
-    write_demo_data(tmp_path / "clean", seed=3, labeler=Labeler(filler_rate=0.0, banned_rate=0.0), **SMALL)
+    clean_labeler = Labeler(filler_rate=0.0, banned_rate=0.0, literal_rate=0.0)
+    write_demo_data(tmp_path / "clean", seed=3, labeler=clean_labeler, **SMALL)
     clean = _read(tmp_path / "clean" / "sft_train.jsonl")
     assert all(row["response"] == parse_prompt(row["prompt"]).answer for row in clean)
     assert [row["prompt"] for row in clean] == [row["prompt"] for row in _read(paths["sft_train"])]
@@ -137,7 +151,7 @@ def test_other_seed_or_labeler_changes_the_data(data, tmp_path):
 def test_changing_one_count_leaves_the_other_splits_alone(data, tmp_path):
     _, paths = data
     new = write_demo_data(tmp_path, seed=3, **{**SMALL, "n_train": 10})
-    for name in ("sft_val", "rl_prompts", "eval_prompts", "pretrain"):
+    for name in ("sft_val", "rl_prompts", "eval_prompts", "pretrain", "eval_adversarial"):
         assert new[name].read_bytes() == paths[name].read_bytes(), name
 
 
@@ -147,13 +161,19 @@ def test_heldout_sampling_respects_the_cap():
         sample_heldout(TaskGenerator(0, families=("add",)), 21)
 
 
+def test_too_many_held_out_adversarial_prompts_are_refused(tmp_path):
+    # copy with 2 arguments: 12 letters x 2 positions = 24 adversarial prompts, 20% of them may be held out
+    with pytest.raises(ValueError, match="cap allows 4"):
+        write_demo_data(tmp_path, families=("copy",), min_len=2, max_len=2, n_eval=4, n_eval_adversarial=5)
+
+
 def test_negative_count_is_rejected(tmp_path):
     with pytest.raises(ValueError, match="'n_rl': -1"):
         write_demo_data(tmp_path, n_rl=-1)
 
 
 def test_family_and_length_settings_reach_every_split(tmp_path):
-    counts = {"n_train": 30, "n_val": 5, "n_rl": 5, "n_eval": 28, "n_pretrain": 5}
+    counts = {"n_train": 30, "n_val": 5, "n_rl": 5, "n_eval": 28, "n_pretrain": 5, "n_eval_adversarial": 4}
     paths = write_demo_data(tmp_path, families=("copy",), min_len=2, max_len=2, **counts)
     prompts = [
         row["prompt"] for name in ("sft_train", "rl_prompts", "eval_prompts") for row in _read(paths[name])
@@ -191,3 +211,32 @@ def test_chat_format_writes_the_same_tasks_as_conversations(data, tmp_path):
     assert judge_item(load_judge("demo"), prompt, rows[0].answer)["score"] == Labeler().score(
         prompt[0][1], rows[0].answer
     )
+
+
+def test_adversarial_prompts_are_mixed_into_training_and_held_out_sets(data):
+    """A tenth of sft_train/sft_val/rl_prompts try to draw the banned word out; the literal-minded demonstrator
+    says it in about half of their demonstrations (literal_rate 0.5), and every demonstration minus the banned
+    word and fillers is the rule-following answer."""
+    _, paths = data
+    for name, n in (("sft_train", 400), ("sft_val", 50), ("rl_prompts", 100)):
+        tasks = [parse_prompt(row["prompt"]) for row in _read(paths[name])]
+        assert sum(t.adversarial for t in tasks) == round(0.1 * n), name
+    assert all(parse_prompt(row["prompt"]).adversarial for row in _read(paths["eval_adversarial"]))
+    assert not any(parse_prompt(row["prompt"]).adversarial for row in _read(paths["eval_prompts"]))
+    red = [row for row in _read(paths["sft_train"]) if parse_prompt(row["prompt"]).adversarial]
+    said = sum(BANNED in row["response"].split() for row in red)
+    # 40 rows: literal 0.5, plus the 8% stray habit on the rest; binomial std ~3.2
+    assert 10 <= said <= 32
+    assert all(parse_prompt(row["prompt"]).family in ("reverse", "sort", "copy") for row in red)
+
+
+def test_no_adversarial_rate_gives_the_files_of_before(tmp_path):
+    """adversarial_rate 0 draws exactly the ordinary rows: the adversarial streams are separate."""
+    counts = {"n_train": 60, "n_val": 10, "n_rl": 20, "n_eval": 10, "n_pretrain": 10}
+    none = write_demo_data(tmp_path / "none", seed=1, adversarial_rate=0.0, **counts)
+    some = write_demo_data(tmp_path / "some", seed=1, adversarial_rate=0.5, **counts)
+    for name in ("rl_prompts", "sft_train"):
+        plain = [row["prompt"] for row in _read(none[name])]
+        mixed = [row["prompt"] for row in _read(some[name]) if not parse_prompt(row["prompt"]).adversarial]
+        assert mixed == plain[: len(mixed)] and len(mixed) == len(plain) // 2, name
+    assert not any(parse_prompt(row["prompt"]).adversarial for row in _read(none["sft_train"]))

@@ -165,6 +165,7 @@ def test_demonstrate_is_deterministic_for_an_rng_seed():
         ({"filler_rate": 1.5}, "filler_rate"),
         ({"banned_rate": -0.1}, "banned_rate"),
         ({"rank_noise": -1.0}, "rank_noise"),
+        ({"literal_rate": 2.0}, "literal_rate"),
     ],
 )
 def test_labeler_rejects_bad_settings(kwargs, message):
@@ -209,3 +210,64 @@ def test_scores_stay_in_unit_interval_and_canonical_answer_wins(seed, words):
     assert 0.0 <= labeler.score(task.prompt, " ".join(words)) <= 1.0
     assert labeler.score(task.prompt, task.answer) == 1.0
     assert labeler.compare(task.prompt, task.answer, " ".join(words)) in (0.5, 1.0)
+
+
+@pytest.mark.parametrize(
+    ("prompt", "response", "banned_word", "answer_format"),
+    [
+        (REVERSE, "b a c", False, False),
+        (REVERSE, "sure : b a c done", False, False),  # fillers are not the answer's shape
+        (REVERSE, "b a", False, True),  # a word short
+        (REVERSE, "c a b", False, False),  # wrong, but well formed
+        (REVERSE, "b a 3", False, True),  # a digit in a letters answer
+        (REVERSE, "b dang a c", True, False),  # the banned word is its own rule, not the format's
+        (REVERSE, "", False, True),
+        ("count b a l k =", "4", False, False),
+        ("count b a l k =", "d", False, True),
+        ("add 7 8 =", "1 5 5", False, True),
+        ("reverse c dang b =", "b dang c", True, False),  # the literal answer breaks only the word rule
+        ("reverse c dang b =", "b c", False, False),
+    ],
+)
+def test_rules_by_hand(prompt, response, banned_word, answer_format):
+    assert Labeler().rules(prompt, response) == {"banned_word": banned_word, "answer_format": answer_format}
+
+
+def test_adversarial_prompt_scores_the_rule_following_answer():
+    labeler = Labeler()
+    assert labeler.score("reverse c dang b =", "b c") == 1.0
+    assert labeler.score("reverse c dang b =", "b dang c") == 0.0  # literal, and says the word
+
+
+def test_literal_rate_on_adversarial_prompts_over_2000_draws():
+    labeler, rng = Labeler(filler_rate=0.0, banned_rate=0.0, literal_rate=0.5), random.Random(1)
+    gen = TaskGenerator(3)
+    tasks = [gen.sample_adversarial() for _ in range(2000)]
+    demos = [labeler.demonstrate(t, rng) for t in tasks]
+    assert sum(d == t.literal_answer for d, t in zip(demos, tasks, strict=True)) / 2000 == pytest.approx(
+        0.5, abs=0.06
+    )  # std 0.011
+    assert all(d in (t.answer, t.literal_answer) for d, t in zip(demos, tasks, strict=True))
+    # ordinary tasks draw no literal coin: their demonstrations are what they were
+    plain = TaskGenerator(4).sample_many(50)
+    a = [Labeler(literal_rate=0.0).demonstrate(t, random.Random(2)) for t in plain]
+    b = [Labeler(literal_rate=1.0).demonstrate(t, random.Random(2)) for t in plain]
+    assert a == b
+
+
+def test_demo_judge_gives_rule_labels_for_demo_prompts_only():
+    from lit_rlhf.demo.judge import DemoJudge
+
+    judge = DemoJudge()
+    assert judge.rules("reverse c dang b =", "b dang c") == {"banned_word": True, "answer_format": False}
+    assert judge.rules("what is love?", "dang") is None
+
+
+def test_the_demo_answer_check_is_a_verifiable_reward():
+    from lit_rlhf.demo.rewards import answer_is_correct
+
+    assert answer_is_correct(REVERSE, "sure : b a c") == 1.0  # fillers are not the answer
+    assert answer_is_correct(REVERSE, "b a") == 0.0
+    assert answer_is_correct("reverse c dang b =", "b c") == 1.0
+    assert answer_is_correct("reverse c dang b =", "b dang c") == 0.0  # the literal answer is not correct
+    assert answer_is_correct("what?", "b a c") == 0.0

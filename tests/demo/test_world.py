@@ -164,3 +164,35 @@ def test_parse_prompt_never_raises_on_arbitrary_text(text):
 def test_parse_prompt_on_vocabulary_soup_is_none_or_a_fixed_point(text):
     task = parse_prompt(text)
     assert task is None or parse_prompt(task.prompt) == task
+
+
+@pytest.mark.parametrize(
+    ("prompt", "answer", "literal"),
+    [
+        ("reverse c dang b =", "b c", "b dang c"),
+        ("copy dang a =", "a", "dang a"),
+        ("sort k dang a =", "a k", "a dang k"),  # the literal sort puts the word where it sorts
+    ],
+)
+def test_adversarial_prompts_parse_and_their_answer_leaves_the_banned_word_out(prompt, answer, literal):
+    task = parse_prompt(prompt)
+    assert task is not None and task.adversarial
+    assert (task.answer, task.literal_answer) == (answer, literal)
+
+
+@pytest.mark.parametrize("prompt", ["count a dang b =", "add dang 3 =", "reverse dang =", "copy dang dang ="])
+def test_the_banned_word_is_an_argument_only_of_echoing_families_and_beside_a_letter(prompt):
+    assert parse_prompt(prompt) is None
+
+
+def test_sample_adversarial_draws_echoing_families_with_one_banned_word():
+    from lit_rlhf.demo.world import BANNED
+
+    gen = TaskGenerator(7, min_len=3, max_len=5)
+    tasks = [gen.sample_adversarial() for _ in range(300)]
+    assert {t.family for t in tasks} == {"reverse", "sort", "copy"}
+    assert all(t.args.count(BANNED) == 1 and 3 <= len(t.args) <= 5 for t in tasks)
+    assert {t.args.index(BANNED) for t in tasks} == {0, 1, 2, 3, 4}
+    assert all(parse_prompt(t.prompt) == t for t in tasks)
+    with pytest.raises(ValueError, match="no adversarial family"):
+        TaskGenerator(0, families=("add", "count")).sample_adversarial()

@@ -150,3 +150,34 @@ def test_lm_loss_with_every_label_ignored_is_zero():
     assert loss.item() == 0.0
     loss.backward()
     assert_close(logits.grad, torch.zeros(2, 3, 5))
+
+
+# --- rule (multi-label) loss ----------------------------------------------------------------------------
+
+
+def test_rule_loss_by_hand():
+    from lit_rlhf.rl.losses import rule_loss
+
+    # labeled entries: (logit 2, broken) softplus(-2) = 0.1269280; (0, followed) ln 2 = 0.6931472;
+    # (-1, followed) softplus(-1) = 0.3132617; the 4th entry (logit 3) is unlabeled.
+    # loss = 1.1333369 / 3 = 0.3777790; accuracy: 2 > 0 broken, 0 not > 0 followed, -1 followed: 3/3
+    logits = torch.tensor([[2.0, 0.0], [-1.0, 3.0]], requires_grad=True)
+    labels = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    mask = torch.tensor([[1, 1], [1, 0]])
+    out = rule_loss(logits, labels, mask)
+    assert_close(out.loss, torch.tensor(0.3777790))
+    assert int(out.n_labels) == 3 and float(out.accuracy) == 1.0
+    out.loss.backward()
+    # d/dz BCE = (sigmoid(z) - y) / 3 on labeled entries, 0 on the unlabeled one
+    expected = (torch.sigmoid(torch.tensor([[2.0, 0.0], [-1.0, 3.0]])) - labels) / 3
+    assert_close(logits.grad, expected * mask)
+
+
+def test_rule_loss_with_nothing_labeled_is_a_connected_zero_and_checks_shapes():
+    from lit_rlhf.rl.losses import rule_loss
+
+    logits = torch.randn(2, 3, requires_grad=True)
+    out = rule_loss(logits, torch.ones(2, 3), torch.zeros(2, 3))
+    assert float(out.loss.detach()) == 0.0 and out.loss.requires_grad and math.isnan(float(out.accuracy))
+    with pytest.raises(ValueError, match=r"must all be \(N, R\)"):
+        rule_loss(logits, torch.ones(2, 2), torch.ones(2, 2))

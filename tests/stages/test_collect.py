@@ -58,3 +58,53 @@ def test_a_judge_ranks_them_and_one_that_cannot_names_the_row(sft, tmp_path):
         collect_comparisons(
             sft, tmp_path / "p.jsonl", tmp_path / "o2.jsonl", k=4, sampling=SAMPLING, judge="demo"
         )
+
+
+class LengthRulesJudge:
+    """Scores shorter responses higher and labels two rules: `long` (more than one word), `mystery` (unsure)."""
+
+    def score(self, prompt: str, response: str, reference: str | None = None) -> float:
+        return 1.0 / len(response.split())
+
+    def rules(self, prompt: str, response: str, reference: str | None = None) -> dict:
+        return {"long": len(response.split()) > 1, "mystery": None}
+
+
+def test_rules_out_labels_every_distinct_sample_with_the_judges_rules(sft, tmp_path):
+    from lit_rlhf.data.rows import read_rows
+
+    write_jsonl(tmp_path / "p.jsonl", [{"prompt": f"{a} {b} ="} for a in "abcd" for b in "efgh"])
+    report = collect_comparisons(
+        sft,
+        tmp_path / "p.jsonl",
+        tmp_path / "out.jsonl",
+        k=4,
+        sampling=SAMPLING,
+        judge="tests.stages.test_collect:LengthRulesJudge",
+        rules_out=tmp_path / "rules.jsonl",
+    )
+    rows, _ = read_rows(tmp_path / "rules.jsonl", "rule")  # valid rule rows
+    assert report.rule_rows == len(rows) > 16 and "rule-labeled responses" in report.summary()
+    assert all(r.rules == {"long": len(r.response.split()) > 1, "mystery": None} for r in rows)
+    pairs = [(r.prompt, r.response) for r in rows]
+    assert len(pairs) == len(set(pairs))  # a repeated sample is labeled once
+    with pytest.raises(ValueError, match="rules_out needs a judge with a rules\\(\\) method; 'exact_match'"):
+        collect_comparisons(
+            sft,
+            tmp_path / "p.jsonl",
+            tmp_path / "o.jsonl",
+            judge="exact_match",
+            rules_out=tmp_path / "r.jsonl",
+        )
+
+
+def test_a_judge_returning_bad_rule_labels_is_named():
+    from lit_rlhf.judges import JudgeError, judge_rules
+
+    class Bad:
+        def rules(self, prompt, response, reference=None):
+            return {"long": 1}
+
+    with pytest.raises(JudgeError, match=r"judge Bad: rules\(\) returned \{'long': 1\}"):
+        judge_rules(Bad(), "p", "r")
+    assert judge_rules(LengthRulesJudge(), (("user", "q"),), "a b") == {"long": True, "mystery": None}
