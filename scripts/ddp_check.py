@@ -105,7 +105,7 @@ def phase_fit(
 ) -> None:
     """`main.py fit` through the project's CLI, then tear the process group down explicitly.
 
-    PLATFORM.md: DDP on CPU sometimes aborted at interpreter exit unless the group was destroyed first.
+    docs/platform-notes.md: DDP on CPU sometimes aborted at interpreter exit unless the group was destroyed first.
     """
     import torch.distributed as dist
 

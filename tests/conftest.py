@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-# Two cores shared with other processes: torch with 2 threads sometimes slows 10x (shared/PLATFORM.md).
+# Two cores shared with other processes: torch with 2 threads sometimes slows 10x (docs/platform-notes.md).
 torch.set_num_threads(int(os.environ.get("LIT_RLHF_TEST_THREADS", "1")))
 warnings.filterwarnings("ignore", message=".*MatMul8bitLt.*")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing may be downloaded; fail fast instead of retrying

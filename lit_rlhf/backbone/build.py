@@ -109,7 +109,7 @@ def _avoid_cpu_4bit_repacking(model: nn.Module) -> int:
     """Turn off bitsandbytes' AVX512-BF16 CPU repacking of 4-bit weights.
 
     On CPU an eval-mode no-grad forward (generate, a PPO rollout) repacks the 4-bit weights in place, after
-    which LoRA on Llama silently gets no gradient and GPT-2 raises an in-place error (shared/PLATFORM.md).
+    which LoRA on Llama silently gets no gradient and GPT-2 raises an in-place error (docs/platform-notes.md).
     Costs ~1.4x on CPU 4-bit generation; harmless on CUDA, where the flag is never read.
     """
     import bitsandbytes as bnb
