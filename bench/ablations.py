@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 MAIN = str(ROOT / "main.py")
 sys.path.insert(0, str(ROOT))
 
+from lit_rlhf.atomic import write_text  # noqa: E402
 from lit_rlhf.pipeline import ppo_stage_args  # noqa: E402  (the pipeline's own PPO overrides, not a copy)
 
 
@@ -186,9 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     result = {"date": time.strftime("%Y-%m-%d"), "ppo": ppo_ablation(a, out), "rm": rm_ablation(a)}
     for name, text in (("ablations.json", json.dumps(result, indent=2)), ("ablations.md", markdown(result))):
-        tmp = out / f".{name}.tmp"
-        tmp.write_text(text)
-        os.replace(tmp, out / name)
+        write_text(out / name, text)
     print(markdown(result))
     return 0
 

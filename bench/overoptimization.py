@@ -210,9 +210,10 @@ def plot(result: dict[str, Any], path: Path) -> None:
     proxy_ax.set_title("proxy")
     gold_ax.legend(fontsize="small")
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    fig.savefig(tmp, format="png", dpi=100)
-    os.replace(tmp, path)
+    from lit_rlhf.atomic import staged_file
+
+    with staged_file(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
 
 
 def _f(v: Any, digits: int = 3) -> str:
@@ -344,13 +345,13 @@ def main() -> int:
         result["ppo"][f"{coef:g}"] = {"iterations": iterations, "eval_every": every, **ppo_result(run)}
     result["timings_s"] = timings
     result["load_average"] = os.getloadavg()
-    from lit_rlhf.runs import write_json_atomic
+    from lit_rlhf.atomic import write_json, write_text
 
     dashboard = runs / "eval" / f"{a.name}-overopt"
     dashboard.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(dashboard / "best_of_n.json", result["best_of_n"])
-    write_json_atomic(out / "overoptimization.json", result)
-    (out / "overoptimization.md").write_text(markdown(result), encoding="utf-8")
+    write_json(dashboard / "best_of_n.json", result["best_of_n"])
+    write_json(out / "overoptimization.json", result)
+    write_text(out / "overoptimization.md", markdown(result))
     plot(result, out / "overoptimization.png")
     print(markdown(result))
     log(f"wrote {out / 'overoptimization.md'}, .json, .png and {dashboard / 'best_of_n.json'}")

@@ -29,6 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from lit_rlhf.atomic import write_text  # noqa: E402
 from lit_rlhf.pipeline import Pipeline, PipelineConfig  # noqa: E402
 
 VARIANTS = {
@@ -170,9 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         ("rules_rounds.json", json.dumps(result, indent=2)),
         ("rules_rounds.md", markdown(result)),
     ):
-        tmp = out / f".{name}.tmp"
-        tmp.write_text(text)
-        os.replace(tmp, out / name)
+        write_text(out / name, text)
     print(markdown(result))
     return 0
 

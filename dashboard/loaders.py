@@ -25,9 +25,16 @@ from typing import Any
 import pandas as pd
 
 from dashboard.safety import inside
-from lit_rlhf.checkpoint.manifest import resolve_link
+from lit_rlhf.checkpoint.manifest import (
+    MANIFEST,
+    ManifestError,
+    ManifestUnreadable,
+    manifest_link,
+    read_manifest_json,
+)
 from lit_rlhf.checkpoint.safety import external_base
 from lit_rlhf.data.rows import DataError, parse_json_line
+from lit_rlhf.run_files import METRICS, STAGE_DIR, STAGES, STATUS
 from lit_rlhf.safe_io import (
     StrictJSONError,
     UnreadableFile,
@@ -38,15 +45,6 @@ from lit_rlhf.safe_io import (
     strict_json,
 )
 
-STAGES = ("sft", "reward", "ppo")
-STATUS, METRICS, SAMPLES, RANKINGS, STAGE_DIR, MANIFEST = (
-    "status.json",
-    "metrics.jsonl",
-    "samples.jsonl",
-    "rankings.jsonl",
-    "stage",
-    "manifest.json",
-)
 # The curves the Curves page opens on, per stage: what tells whether each stage works.
 HEADLINE = {
     "sft": ("sft/loss", "sft/val_loss", "sft/exact_match", "sft/judge_score"),
@@ -79,7 +77,7 @@ MAX_SAMPLE_TOKENS = 4096
 FIRST_RUN_COMMAND = "python main.py fit --config configs/demo/sft.yaml"
 # status.json is rewritten at least every 10 optimizer steps; this long without one, a run is likely dead.
 STALE_AFTER_S = 15 * 60
-MAX_JSON_BYTES = 16 * 1024 * 1024  # status.json and manifest.json are a few KB; past this they are not ours
+MAX_JSON_BYTES = 16 * 1024 * 1024  # status.json is a few KB; past this it is not ours
 MAX_REPORT_BYTES = 16 * 1024 * 1024
 
 
@@ -177,6 +175,24 @@ def _read_json_object(path: Path, root: str | os.PathLike | None = None) -> tupl
     if not isinstance(obj, dict):
         return {}, f"{path}: expected a JSON object"
     return obj, None
+
+
+def _read_manifest(
+    stage_dir: Path, root: str | os.PathLike | None = None
+) -> tuple[dict[str, Any], str | None]:
+    """A stage directory's raw manifest, read by the checkpoint module: (object, None), ({}, None) when there
+    is none, or ({}, problem). Not validated: the pages only show what it says; loading a model checks it all."""
+    problem = read_problem(stage_dir / MANIFEST, root)
+    if problem is not None:
+        return {}, problem
+    try:
+        return read_manifest_json(stage_dir), None
+    except FileNotFoundError:
+        return {}, None
+    except ManifestUnreadable as e:
+        return {}, f"{e.path}: cannot be read ({e.reason})"
+    except ManifestError as e:
+        return {}, str(e)
 
 
 def _int(value: Any) -> int | None:
@@ -289,7 +305,7 @@ def infer_parent_stage(parent: str | None, root: str | os.PathLike | None = None
     path = Path(parent)
     manifest = {}
     if root is None or inside(root, path) is not None:
-        manifest, _ = _read_json_object(path / MANIFEST, root)
+        manifest, _ = _read_manifest(path, root)
     if manifest.get("stage") in STAGES:
         return manifest["stage"]
     parts = path.parts
@@ -306,8 +322,8 @@ def _run_from_dir(stage: str, run_dir: Path, root: str | os.PathLike | None = No
     parent = _text(status.get("parent"))
     # a status predating the field: the stage directory's manifest knows
     if parent is None and problem is None:
-        manifest, _ = _read_json_object(run_dir / STAGE_DIR / MANIFEST, root)
-        parent = _manifest_parent(run_dir / STAGE_DIR, manifest)
+        manifest, _ = _read_manifest(run_dir / STAGE_DIR, root)
+        parent = manifest_link(run_dir / STAGE_DIR, manifest, "parent")
     state = status.get("status")
     alarms, stopped_by, alarm_problem = parse_alarms(status, str(run_dir / STATUS))
     return Run(
@@ -324,11 +340,6 @@ def _run_from_dir(stage: str, run_dir: Path, root: str | os.PathLike | None = No
         alarms=alarms,
         stopped_by=stopped_by,
     )
-
-
-def _manifest_parent(stage_dir: Path, manifest: Mapping[str, Any]) -> str | None:
-    """A raw manifest's parent as a usable path (new manifests record it relative to the stage directory)."""
-    return _text(resolve_link(stage_dir, manifest.get("parent"), manifest.get("relative_links") is True))
 
 
 def discover_runs(root: str | os.PathLike) -> list[Run]:
@@ -830,7 +841,7 @@ def find_stage_dirs(root: str | os.PathLike) -> tuple[list[StageDirInfo], list[s
     """
     found, problems = [], []
     for manifest_path in sorted(Path(root).glob(f"*/*/{STAGE_DIR}/{MANIFEST}")):
-        manifest, problem = _read_json_object(manifest_path, root)
+        manifest, problem = _read_manifest(manifest_path.parent, root)
         if problem is None and inside(root, manifest_path.parent) is None:
             problem = f"{manifest_path.parent}: leads outside the runs root {root}; not read"
         if problem is not None:
@@ -846,20 +857,13 @@ def find_stage_dirs(root: str | os.PathLike) -> tuple[list[StageDirInfo], list[s
                 label=f"{stage_dir.parent.parent.name}/{stage_dir.parent.name}",
                 stage=manifest["stage"],
                 step=_int(manifest.get("step")),
-                parent=_manifest_parent(stage_dir, manifest),
+                parent=manifest_link(stage_dir, manifest, "parent"),
                 manifest_mtime_ns=manifest_path.stat().st_mtime_ns,
                 external_base=external_base(manifest.get("base")),
-                reward_from=_manifest_reward_from(stage_dir, manifest),
+                reward_from=manifest_link(stage_dir, manifest, "reward_from"),
             )
         )
     return found, problems
-
-
-def _manifest_reward_from(stage_dir: Path, manifest: Mapping[str, Any]) -> str | None:
-    extra = manifest.get("extra")
-    if not isinstance(extra, dict):
-        return None
-    return _text(resolve_link(stage_dir, extra.get("reward_from"), manifest.get("relative_links") is True))
 
 
 def _same_dir(a: str | None, b: str | None) -> bool:

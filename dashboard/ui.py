@@ -16,6 +16,7 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import loaders, safety, tail
+from lit_rlhf import run_files
 
 RUNS_ROOT_KEY = "runs_root"
 _RUNS_ROOT_INPUT = "runs_root_input"
@@ -87,7 +88,7 @@ def read_jsonl(path: str) -> loaders.JsonlRows:
 
 def _metrics(run: loaders.Run) -> tuple[pd.DataFrame, list[str]]:
     return _tail().derived(
-        run.file(loaders.METRICS), "metrics", loaders.metrics_frame_and_problems, root=runs_root()
+        run.file(run_files.METRICS), "metrics", loaders.metrics_frame_and_problems, root=runs_root()
     )
 
 

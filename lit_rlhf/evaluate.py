@@ -35,6 +35,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from lit_rlhf.atomic import staged_file, write_json, write_text
 from lit_rlhf.backbone.generate import Generation, SamplingConfig, generate_batches
 from lit_rlhf.checkpoint.kept import resolve_stage_ref
 from lit_rlhf.checkpoint.manifest import MANIFEST, Manifest, ManifestError, read_manifest
@@ -588,23 +589,18 @@ def plot_report(report: dict[str, Any], path: Path) -> None:
     ax.legend(loc="upper left", fontsize="small")
     ax.set_title(f"{report['prompts']['count']} held-out prompts")
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    fig.savefig(tmp, format="png", dpi=100)
-    os.replace(tmp, path)
+    with staged_file(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
 
 
 def write_report(report: dict[str, Any], out: str | os.PathLike) -> dict[str, Path]:
     """Write report.png, report.md and report.json (last: it marks a complete report) into `out`, atomically."""
-    from lit_rlhf.runs import write_json_atomic
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     paths = {name: out / name for name in REPORT_FILES}
     plot_report(report, paths["report.png"])
-    tmp = out / f".report.md.tmp-{os.getpid()}"
-    tmp.write_text(render_markdown(report), encoding="utf-8")
-    os.replace(tmp, paths["report.md"])
-    write_json_atomic(paths["report.json"], report)
+    write_text(paths["report.md"], render_markdown(report))
+    write_json(paths["report.json"], report)
     return paths
 
 

@@ -15,7 +15,6 @@ Must not live here: running stages (lit_rlhf.pipeline), evaluation itself (lit_r
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -230,10 +229,7 @@ def render_markdown(report: dict[str, Any]) -> str:
 
 def write_report(report: dict[str, Any], out: Path) -> None:
     """rounds.md, then rounds.json (last: its presence marks a complete report), each atomically."""
-    from lit_rlhf.runs import write_json_atomic
+    from lit_rlhf.atomic import write_json, write_text
 
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / f".rounds.md.tmp-{os.getpid()}"
-    tmp.write_text(render_markdown(report), encoding="utf-8")
-    os.replace(tmp, out / "rounds.md")
-    write_json_atomic(out / "rounds.json", report)
+    write_text(out / "rounds.md", render_markdown(report))
+    write_json(out / "rounds.json", report)

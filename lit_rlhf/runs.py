@@ -1,22 +1,11 @@
-"""The run directory contract: `runs/<stage>/<name>/` (docs/run-directory.md). The dashboard reads exactly this.
+"""The run directory's writers: `RunLogger` (metrics.jsonl, hparams.yaml) and `RunStatus` (status.json).
 
-    status.json     {"stage", "name", "status": running|finished|failed, "step", "started", "updated",
-                     "stage_dir", "parent", "error"}; rewritten atomically
-    metrics.jsonl   one JSON object per logging step: {"step", "time", "<stage>/<metric>": value, ...};
-                    append-only, so a reader polling during training never sees a rewritten file
-    hparams.yaml    the module's hyperparameters
-    config.yaml     the resolved config (written by LightningCLI)
-    samples.jsonl   {"step", "prompt", "completion", "mode", ...scores}; append-only
-    rankings.jsonl  (reward stage) validation rankings tables; append-only
-    checkpoints/    Lightning .ckpt files for exact resume (last.ckpt)
-    stage/          the stage directory (lit_rlhf.checkpoint), written atomically at the end of fit
-
-No torch here beyond Lightning's logger base class.
+The file names and what each holds: `lit_rlhf.run_files` (docs/run-directory.md); the dashboard reads exactly
+those. No torch here beyond Lightning's logger base class.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -28,15 +17,9 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers.logger import Logger
 from lightning.pytorch.utilities import rank_zero_only
 
+from lit_rlhf.atomic import write_json, write_text
 from lit_rlhf.data.io import append_jsonl
-
-METRICS, SAMPLES, STATUS, RANKINGS, STAGE_DIR = (
-    "metrics.jsonl",
-    "samples.jsonl",
-    "status.json",
-    "rankings.jsonl",
-    "stage",
-)
+from lit_rlhf.run_files import HPARAMS, METRICS, STATUS
 
 
 def run_dir(trainer: Any) -> Path | None:
@@ -46,13 +29,6 @@ def run_dir(trainer: Any) -> Path | None:
     rank-zero-only writers do) deadlocks.
     """
     return next((Path(lg.log_dir) for lg in trainer.loggers if isinstance(lg, RunLogger)), None)
-
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write JSON to a temporary sibling, then rename over `path`."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, allow_nan=False), encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _plain(value: Any) -> Any:
@@ -99,9 +75,7 @@ class RunLogger(Logger):
         self._run_dir.mkdir(parents=True, exist_ok=True)
         params = params if isinstance(params, dict) else vars(params)
         text = yaml.safe_dump(_plain(dict(params)), sort_keys=True)
-        tmp = self._run_dir / ".hparams.yaml.tmp"
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, self._run_dir / "hparams.yaml")
+        write_text(self._run_dir / HPARAMS, text)
 
     @rank_zero_only
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
@@ -134,7 +108,7 @@ class RunStatus(Callback):
         self.state.update(fields, step=int(trainer.global_step), updated=round(time.time(), 3))
         path = root / STATUS
         path.parent.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(path, self.state)
+        write_json(path, self.state)
 
     def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
         self.state = {

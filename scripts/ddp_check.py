@@ -122,13 +122,13 @@ def write_rank_state(cli, path: Path) -> None:
     """What this PPO rank ended with: the figures every rank must share, and its own first prompts."""
     import torch
 
-    from lit_rlhf.runs import write_json_atomic
+    from lit_rlhf.atomic import write_json
 
     module, data = cli.model, cli.datamodule
     params = [p for p in module.parameters() if p.requires_grad]
     data.consumed = 0  # the first batch this rank trained on
     first = next(iter(data.train_dataloader()))["prompts"]
-    write_json_atomic(
+    write_json(
         path,
         {
             "rank": cli.trainer.global_rank,
@@ -181,8 +181,8 @@ def phase_validate(rm_stage: Path, val_path: Path, devices: int, result: Path) -
     import lightning as L
     import torch.distributed as dist
 
+    from lit_rlhf.atomic import write_json
     from lit_rlhf.data.comparisons import ComparisonDataModule
-    from lit_rlhf.runs import write_json_atomic
 
     L.seed_everything(0)
     module = _stored_reward_module(rm_stage, max_length=64)
@@ -201,7 +201,7 @@ def phase_validate(rm_stage: Path, val_path: Path, devices: int, result: Path) -
         row: dict[str, Any] = {"devices": devices, "val_accuracy": float(metrics["reward/val_accuracy"])}
         if devices == 1:
             row["per_comparison"] = per_comparison_results(module, data)
-        write_json_atomic(result, row)
+        write_json(result, row)
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 
@@ -547,10 +547,10 @@ def main(argv: list[str] | None = None) -> int:
     if a.phase == "validate":
         phase_validate(a.rm_stage, a.val, a.devices, a.result)
         return 0
-    from lit_rlhf.runs import write_json_atomic
+    from lit_rlhf.atomic import write_json
 
     report = orchestrate(a.stage, a.out.resolve())
-    write_json_atomic(a.out.resolve() / f"ddp_{a.stage}.json", report)
+    write_json(a.out.resolve() / f"ddp_{a.stage}.json", report)
     print(json.dumps(report, indent=2))
     return 0
 

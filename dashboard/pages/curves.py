@@ -10,6 +10,7 @@ from __future__ import annotations
 import streamlit as st
 
 from dashboard import loaders, ui
+from lit_rlhf import run_files
 
 REFRESH_SECONDS = 5
 
@@ -44,7 +45,7 @@ def charts() -> None:
         st.subheader("Headline")
         _grid(frames, headline, weight)
     for group, keys in groups.items():
-        st.subheader(f"{group}/" if group in loaders.STAGES else "other")
+        st.subheader(f"{group}/" if group in run_files.STAGES else "other")
         # No key: the widget's identity is its options, so a run bringing new metrics resets it to all.
         shown = st.multiselect("Metrics", keys, default=keys)
         _grid(frames, shown, weight)

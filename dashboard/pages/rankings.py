@@ -5,6 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from dashboard import loaders, ui
+from lit_rlhf import run_files
 
 ACCURACY_KEYS = ("reward/accuracy", "reward/val_accuracy", "reward/val_kendall_tau")
 
@@ -27,7 +28,7 @@ if len(accuracy):
 else:
     st.text("No accuracy metrics logged yet.")
 
-rows, problems = loaders.parse_rankings(ui.read_jsonl(run.file(loaders.RANKINGS)))
+rows, problems = loaders.parse_rankings(ui.read_jsonl(run.file(run_files.RANKINGS)))
 ui.show_problems(problems)
 if not rows:
     st.info("This run has written no rankings yet (rankings.jsonl appears after the first validation).")

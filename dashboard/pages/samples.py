@@ -10,6 +10,7 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import loaders, ui
+from lit_rlhf import run_files
 
 MAX_ROWS = 2000  # the table shows the newest rows past this many
 MAX_HISTORY = 50  # completions of one prompt written out in full
@@ -39,7 +40,7 @@ if not runs:
     ui.no_runs_yet()
     st.stop()
 
-reads = {run.id: ui.read_jsonl(run.file(loaders.SAMPLES)) for run in runs}
+reads = {run.id: ui.read_jsonl(run.file(run_files.SAMPLES)) for run in runs}
 frame, problems = loaders.samples_frame(reads)  # a run whose file cannot be read brings its problem
 ui.show_problems(problems)
 if frame.empty:

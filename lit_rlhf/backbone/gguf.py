@@ -22,6 +22,8 @@ import shutil
 import uuid
 from pathlib import Path
 
+from lit_rlhf.atomic import publish_dir
+
 log = logging.getLogger(__name__)
 
 BUNDLED_PREFIX = "bundled:"
@@ -140,11 +142,7 @@ def converted_folder(path: Path) -> Path:
         (tmp / MARKER).write_text(
             json.dumps({"source": path.name, "sha256": digest}) + "\n", encoding="utf-8"
         )
-        try:
-            tmp.rename(out)
-        except OSError:
-            if not (out / MARKER).is_file():  # not a finished rival conversion: a real failure
-                raise
+        publish_dir(tmp, out, done=MARKER)  # a finished rival conversion wins just as well
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out

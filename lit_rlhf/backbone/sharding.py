@@ -77,7 +77,7 @@ class FSDP2Strategy(ModelParallelStrategy):
         import uuid
         from pathlib import Path
 
-        from lit_rlhf.checkpoint.stage_dir import replace_dir, temp_sibling
+        from lit_rlhf.atomic import replace_dir, temp_sibling
 
         path = Path(self.broadcast(str(filepath)))
         tmp = temp_sibling(path, self.broadcast(uuid.uuid4().hex[:8]))

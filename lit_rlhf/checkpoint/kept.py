@@ -15,7 +15,6 @@ Must not live here: how a stage directory is written (the caller passes a writer
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -25,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lit_rlhf.atomic import write_json
 from lit_rlhf.checkpoint.manifest import KEPT, MANIFEST, ManifestError
 from lit_rlhf.safe_io import StrictJSONError, UnreadableFile, clip, read_bounded, strict_json
 
@@ -134,16 +134,13 @@ class Kept:
 
 
 def write_index(path: Path, entries: Sequence[KeptEntry], best: KeptEntry | None) -> None:
-    """index.json through a temporary sibling and os.replace: a reader sees the old index or the new one."""
+    """index.json, atomically: a reader sees the old index or the new one."""
     body = {
         "format_version": INDEX_VERSION,
         "best": best.name if best else None,
         "kept": [asdict(e) for e in entries],
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(body, indent=2, allow_nan=False), encoding="utf-8")
-    os.replace(tmp, path)
+    write_json(path, body)
 
 
 def read_index(path: Path) -> tuple[list[KeptEntry], str | None]:

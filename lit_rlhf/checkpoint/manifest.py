@@ -23,6 +23,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from lit_rlhf.checkpoint.validate import backbone_problems, safetensors_problems, tree_problems
+from lit_rlhf.run_files import STAGES
 from lit_rlhf.safe_io import StrictJSONError, UnreadableFile, clip, read_bounded, strict_json
 
 FORMAT_VERSION = 1
@@ -31,11 +32,18 @@ KEPT = (
     "kept"  # <run dir>/kept/<point>/: stage directories kept at evaluation points (lit_rlhf.checkpoint.kept)
 )
 MAX_MANIFEST_BYTES = 16 * 1024 * 1024  # a manifest is a few KB; a huge one is not ours
-STAGES = ("sft", "reward", "ppo")
 
 
 class ManifestError(ValueError):
     """A stage directory that cannot be loaded; the message says which file and why."""
+
+
+class ManifestUnreadable(ManifestError):
+    """A manifest file that cannot be read as JSON at all; `str(err)` is "{path}: {reason}"."""
+
+    def __init__(self, path: str | os.PathLike, reason: str) -> None:
+        super().__init__(f"{os.fspath(path)}: {reason}")
+        self.path, self.reason = os.fspath(path), reason
 
 
 @dataclass
@@ -255,6 +263,42 @@ def _check_contents(manifest: Manifest, where: Path) -> None:
             raise ManifestError(problems[0])
 
 
+def read_manifest_json(stage_dir: str | os.PathLike) -> dict[str, Any]:
+    """The raw JSON object of a stage directory's manifest: strict (no NaN, repeated keys or deep nesting) and
+    bounded, but neither validated nor checked against the folder (`read_manifest` does both).
+
+    For readers that only show what a manifest says (the dashboard lists stage directories without loading
+    them). FileNotFoundError when there is no manifest; ManifestUnreadable for a file that cannot be read as
+    JSON, ManifestError for JSON that is not an object; each names the file.
+    """
+    path = Path(stage_dir) / MANIFEST
+    try:
+        raw = strict_json(read_bounded(path, MAX_MANIFEST_BYTES))
+    except FileNotFoundError:
+        raise
+    except UnreadableFile as e:
+        raise ManifestUnreadable(path, e.reason) from e
+    except (OSError, StrictJSONError) as e:
+        raise ManifestUnreadable(path, str(e)) from e
+    if not isinstance(raw, dict):
+        raise ManifestError(f"{path}: expected a JSON object")
+    return raw
+
+
+def manifest_link(stage_dir: str | os.PathLike, raw: dict[str, Any], key: str) -> str | None:
+    """A link of a raw manifest (`parent`, or an `extra` entry of LINKS_IN_EXTRA) as a usable path, or None.
+
+    New manifests record links relative to their stage directory (`relative_links`); `resolve_link` joins them.
+    """
+    if key == "parent":
+        value = raw.get("parent")
+    else:
+        extra = raw.get("extra")
+        value = extra.get(key) if isinstance(extra, dict) else None
+    path = resolve_link(stage_dir, value, raw.get("relative_links") is True)
+    return path if isinstance(path, str) and path else None
+
+
 def read_manifest(stage_dir: str | os.PathLike) -> Manifest:
     """Read and validate ``manifest.json``, then check the directory's contents against it.
 
@@ -270,15 +314,7 @@ def read_manifest(stage_dir: str | os.PathLike) -> Manifest:
         raise ManifestError(links[0])
     if not path.is_file():
         raise ManifestError(f"{path}: missing; {where} is not a complete stage directory")
-    try:
-        raw = strict_json(read_bounded(path, MAX_MANIFEST_BYTES))
-    except UnreadableFile as e:
-        raise ManifestError(str(e)) from e
-    except StrictJSONError as e:
-        raise ManifestError(f"{path}: {e}") from e
-    if not isinstance(raw, dict):
-        raise ManifestError(f"{path}: expected a JSON object")
-    manifest = parse_manifest(raw, where)
+    manifest = parse_manifest(read_manifest_json(where), where)
     _check_contents(manifest, where)
     _resolve_links(manifest, where)
     return manifest

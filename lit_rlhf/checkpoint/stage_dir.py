@@ -6,17 +6,16 @@ leaves either the old directory or the new one, never a half one that has a mani
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
-import uuid
-from collections.abc import Collection, Iterator
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from lit_rlhf.atomic import atomic_dir
 from lit_rlhf.backbone.build import Backbone
 from lit_rlhf.backbone.config import BackboneConfig
 from lit_rlhf.checkpoint.manifest import MANIFEST, Manifest, ManifestError, list_files, read_manifest
@@ -28,59 +27,6 @@ from lit_rlhf.checkpoint.safety import (
     refuse_links,
 )
 from lit_rlhf.data.formatting import PromptFormat
-
-
-@contextlib.contextmanager
-def atomic_dir(out: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary directory that replaces `out` in one rename when the block succeeds.
-
-    On error the temporary directory is removed and `out` is untouched.
-    """
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_sibling(out, uuid.uuid4().hex[:8])
-    tmp.mkdir()
-    try:
-        yield tmp
-        _make_readable(tmp)
-        replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def temp_sibling(out: Path, token: str) -> Path:
-    """The hidden temporary path a writer of `out` fills before `replace_dir`."""
-    return out.parent / f".{out.name}.tmp-{token}"
-
-
-def replace_dir(tmp: Path, out: Path) -> None:
-    """Put the complete directory `tmp` at `out`, replacing what is there, and clear stale temporary copies."""
-    if out.exists():
-        # Two renames, not one: rename() cannot replace a non-empty directory. A crash between them leaves
-        # the old copy under a hidden name and no `out`, which loads as "missing", never as half-written.
-        old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-        out.rename(old)
-        tmp.rename(out)
-        if old.is_dir():
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            old.unlink()
-    else:
-        tmp.rename(out)
-    # a writer killed earlier left its hidden temporary copy behind; the complete `out` supersedes it
-    for stale in out.parent.glob(f".{out.name}.tmp-*"):
-        shutil.rmtree(stale, ignore_errors=True)
-
-
-def _make_readable(root: Path) -> None:
-    """Give files the usual 0644/0755 modes: some writers create them 0600, which hides a stage from other users."""
-    umask = os.umask(0)
-    os.umask(umask)
-    for p in [root, *root.rglob("*")]:
-        if p.is_symlink():  # chmod follows links: it would change the permissions of what they point at
-            continue
-        p.chmod((0o777 if p.is_dir() else 0o666) & ~umask)
 
 
 def _copy_tree(src: Path, dst: Path) -> None:

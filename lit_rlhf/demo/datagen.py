@@ -25,13 +25,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
-import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
+from lit_rlhf.atomic import write_text
 from lit_rlhf.demo.labeler import Labeler
 from lit_rlhf.demo.tokenizer import train_tokenizer
 from lit_rlhf.demo.world import (
@@ -134,20 +133,8 @@ def mix_in(tasks: list[Task], extra: list[Task], rng: random.Random) -> list[Tas
     return [next(theirs) if i in slots else next(ours) for i in range(n)]
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp makes files private; data files are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:
-    _write_atomic(path, "".join(json.dumps(row) + "\n" for row in rows))
+    write_text(path, "".join(json.dumps(row) + "\n" for row in rows))
 
 
 def as_chat(row: dict[str, str]) -> dict[str, Any]:
@@ -286,5 +273,5 @@ def write_demo_data(
         "files": FILES,
         "row_format": row_format,
     }
-    _write_atomic(paths["world"], json.dumps(world, indent=2, sort_keys=True) + "\n")
+    write_text(paths["world"], json.dumps(world, indent=2, sort_keys=True) + "\n")
     return paths

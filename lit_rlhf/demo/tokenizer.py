@@ -9,15 +9,13 @@ Only `tokenizers`/`transformers` tokenizer code lives here; the language itself 
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 
+from lit_rlhf.atomic import atomic_dir
 from lit_rlhf.demo.world import VOCABULARY
 
 PAD, UNK, BOS, EOS = "[PAD]", "[UNK]", "[BOS]", "[EOS]"
@@ -49,31 +47,6 @@ def _build_backend(texts: Iterable[str]) -> Tokenizer:
     return backend
 
 
-def _save_atomically(tokenizer: PreTrainedTokenizerFast, out_dir: Path) -> None:
-    """save_pretrained into a sibling temp dir, then swap it in, so readers never see half a tokenizer."""
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
-    try:
-        tokenizer.save_pretrained(str(staging))
-        staging.chmod(0o755)  # mkdtemp makes the directory private; the tokenizer is meant to be shared
-        if not out_dir.exists():
-            os.replace(staging, out_dir)
-            return
-        # A directory cannot be os.replace'd onto a non-empty one: move the old one aside first.
-        aside = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".old", dir=out_dir.parent))
-        os.replace(out_dir, aside / out_dir.name)
-        try:
-            os.replace(staging, out_dir)
-        except OSError:
-            os.replace(aside / out_dir.name, out_dir)
-            raise
-        finally:
-            shutil.rmtree(aside, ignore_errors=True)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
-
-
 def train_tokenizer(
     texts: Iterable[str], out_dir: str | Path, model_max_length: int = DEFAULT_MODEL_MAX_LENGTH
 ) -> PreTrainedTokenizerFast:
@@ -93,5 +66,6 @@ def train_tokenizer(
         model_max_length=model_max_length,
         clean_up_tokenization_spaces=False,
     )
-    _save_atomically(tokenizer, Path(out_dir))
+    with atomic_dir(out_dir) as staging:  # readers never see half a tokenizer
+        tokenizer.save_pretrained(str(staging))
     return tokenizer

@@ -9,11 +9,12 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+from lit_rlhf.atomic import atomic_dir
 from lit_rlhf.backbone.build import Backbone
 from lit_rlhf.backbone.config import BackboneConfig, LoraSettings
 from lit_rlhf.backbone.generate import SamplingConfig, generate
 from lit_rlhf.checkpoint.manifest import FORMAT_VERSION, ManifestError, read_manifest
-from lit_rlhf.checkpoint.stage_dir import atomic_dir, export_stage_dir, load_stage_dir, save_stage_dir
+from lit_rlhf.checkpoint.stage_dir import export_stage_dir, load_stage_dir, save_stage_dir
 
 PROMPTS = ["a b c =", "d e f g =", "h ="]
 GREEDY = SamplingConfig(max_new_tokens=6, do_sample=False)

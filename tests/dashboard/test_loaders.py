@@ -14,6 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from dashboard import loaders
+from lit_rlhf import run_files
 
 from .helpers import REPO, SFT_PROMPT, XSS_SCRIPT, write_json
 
@@ -202,7 +203,7 @@ def test_parent_stage_from_the_path_when_the_parent_has_no_manifest():
 
 def test_runs_table_last_step_and_key_metrics(runs_root):
     runs = loaders.discover_runs(runs_root)
-    frames = {r.id: loaders.metrics_frame(loaders.read_jsonl(r.file(loaders.METRICS)).rows) for r in runs}
+    frames = {r.id: loaders.metrics_frame(loaders.read_jsonl(r.file(run_files.METRICS)).rows) for r in runs}
     table = loaders.runs_table(runs, frames).set_index("run")
     # ppo/live: status.json says step 2, metrics reached 4 (the half-written step-6 row does not count)
     assert table["step"].tolist() == [20, 30, 4]
@@ -280,7 +281,7 @@ def test_bad_rankings_rows_are_reported_by_file_line_and_field(tmp_path):
 
 def _samples(runs_root):
     reads = {
-        r.id: loaders.read_jsonl(r.file(loaders.SAMPLES))
+        r.id: loaders.read_jsonl(r.file(run_files.SAMPLES))
         for r in loaders.discover_runs(runs_root)
         if r.stage != "reward"
     }
