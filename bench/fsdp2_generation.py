@@ -34,8 +34,8 @@ def worker(rank: int, a: argparse.Namespace, port: int, out: Path) -> None:
     from lit_rlhf.backbone.build import Backbone
     from lit_rlhf.backbone.config import BackboneConfig
     from lit_rlhf.backbone.generate import SamplingConfig, generate
-    from lit_rlhf.backbone.sharding import shard_backbone
     from lit_rlhf.demo.world import TaskGenerator
+    from lit_rlhf.distributed import shard_backbone
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(a.threads)

@@ -1025,7 +1025,7 @@ def trl_grpo(args: argparse.Namespace, workdir: Path, prompts: int) -> dict[str,
     from trl import GRPOConfig, GRPOTrainer
 
     from lit_rlhf.data.formatting import as_prompt_spec
-    from lit_rlhf.stages.reward import RewardScorer
+    from lit_rlhf.evaluation.reward_model import RewardScorer
 
     spec = MODELS[args.model]
     scorer = RewardScorer(workdir / "rm")

@@ -18,7 +18,6 @@ from torch import Tensor
 from lit_rlhf.backbone.build import POLICY, Backbone
 from lit_rlhf.backbone.generate import SamplingConfig, generate
 from lit_rlhf.checkpoint.stage_dir import load_stage_dir
-from lit_rlhf.rl.logprobs import gather_logprobs
 
 
 @dataclass
@@ -50,22 +49,6 @@ def load_model(
     backbone.eval()
     adapter = POLICY if POLICY in backbone.adapters else None
     return LoadedModel(str(stage_dir), label or str(stage_dir), manifest.stage, backbone, adapter)
-
-
-def response_logprobs(logits: Tensor, input_ids: Tensor, prompt_len: int) -> Tensor:
-    """Log-probability of each token after the prompt, given everything before it.
-
-    Args:
-        logits: (B, L, V) from one forward pass over `input_ids`; column i predicts token i + 1.
-        input_ids: (B, L) prompt tokens, then response tokens.
-        prompt_len: number of prompt tokens P, at least 1 (the first response token needs a context).
-
-    Returns:
-        (B, L - P) float32: column t is log pi(input_ids[:, P + t] | input_ids[:, :P + t]).
-    """
-    if not 1 <= prompt_len < input_ids.shape[1]:
-        raise ValueError(f"prompt_len must be in [1, {input_ids.shape[1] - 1}], got {prompt_len}")
-    return gather_logprobs(logits[:, prompt_len - 1 : -1], input_ids[:, prompt_len:])
 
 
 @torch.no_grad()

@@ -171,7 +171,7 @@ def _collect(argv: list[str]) -> int:
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
     from lit_rlhf.backbone.generate import SamplingConfig
-    from lit_rlhf.stages.collect import collect_comparisons
+    from lit_rlhf.collect import collect_comparisons
 
     sampling = SamplingConfig(
         max_new_tokens=a.max_new_tokens,
@@ -220,7 +220,7 @@ def lightning_cli(args: list[str] | None, run: bool = True):
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.cli import LightningCLI
 
-    from lit_rlhf.backbone.sharding import register_strategy
+    from lit_rlhf.distributed import register_strategy
     from lit_rlhf.runs import RunLogger, RunStatus
     from lit_rlhf.seeding import BatchSeeds
 

@@ -333,7 +333,7 @@ def rm_pass(
     rm: str, runs: dict[str, PolicyPass], prompts: list[str], s: EvalSettings
 ) -> dict[str, list[float]]:
     """Step 3: the reward model's score (bias applied) of every checkpoint's completions."""
-    from lit_rlhf.stages.reward import RewardScorer
+    from lit_rlhf.evaluation.reward_model import RewardScorer
 
     log.info("evaluate: reward model %s", rm)
     try:

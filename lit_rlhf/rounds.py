@@ -70,8 +70,8 @@ def score_comparisons(
     """Score every response of a comparisons file with reward stage `rm` (bias applied; it does not change
     orders) and measure its pair accuracy; with a judge, also on the correct-vs-wrong pairs."""
     from lit_rlhf.data.rows import read_rows
+    from lit_rlhf.evaluation.reward_model import RewardScorer
     from lit_rlhf.judges import judge_item
-    from lit_rlhf.stages.reward import RewardScorer
 
     rows, _ = read_rows(path, "comparison")
     prompts = [r.prompt for r in rows for _ in r.responses]

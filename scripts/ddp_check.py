@@ -304,8 +304,8 @@ def collect(out: Path, sft_stage: Path) -> int:
     Returns the number of validation comparisons.
     """
     from lit_rlhf.backbone.generate import SamplingConfig
+    from lit_rlhf.collect import collect_comparisons
     from lit_rlhf.data.io import write_jsonl
-    from lit_rlhf.stages.collect import collect_comparisons
 
     sampling = SamplingConfig(max_new_tokens=8, do_sample=True, temperature=1.5)
     for split, src, seed in (("train", "sft_train.jsonl", 0), ("val", "sft_val.jsonl", 1)):

@@ -7,7 +7,6 @@ model is loaded once per (stage directory, manifest mtime) with st.cache_resourc
 
 from __future__ import annotations
 
-import importlib.util
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,20 +59,9 @@ def _model(path: str, manifest_mtime_ns: int, label: str):
 
 @st.cache_resource(max_entries=2, show_spinner=False)
 def _scorer(path: str, manifest_mtime_ns: int):
-    from lit_rlhf.stages.reward import RewardScorer
+    from lit_rlhf.evaluation.reward_model import RewardScorer
 
     return RewardScorer(path, trust_remote_code=safety.trust_remote_code())
-
-
-def _scorer_missing() -> str | None:
-    """Why RM scoring cannot run in this installation, or None when it can."""
-    try:
-        found = importlib.util.find_spec("lit_rlhf.stages.reward") is not None
-    except (ImportError, ValueError):  # ValueError: a module in sys.modules without a spec
-        found = False
-    return (
-        None if found else "RM scoring needs lit_rlhf.stages.reward.RewardScorer, which this version lacks."
-    )
 
 
 def _describe(d: loaders.StageDirInfo | None) -> str:
@@ -106,23 +94,19 @@ def _request(found: list[loaders.StageDirInfo]) -> Request | None:
     sampling, seed = _sampling_inputs()
     start = found.index(defaults.reference) if defaults.reference in found else 0
     reference = st.selectbox("KL reference", found, index=start, format_func=_describe)
-    missing = _scorer_missing()
     rewards = [None, *(d for d in found if d.stage == "reward")]
     reward = st.selectbox(
         "Reward model (scores each completion)",
         rewards,
         index=rewards.index(defaults.reward) if defaults.reward in rewards else 0,
         format_func=_describe,
-        disabled=missing is not None,
     )
-    if missing:
-        st.text(missing)
     ready = len(chosen) >= 2 and bool(prompt.strip())
     if not st.button("Generate", type="primary", disabled=not ready, key="compare_generate"):
         if not ready:
             st.text("Choose at least two stage directories and type a prompt.")
         return None
-    return Request(tuple(chosen), reference, None if missing else reward, prompt, sampling, seed)
+    return Request(tuple(chosen), reference, reward, prompt, sampling, seed)
 
 
 def _score(request: Request, texts: list[str]) -> tuple[list[float] | None, str | None]:

@@ -370,7 +370,7 @@ class Backbone(nn.Module):
         self._text_format: tuple[Any, TextFormat] | None = None
         self.adapters: dict[str, bool] = {}  # name -> trainable
         self._targets: list[str] | None = None
-        self.sharded = False  # set by lit_rlhf.backbone.sharding.shard_backbone (FSDP2)
+        self.sharded = False  # set by lit_rlhf.distributed.shard_backbone (FSDP2)
         self._trunk_split = None  # TrunkSplit, False (not supported), or None (not looked up yet)
         self._trunk_state = None  # the lower layers' output inside `shared_trunk`
 
@@ -640,12 +640,12 @@ class Backbone(nn.Module):
         Positions skip left padding (as in `generate`), and the vocabulary projection runs in float32
         (`response_logits`), so these are the log-probabilities of the distribution the tokens were sampled from.
         """
-        from lit_rlhf.rl.logprobs import gather_logprobs
+        from lit_rlhf.rl.logprobs import response_logprobs
 
         logits = self.response_logits(
             input_ids, attention_mask, position_ids_from_mask(attention_mask), prompt_len
         )
-        return gather_logprobs(logits, input_ids[:, prompt_len:])
+        return response_logprobs(logits, input_ids, prompt_len)
 
     def score(
         self, head: str, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor | None = None

@@ -186,7 +186,7 @@ def generate(
     """
     from transformers import GenerationConfig
 
-    from lit_rlhf.backbone.sharding import gathered_for_generation, is_sharded
+    from lit_rlhf.distributed import gathered_for_generation, is_sharded
 
     device = next(model.parameters()).device
     prompt_ids, prompt_mask = encode_prompts(fmt, prompts, device)

@@ -107,7 +107,7 @@ def save_stage_dir(
         metrics: Key figures for the manifest; must be finite numbers.
         metric_steps: The optimizer step each metric was measured at (default: `step` for every metric).
         config_text: The resolved YAML config of the run.
-        state: The backbone's whole tensors (``lit_rlhf.backbone.sharding.full_state``) when its parameters are
+        state: The backbone's whole tensors (``lit_rlhf.distributed.full_state``) when its parameters are
             sharded across ranks; None reads them from `backbone` itself.
     """
     adapters = list(backbone.adapters) if adapters is None else adapters

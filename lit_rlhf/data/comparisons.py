@@ -16,7 +16,6 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
-from lit_rlhf.data.distributed import eval_sampler
 from lit_rlhf.data.formatting import (
     UNKNOWN_ERROR,
     UNKNOWN_WARN,
@@ -32,6 +31,7 @@ from lit_rlhf.data.rows import Comparison, DataError, ReadReport, read_rows, spl
 from lit_rlhf.data.rules import EncodedRule, RuleBatches, collate_rules, load_rules, rule_names
 from lit_rlhf.data.sft import TRUNCATIONS, Truncation, as_format, tokenize_example
 from lit_rlhf.data.special_tokens import SPECIAL_TOKEN_POLICIES, SpecialTokens, screen_special_tokens
+from lit_rlhf.distributed import eval_sampler
 
 logger = logging.getLogger(__name__)
 

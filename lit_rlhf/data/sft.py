@@ -19,7 +19,6 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from lit_rlhf.data.distributed import eval_sampler
 from lit_rlhf.data.formatting import (
     UNKNOWN_ERROR,
     UNKNOWN_WARN,
@@ -38,6 +37,7 @@ from lit_rlhf.data.resumable import (
 )
 from lit_rlhf.data.rows import DataError, Demonstration, ReadReport, read_rows, split_source
 from lit_rlhf.data.special_tokens import SPECIAL_TOKEN_POLICIES, SpecialTokens, screen_special_tokens
+from lit_rlhf.distributed import eval_sampler
 
 logger = logging.getLogger(__name__)
 

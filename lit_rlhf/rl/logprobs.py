@@ -52,6 +52,24 @@ def gather_logprobs(logits: Tensor, tokens: Tensor) -> Tensor:
     return _per_row(_row_logprobs, logits, tokens)
 
 
+def response_logprobs(response_logits: Tensor, input_ids: Tensor, prompt_len: int) -> Tensor:
+    """Log-probability of each response token given everything before it: the one definition PPO, `evaluate`,
+    `Backbone.response_logprobs` and the dashboard share.
+
+    Args:
+        response_logits: ``(B, R, V)`` the predictions of tokens ``P..L-1``, i.e. a causal LM's logit columns
+            ``P-1..L-2`` (`Backbone.response_logits`), any float dtype.
+        input_ids: ``(B, L)`` prompt tokens, then response tokens; ``R = L - P``.
+        prompt_len: the number of prompt tokens ``P``, at least 1 (the first response token needs a context).
+
+    Returns:
+        ``(B, R)`` float32: column ``t`` is ``log pi(input_ids[:, P + t] | input_ids[:, :P + t])``.
+    """
+    if not 1 <= prompt_len < input_ids.shape[1]:
+        raise ValueError(f"prompt_len must be in [1, {input_ids.shape[1] - 1}], got {prompt_len}")
+    return gather_logprobs(response_logits, input_ids[:, prompt_len:])
+
+
 def entropy_from_logits(logits: Tensor) -> Tensor:
     """Entropy ``H = -sum_v p_v log p_v`` of each position's softmax distribution, in nats.
 

@@ -159,7 +159,7 @@ def shard_if_fsdp2(module: Any, *nets: Any) -> None:
     trainer = module._trainer
     if trainer is None:
         return
-    from lit_rlhf.backbone.sharding import check_data_parallel_only, shard_backbone, uses_fsdp2
+    from lit_rlhf.distributed import check_data_parallel_only, shard_backbone, uses_fsdp2
 
     strategy = trainer.strategy
     if not uses_fsdp2(strategy):

@@ -46,7 +46,7 @@ from lit_rlhf.rewards import PREFERENCE, CombinedReward, CombinedRewardConfig
 from lit_rlhf.rl.advantages import gae
 from lit_rlhf.rl.combined import combine_components
 from lit_rlhf.rl.kl_control import AdaptiveKLController, FixedKLController
-from lit_rlhf.rl.logprobs import entropy_from_logits, gather_logprobs
+from lit_rlhf.rl.logprobs import entropy_from_logits, response_logprobs
 from lit_rlhf.rl.losses import lm_loss, ppo_policy_loss, value_loss
 from lit_rlhf.rl.masked import masked_mean, whiten
 from lit_rlhf.rl.minibatch import index_record, minibatch_indices
@@ -193,12 +193,6 @@ class Rollout(NamedTuple):
     values: Tensor  # (B, R) V_old(s_t)
     advantages: Tensor  # (B, R)
     returns: Tensor  # (B, R)
-
-
-def response_logprobs(response_logits: Tensor, input_ids: Tensor, prompt_len: int) -> Tensor:
-    """Log-probs of the response tokens: (B, R, V) predictions of tokens P..L-1 (`Roles.response_logits`, float32)
-    and the (B, L) ids -> (B, R)."""
-    return gather_logprobs(response_logits, input_ids[:, prompt_len:])
 
 
 class PPOModule(StrategyCheck, L.LightningModule):
@@ -738,8 +732,8 @@ class PPOModule(StrategyCheck, L.LightningModule):
         root = run_dir(self.trainer)
         if not self.eval_cfg.keep or key not in metrics or root is None:
             return
-        from lit_rlhf.backbone.sharding import full_state
         from lit_rlhf.checkpoint.kept import Kept
+        from lit_rlhf.distributed import full_state
 
         net = self._policy_net
         state = full_state(net) if net.sharded else None  # a collective: before the rank check
@@ -792,7 +786,7 @@ class PPOModule(StrategyCheck, L.LightningModule):
     def on_train_end(self) -> None:
         if not computes_on_this_rank(self.trainer, self._policy_net) or not self.trainer.loggers:
             return
-        from lit_rlhf.backbone.sharding import full_state
+        from lit_rlhf.distributed import full_state
 
         metrics = self.evaluate()
         net = self._policy_net

@@ -25,9 +25,8 @@ from torchmetrics.functional.regression import kendall_rank_corrcoef
 
 from lit_rlhf.backbone.build import RULES
 from lit_rlhf.backbone.config import LoraSettings, Quantization
-from lit_rlhf.data.comparisons import reward_inputs
-from lit_rlhf.data.formatting import PromptSpec
 from lit_rlhf.data.io import append_jsonl
+from lit_rlhf.evaluation.reward_model import score_texts
 from lit_rlhf.evaluation.rules import RuleMetrics
 from lit_rlhf.rl.losses import kwise_ranking_loss, rule_loss
 from lit_rlhf.runs import run_dir
@@ -60,73 +59,6 @@ def per_prompt_kendall_tau(scores: Tensor, ranks: Tensor, group: Tensor) -> list
         tau = kendall_rank_corrcoef(scores[sel].float(), -ranks[sel].float(), variant="b")
         out.append(None if not torch.isfinite(tau) else float(tau))
     return out
-
-
-@torch.no_grad()
-def score_texts(
-    backbone,
-    head: str,
-    adapter: str | None,
-    bias: float,
-    prompts: list[PromptSpec],
-    responses: list[str],
-    batch_size: int = 64,
-    max_length: int | None = None,
-) -> list[float]:
-    """Reward of each (prompt, response): head `head` read through `adapter`, plus the stored bias.
-
-    Inputs are built by `reward_inputs` with the backbone's own prompt format: the sequence the reward model
-    was trained on.
-    """
-    out: list[float] = []
-    was_training = backbone.training
-    backbone.eval()
-    device = next(backbone.parameters()).device
-    try:
-        with backbone.use_adapter(adapter):
-            for i in range(0, len(prompts), batch_size):
-                ids, mask = reward_inputs(
-                    backbone.text_format,
-                    prompts[i : i + batch_size],
-                    responses[i : i + batch_size],
-                    max_length,
-                )
-                s = backbone.score(head, ids.to(device), mask.to(device))
-                out.extend((s + bias).tolist())
-    finally:
-        backbone.train(was_training)
-    return out
-
-
-class RewardScorer:
-    """Load a reward stage directory once and score (prompt, response) texts, bias applied."""
-
-    def __init__(
-        self,
-        stage_dir: str | Path,
-        device: str = "cpu",
-        head: str = REWARD,
-        *,
-        trust_remote_code: bool = False,
-    ) -> None:
-        from lit_rlhf.checkpoint.stage_dir import load_stage_dir
-
-        self.backbone, self.manifest = load_stage_dir(
-            stage_dir, device=device, trust_remote_code=trust_remote_code
-        )
-        if head not in self.manifest.heads:
-            raise ValueError(
-                f"{stage_dir}: no head {head!r} (stage {self.manifest.stage!r}); is it a reward stage directory?"
-            )
-        info = self.manifest.heads[head]
-        self.head, self.adapter, self.bias = head, info.get("adapter"), float(info.get("bias", 0.0))
-        self.max_length = self.manifest.extra.get("max_length")
-
-    def score(self, prompts: list[PromptSpec], responses: list[str], batch_size: int = 64) -> list[float]:
-        """Reward of each (prompt, response), built and cut as the reward model's training built them."""
-        return score_texts(
-            self.backbone, self.head, self.adapter, self.bias, prompts, responses, batch_size, self.max_length
-        )
 
 
 class RewardModule(StrategyCheck, L.LightningModule):
@@ -457,8 +389,8 @@ class RewardModule(StrategyCheck, L.LightningModule):
         final = self.final_validation()  # every rank: the metrics sync across ranks
         if not computes_on_this_rank(self.trainer, self.net):
             return
-        from lit_rlhf.backbone.sharding import full_state
         from lit_rlhf.checkpoint.stage_dir import save_stage_dir
+        from lit_rlhf.distributed import full_state
 
         bias = self.compute_bias()
         state = full_state(self.net) if self.net.sharded else None  # a collective: before the rank check

@@ -313,8 +313,8 @@ class SFTModule(StrategyCheck, L.LightningModule):
         final = self.final_validation()  # every rank: the validation loss syncs across ranks
         if not computes_on_this_rank(self.trainer, self.net):
             return
-        from lit_rlhf.backbone.sharding import full_state
         from lit_rlhf.checkpoint.stage_dir import save_stage_dir
+        from lit_rlhf.distributed import full_state
 
         self.log_samples()
         cm = {k: float(v) for k, v in self.trainer.callback_metrics.items()}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.machinery
-import math
 import sys
 import types
 
@@ -55,24 +54,6 @@ def models(model_root):
 
 
 # ---- pure pieces -----------------------------------------------------------------------------------------
-
-
-def test_response_logprobs_by_hand():
-    # V = 2. Column 0 of the result is predicted by logits[0]: softmax(0, 0) gives token 1 p = 1/2;
-    # column 1 by logits[1]: softmax(ln 3, 0) gives token 0 p = 3/4. logits[2] predicts past the end.
-    logits = torch.tensor([[[0.0, 0.0], [math.log(3.0), 0.0], [5.0, -5.0]]])
-    ids = torch.tensor([[0, 1, 0]])
-    out = modeling.response_logprobs(logits, ids, prompt_len=1)
-    torch.testing.assert_close(out, torch.tensor([[-0.6931472, -0.2876821]]))
-    torch.testing.assert_close(
-        modeling.response_logprobs(logits, ids, prompt_len=2), torch.tensor([[-0.2876821]])
-    )
-
-
-@pytest.mark.parametrize("prompt_len", [0, 3])
-def test_response_logprobs_needs_a_prompt_and_a_response(prompt_len):
-    with pytest.raises(ValueError, match="prompt_len"):
-        modeling.response_logprobs(torch.zeros(1, 3, 2), torch.zeros(1, 3, dtype=torch.long), prompt_len)
 
 
 def test_completion_kl_is_k1_per_token():
@@ -147,7 +128,7 @@ def test_empty_prompt_is_refused(models):
 
 
 class FakeRewardScorer:
-    """Stands in for lit_rlhf.stages.reward.RewardScorer: the score is the response's length."""
+    """Stands in for lit_rlhf.evaluation.reward_model.RewardScorer: the score is the response's length."""
 
     def __init__(self, stage_dir, trust_remote_code=False):
         self.stage_dir = stage_dir
@@ -160,10 +141,10 @@ class FakeRewardScorer:
 
 @pytest.fixture
 def fake_reward(monkeypatch, model_root):
-    module = types.ModuleType("lit_rlhf.stages.reward")
-    module.__spec__ = importlib.machinery.ModuleSpec("lit_rlhf.stages.reward", None)
+    module = types.ModuleType("lit_rlhf.evaluation.reward_model")
+    module.__spec__ = importlib.machinery.ModuleSpec("lit_rlhf.evaluation.reward_model", None)
     module.RewardScorer = FakeRewardScorer
-    monkeypatch.setitem(sys.modules, "lit_rlhf.stages.reward", module)
+    monkeypatch.setitem(sys.modules, "lit_rlhf.evaluation.reward_model", module)
     write_json(model_root / "reward" / "rm" / "stage" / "manifest.json", {"stage": "reward", "step": 3})
     yield module
     (model_root / "reward" / "rm" / "stage" / "manifest.json").unlink()
@@ -249,13 +230,6 @@ def test_a_failing_reward_model_still_shows_the_completions(model_root, fake_rew
     shown = _texts(at)
     assert shown[2] == "RM scoring failed: RuntimeError: no reward head"
     assert shown[3] == "#1  sft/a" and "RM score" not in shown[5]
-
-
-def test_page_says_when_rm_scoring_is_unavailable(model_root, monkeypatch):
-    monkeypatch.setitem(sys.modules, "lit_rlhf.stages.reward", None)  # as if the module did not exist
-    at = _compare_page(model_root, monkeypatch)
-    assert at.selectbox[1].disabled
-    assert any("RM scoring needs lit_rlhf.stages.reward.RewardScorer" in t.value for t in at.text)
 
 
 def test_page_reports_a_broken_stage_dir_without_crashing(model_root, monkeypatch, tmp_path):

@@ -13,7 +13,7 @@ from .helpers import fit_command, run, sft_overrides
 def tiny_stages(demo_data, tmp_path_factory) -> dict[str, Path]:
     """SFT -> collected comparisons -> reward model, through `main.py fit` as a user runs them."""
     from lit_rlhf.backbone.generate import SamplingConfig
-    from lit_rlhf.stages.collect import collect_comparisons
+    from lit_rlhf.collect import collect_comparisons
 
     root = tmp_path_factory.mktemp("stages")
     run(fit_command("configs/tiny/sft.yaml", root / "runs", *sft_overrides(demo_data)), cwd=root)

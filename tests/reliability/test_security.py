@@ -415,7 +415,7 @@ def test_a_manifest_asking_for_remote_code_runs_none_anywhere(tiny_dir, tmp_path
     from lit_rlhf.checkpoint.stage_dir import export_stage_dir, load_stage_dir
     from lit_rlhf.cli import main
     from lit_rlhf.evaluate import check_same_tokenizer
-    from lit_rlhf.stages.reward import RewardScorer
+    from lit_rlhf.evaluation.reward_model import RewardScorer
     from lit_rlhf.stages.sft import SFTModule
 
     marker = tmp_path / "PWNED"

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from lit_rlhf.rl.logprobs import entropy_from_logits, gather_logprobs, sequence_logprobs
+from lit_rlhf.rl.logprobs import entropy_from_logits, gather_logprobs, response_logprobs, sequence_logprobs
 
 
 def probs_logits(*probs: float) -> torch.Tensor:
@@ -74,3 +74,22 @@ def test_sequence_logprobs_shifts_logits_against_next_token():
 def test_sequence_logprobs_rejects_misaligned_mask():
     with pytest.raises(ValueError, match="differ"):
         sequence_logprobs(torch.zeros(1, 4, 3), torch.zeros(1, 4, dtype=torch.long), torch.ones(1, 3))
+
+
+def test_response_logprobs_by_hand():
+    # response_logits are the full logits' columns P-1..L-2 (Backbone.response_logits)
+    # V = 2. Column 0 of the result is predicted by logits[0]: softmax(0, 0) gives token 1 p = 1/2;
+    # column 1 by logits[1]: softmax(ln 3, 0) gives token 0 p = 3/4. logits[2] predicts past the end.
+    logits = torch.tensor([[[0.0, 0.0], [math.log(3.0), 0.0], [5.0, -5.0]]])
+    ids = torch.tensor([[0, 1, 0]])
+    out = response_logprobs(logits[:, 0:-1], ids, prompt_len=1)
+    torch.testing.assert_close(out, torch.tensor([[-0.6931472, -0.2876821]]))
+    torch.testing.assert_close(
+        response_logprobs(logits[:, 1:-1], ids, prompt_len=2), torch.tensor([[-0.2876821]])
+    )
+
+
+@pytest.mark.parametrize("prompt_len", [0, 3])
+def test_response_logprobs_needs_a_prompt_and_a_response(prompt_len):
+    with pytest.raises(ValueError, match="prompt_len"):
+        response_logprobs(torch.zeros(1, 3, 2), torch.zeros(1, 3, dtype=torch.long), prompt_len)

@@ -104,7 +104,7 @@ def test_sharding_strategies_lit_rlhf_does_not_drive_are_refused_before_loading(
 
     from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy, ModelParallelStrategy
 
-    from lit_rlhf.backbone.sharding import FSDP2Strategy
+    from lit_rlhf.distributed import FSDP2Strategy
     from lit_rlhf.stages.common import check_strategy
 
     with pytest.raises(ValueError, match=r"sft: strategy FSDPStrategy \(FSDP1\) is not supported.*fsdp2"):

@@ -15,7 +15,8 @@ from lit_rlhf.backbone.generate import SamplingConfig
 from lit_rlhf.checkpoint.stage_dir import load_stage_dir, save_stage_dir
 from lit_rlhf.data.io import write_jsonl
 from lit_rlhf.data.prompts import PPODataModule
-from lit_rlhf.stages.ppo import EvalConfig, KLConfig, PPOConfig, PPOModule, response_logprobs
+from lit_rlhf.rl.logprobs import response_logprobs
+from lit_rlhf.stages.ppo import EvalConfig, KLConfig, PPOConfig, PPOModule
 
 LORA = LoraSettings(r=4, alpha=8, dropout=0.0)
 

@@ -18,8 +18,9 @@ from lit_rlhf.checkpoint.manifest import read_manifest
 from lit_rlhf.checkpoint.stage_dir import save_stage_dir
 from lit_rlhf.data.comparisons import ComparisonDataModule, collate_comparisons, tie_share
 from lit_rlhf.data.io import write_jsonl
+from lit_rlhf.evaluation.reward_model import RewardScorer, score_texts
 from lit_rlhf.stages.common import OptimConfig
-from lit_rlhf.stages.reward import RewardModule, RewardScorer, per_prompt_kendall_tau
+from lit_rlhf.stages.reward import RewardModule, per_prompt_kendall_tau
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -181,8 +182,6 @@ def test_rm_round_trip_gives_identical_scores(tiny_dir, tmp_path):
         heads={"reward": {"adapter": "reward", "bias": 0.5}},
     )
     prompts, responses = ["a b =", "c ="], ["a x b", "d"]
-    from lit_rlhf.stages.reward import score_texts
-
     expected = score_texts(module.net, "reward", "reward", 0.5, prompts, responses)
     assert RewardScorer(tmp_path / "rm").score(prompts, responses) == expected
 

@@ -11,8 +11,8 @@ from safetensors.torch import load_file
 
 from lit_rlhf.backbone.build import Backbone
 from lit_rlhf.backbone.config import BackboneConfig, LoraSettings
-from lit_rlhf.backbone.sharding import FSDP2Strategy, decoder_layers, register_strategy, shard_backbone
 from lit_rlhf.checkpoint.stage_dir import _untied, load_stage_dir, save_stage_dir
+from lit_rlhf.distributed import FSDP2Strategy, decoder_layers, register_strategy, shard_backbone
 
 
 def _build(tiny_dir, arch: str, lora: bool) -> Backbone:
@@ -100,7 +100,7 @@ from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import DTensor
 from transformers import GPT2Config, GPT2LMHeadModel
-from lit_rlhf.backbone.sharding import gathered_for_generation
+from lit_rlhf.distributed import gathered_for_generation
 dist.init_process_group("gloo", rank=0, world_size=1)
 mesh = init_device_mesh("cpu", (1,))
 m = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=50, n_positions=32)).eval()
@@ -136,7 +136,7 @@ def test_generation_keeps_layers_gathered_then_frees_them(tmp_path, setting):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    root = Path(__file__).resolve().parents[2]
+    root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "PYTHONPATH": str(root)}
     script = tmp_path / "gather.py"
     script.write_text(_GATHER_SCRIPT)

@@ -10,8 +10,8 @@ from lit_rlhf.backbone.build import Backbone
 from lit_rlhf.backbone.config import BackboneConfig
 from lit_rlhf.backbone.generate import SamplingConfig
 from lit_rlhf.checkpoint.stage_dir import save_stage_dir
+from lit_rlhf.collect import collect_comparisons
 from lit_rlhf.data.io import write_jsonl
-from lit_rlhf.stages.collect import collect_comparisons
 
 SAMPLING = SamplingConfig(max_new_tokens=3, do_sample=True, temperature=1.5)
 
@@ -80,7 +80,7 @@ def test_rules_out_labels_every_distinct_sample_with_the_judges_rules(sft, tmp_p
         tmp_path / "out.jsonl",
         k=4,
         sampling=SAMPLING,
-        judge="tests.stages.test_collect:LengthRulesJudge",
+        judge="tests.test_collect:LengthRulesJudge",
         rules_out=tmp_path / "rules.jsonl",
     )
     rows, _ = read_rows(tmp_path / "rules.jsonl", "rule")  # valid rule rows

@@ -1,9 +1,11 @@
-"""FSDP2 (``torch.distributed.fsdp.fully_shard``) for the shared backbone, through Lightning's ModelParallelStrategy.
+"""Everything distributed in one place: the FSDP2 strategy and its checks, sharding the shared backbone, the
+collectives that gather whole tensors or keep layers gathered, and evaluation sampling across ranks.
 
-What gets sharded: every decoder layer is its own group (found by the model's ``_no_split_modules`` classes), the
-transformers model is the root group (embeddings, final norm, tied or untied output layer), and each scalar head is
-a group of its own. LoRA adapters live inside the layers they adapt, so they shard with them; frozen and trainable
-parameters may share a group.
+FSDP2 (``torch.distributed.fsdp.fully_shard``) runs through Lightning's ModelParallelStrategy. What gets sharded:
+every decoder layer is its own group (found by the model's ``_no_split_modules`` classes), the transformers model
+is the root group (embeddings, final norm, tied or untied output layer), and each scalar head is a group of its
+own. LoRA adapters live inside the layers they adapt, so they shard with them; frozen and trainable parameters may
+share a group.
 
 Three things change once parameters are sharded, and the stage modules handle them through this module:
 
@@ -12,6 +14,10 @@ Three things change once parameters are sharded, and the stage modules handle th
 - generation is a collective: every rank generates (the same number of calls), with transformers' ``synced_gpus``
   so a rank that finished early keeps stepping until all have;
 - writing a stage directory needs whole tensors: `full_state` gathers them onto rank zero's CPU.
+
+The FSDP2 flags live on the modules: ``Backbone.sharded`` (set by `shard_backbone`) and the root's
+``_lit_rlhf_gather_for_generation`` (read by `gathered_for_generation`). This module imports the backbone only
+inside functions and for type hints: `lit_rlhf.backbone` and `lit_rlhf.data` both import it, never the reverse.
 """
 
 from __future__ import annotations
@@ -19,13 +25,15 @@ from __future__ import annotations
 import contextlib
 import warnings
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from lightning.pytorch.strategies import ModelParallelStrategy
 from torch import nn
+from torch.utils.data import DistributedSampler, Sampler
 
-from lit_rlhf.backbone.build import Backbone
+if TYPE_CHECKING:
+    from lit_rlhf.backbone.build import Backbone
 
 
 class FSDP2Strategy(ModelParallelStrategy):
@@ -166,6 +174,8 @@ def shard_backbone(net: Backbone, mesh: Any, gather_for_generation: bool = True)
 
 def is_sharded(module: nn.Module) -> bool:
     """True when `module` (a Backbone, a PeftModel or a transformers model) has FSDP2-sharded parameters."""
+    from lit_rlhf.backbone.build import Backbone
+
     if isinstance(module, Backbone):
         return module.sharded
     from torch.distributed.fsdp import FSDPModule
@@ -207,6 +217,26 @@ def full_state(net: nn.Module) -> dict[str, torch.Tensor]:
     return get_model_state_dict(net, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
-def local_part(t: torch.Tensor) -> torch.Tensor:
-    """This rank's shard of a DTensor (the tensor itself otherwise)."""
-    return t.to_local() if hasattr(t, "to_local") else t
+def eval_sampler(dataset: Any, trainer: Any) -> Sampler | None:
+    """A sampler that splits `dataset` across ranks WITHOUT repeating items, or None on one process.
+
+    Lightning's default DistributedSampler pads the evaluation set with copies of its first items so every rank
+    gets the same count; metrics reduced across ranks then count those copies (a 2-process RM accuracy differed
+    from the 1-process one on the same data). Ranks may get unequal counts instead; our metrics are weighted
+    sums (torchmetrics), so the reduction stays exact.
+
+    Under FSDP2 every forward pass is a collective (it gathers each layer's shards from all ranks), so ranks must
+    run the same number of batches: there every rank evaluates every item. The metrics are ratios of sums, which
+    W identical copies leave unchanged; the cost is validation compute that is not split across ranks.
+    """
+    if trainer is None or getattr(trainer, "world_size", 1) <= 1:
+        return None
+    if uses_fsdp2(trainer.strategy):
+        # a one-replica DistributedSampler is every item in order; a plain sampler would be swapped by Lightning for
+        # its padding DistributedSamplerWrapper (equal counts again, but with duplicates in the metrics)
+        return DistributedSampler(dataset, num_replicas=1, rank=0, shuffle=False)
+    from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+
+    return UnrepeatedDistributedSampler(
+        dataset, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=False
+    )
