@@ -80,27 +80,3 @@ def entropy_from_logits(logits: Tensor) -> Tensor:
         ``(B, T)`` float32.
     """
     return _per_row(_row_entropy, logits)
-
-
-def sequence_logprobs(logits: Tensor, input_ids: Tensor, response_mask: Tensor) -> Tensor:
-    """Log-probability of each response token of ``input_ids`` under a causal LM's ``logits``.
-
-    The shift: a causal LM's ``logits[:, t]`` is its prediction for token ``t + 1``. So output column ``t``
-    is ``log pi(input_ids[:, t+1] | input_ids[:, :t+1])``, computed from ``logits[:, t]``; the last logit
-    column predicts past the sequence and is dropped, and token 0 has no prediction. The mask that goes with
-    the result is therefore ``response_mask[:, 1:]``.
-
-    Args:
-        logits: ``(B, L, V)`` from a forward pass over ``input_ids``.
-        input_ids: ``(B, L)`` prompt + response (+ padding).
-        response_mask: ``(B, L)`` aligned with ``input_ids``, 1 on response tokens.
-
-    Returns:
-        ``(B, L - 1)`` float32, 0 wherever ``response_mask[:, 1:]`` is 0.
-    """
-    if input_ids.shape != response_mask.shape:
-        raise ValueError(
-            f"input_ids {tuple(input_ids.shape)} and response_mask {tuple(response_mask.shape)} differ"
-        )
-    logp = gather_logprobs(logits[:, :-1], input_ids[:, 1:])  # (B, L-1)
-    return logp.masked_fill(~response_mask[:, 1:].bool(), 0.0)

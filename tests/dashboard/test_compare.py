@@ -18,7 +18,7 @@ from lit_rlhf.backbone.config import BackboneConfig, LoraSettings
 from lit_rlhf.backbone.generate import SamplingConfig
 from lit_rlhf.checkpoint.stage_dir import save_stage_dir
 from lit_rlhf.data.rows import Comparison, read_rows
-from lit_rlhf.rl.logprobs import sequence_logprobs
+from lit_rlhf.rl.logprobs import gather_logprobs
 
 from .helpers import REPO, write_json
 
@@ -93,10 +93,10 @@ def test_reference_logprobs_match_an_independent_shifted_computation(models):
     prompt_ids = a.backbone.tokenizer(PROMPT, return_tensors="pt")["input_ids"]  # (1, P)
     response_ids = torch.tensor([a.backbone.tokenizer.convert_tokens_to_ids(out_b.tokens)])  # (1, R)
     ids = torch.cat([prompt_ids, response_ids], dim=1)
-    mask = torch.cat([torch.zeros_like(prompt_ids), torch.ones_like(response_ids)], dim=1)
     with torch.no_grad(), a.backbone.use_adapter("policy"):
         logits = a.backbone(ids, torch.ones_like(ids))
-    expected = sequence_logprobs(logits, ids, mask)[0, prompt_ids.shape[1] - 1 :]
+    # logits[:, t] predicts ids[:, t + 1]: shift by hand, keep the response columns
+    expected = gather_logprobs(logits[:, :-1], ids[:, 1:])[0, prompt_ids.shape[1] - 1 :]
     torch.testing.assert_close(torch.tensor(out_b.ref_logprobs), expected)
 
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from lit_rlhf.rl.logprobs import entropy_from_logits, gather_logprobs, response_logprobs, sequence_logprobs
+from lit_rlhf.rl.logprobs import entropy_from_logits, gather_logprobs, response_logprobs
 
 
 def probs_logits(*probs: float) -> torch.Tensor:
@@ -55,25 +55,6 @@ def test_entropy_from_logits():
 def test_entropy_with_minus_inf_logits_is_finite():
     logits = torch.tensor([[[0.0, 0.0, -math.inf], [0.0, -math.inf, -math.inf]]])
     assert_close(entropy_from_logits(logits), torch.tensor([[math.log(2), 0.0]]))
-
-
-def test_sequence_logprobs_shifts_logits_against_next_token():
-    # Row 0: prompt [2, 0], response [1, 2]. Row 1: prompt [2], response [0], then padding.
-    input_ids = torch.tensor([[2, 0, 1, 2], [2, 0, 0, 0]])
-    response_mask = torch.tensor([[0, 0, 1, 1], [0, 1, 0, 0]])
-    logits = torch.zeros(2, 4, 3)
-    logits[0, 1] = probs_logits(1, 2, 1)  # predicts input_ids[0, 2] = 1 -> p 1/2
-    logits[0, 2] = probs_logits(1, 1, 3)  # predicts input_ids[0, 3] = 2 -> p 3/5
-    logits[0, 3] = probs_logits(1, 0, 0)  # predicts past the end: must not be used
-    logits[1, 0] = probs_logits(3, 1, 1)  # predicts input_ids[1, 1] = 0 -> p 3/5
-    out = sequence_logprobs(logits, input_ids, response_mask)
-    expected = torch.tensor([[0.0, math.log(0.5), math.log(0.6)], [math.log(0.6), 0.0, 0.0]])
-    assert_close(out, expected)
-
-
-def test_sequence_logprobs_rejects_misaligned_mask():
-    with pytest.raises(ValueError, match="differ"):
-        sequence_logprobs(torch.zeros(1, 4, 3), torch.zeros(1, 4, dtype=torch.long), torch.ones(1, 3))
 
 
 def test_response_logprobs_by_hand():
