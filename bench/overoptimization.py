@@ -61,7 +61,7 @@ def best_of_n_scores(a: argparse.Namespace, sft: Path, rm: Path) -> dict[str, An
 
     from lit_rlhf.backbone.generate import SamplingConfig
     from lit_rlhf.data.rows import read_rows
-    from lit_rlhf.evaluate import load_policy, sample
+    from lit_rlhf.evaluation.command import load_policy, sample
     from lit_rlhf.evaluation.reward_model import RewardScorer
     from lit_rlhf.judges import judge_item, load_judge
 

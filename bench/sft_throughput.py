@@ -177,18 +177,10 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write `obj` as indented JSON via a temp file in the same directory and os.replace."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2)
-            f.write("\n")
-        os.chmod(tmp, 0o644)  # mkstemp makes files private; results are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write `obj` as indented JSON, atomically (lit_rlhf.atomic)."""
+    from lit_rlhf.atomic import write_json
+
+    write_json(path, obj, newline=True)
 
 
 # ---------------------------------------------------------------------------------------------------------

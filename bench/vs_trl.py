@@ -375,16 +375,10 @@ def markdown_gains(gains: list[dict[str, Any]]) -> str:
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    """Write `text` via a temp file in the same directory and os.replace."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp makes files private; results are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write `text` atomically (lit_rlhf.atomic)."""
+    from lit_rlhf.atomic import write_text
+
+    write_text(path, text)
 
 
 # ---------------------------------------------------------------------------------------------------------

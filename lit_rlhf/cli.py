@@ -198,7 +198,7 @@ def _collect(argv: list[str]) -> int:
 
 
 def _evaluate(argv: list[str]) -> int:
-    from lit_rlhf.evaluate import cli_main
+    from lit_rlhf.evaluation.command import cli_main
 
     return cli_main(argv)
 
@@ -285,7 +285,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from lit_rlhf.backbone.gguf import GGUFError
     from lit_rlhf.checkpoint.manifest import ManifestError
     from lit_rlhf.data.rows import DataError
-    from lit_rlhf.evaluate import EvalError
+    from lit_rlhf.evaluation.command import EvalError
     from lit_rlhf.judges import JudgeError
 
     return (DataError, ManifestError, EvalError, JudgeError, GGUFError, ValueError, OSError)

@@ -9,7 +9,7 @@ rate of pi_r vs SFT and vs pi_{r-1}, its judge score and KL to SFT (from `main.p
 -word rate on held-out red-teaming prompts when there is such a report.
 
 Lives here: the pure pair arithmetic, scoring comparison files with a reward stage, the report files.
-Must not live here: running stages (lit_rlhf.pipeline), evaluation itself (lit_rlhf.evaluate).
+Must not live here: running stages (lit_rlhf.pipeline), evaluation itself (lit_rlhf.evaluation).
 """
 
 from __future__ import annotations

@@ -16,8 +16,7 @@ from lit_rlhf.backbone.generate import Generation
 from lit_rlhf.checkpoint.manifest import Manifest
 from lit_rlhf.checkpoint.stage_dir import load_stage_dir, save_stage_dir
 from lit_rlhf.data.io import write_jsonl
-from lit_rlhf.evaluate import (
-    METRICS,
+from lit_rlhf.evaluation.command import (
     EvalError,
     EvalSettings,
     check_policy_stage,
@@ -25,15 +24,13 @@ from lit_rlhf.evaluate import (
     cli_main,
     evaluate_checkpoints,
     read_stage,
-    render_markdown,
     resolve_rm,
     resolve_sft,
     response_lengths,
     sample,
-    short_label,
-    write_report,
 )
 from lit_rlhf.evaluation.metrics import judge_metrics, kl_k1_per_sequence, mean_or_none, weighted_mean
+from lit_rlhf.evaluation.report import METRICS, render_markdown, short_label, write_report
 from lit_rlhf.judges import ExactMatchJudge, load_judge
 
 LORA = LoraSettings(r=4, alpha=8, dropout=0.0)
@@ -392,7 +389,7 @@ def test_a_checkpoint_with_another_vocabulary_is_refused_before_loading(tiny, de
 
 def test_base_row_is_the_sft_stages_pretrained_model_with_adapters_off(tiny_dir, tiny, tmp_path):
     """--base: the zero-shot model under a LoRA SFT stage is the first row; a full-weights SFT has none."""
-    from lit_rlhf.evaluate import BASE_ROW
+    from lit_rlhf.evaluation.command import BASE_ROW
 
     sft = Backbone.build(BackboneConfig(name_or_path=str(tiny_dir / "llama"), lora=LORA))
     sft.add_adapter("policy")

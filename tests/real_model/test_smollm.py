@@ -103,7 +103,7 @@ def test_smollm_prompt_ids_identical_in_every_path(stages, tmp_path):
     """SFT examples, RM examples, reward inputs, and generation (PPO rollouts, collection, evaluate, the
     dashboard all generate through `generate`) see one prompt as the same token ids."""
     from dashboard.modeling import LoadedModel, generate_ids
-    from lit_rlhf.evaluate import sample
+    from lit_rlhf.evaluation.command import sample
 
     net, _ = load_stage_dir(stages["sft"])
     fmt = net.text_format

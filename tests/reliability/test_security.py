@@ -414,7 +414,7 @@ def test_a_manifest_asking_for_remote_code_runs_none_anywhere(tiny_dir, tmp_path
     from lit_rlhf.checkpoint.manifest import ManifestError, read_manifest
     from lit_rlhf.checkpoint.stage_dir import export_stage_dir, load_stage_dir
     from lit_rlhf.cli import main
-    from lit_rlhf.evaluate import check_same_tokenizer
+    from lit_rlhf.evaluation.command import check_same_tokenizer
     from lit_rlhf.evaluation.reward_model import RewardScorer
     from lit_rlhf.stages.sft import SFTModule
 
@@ -551,7 +551,7 @@ def test_manifests_record_other_stages_relative_to_themselves(tiny_dir, tmp_path
     from lit_rlhf.backbone.config import BackboneConfig
     from lit_rlhf.checkpoint.manifest import read_manifest
     from lit_rlhf.checkpoint.stage_dir import save_stage_dir
-    from lit_rlhf.evaluate import resolve_rm, resolve_sft
+    from lit_rlhf.evaluation.command import resolve_rm, resolve_sft
 
     runs = tmp_path / "home" / "alice" / "runs"
     sft, rm, ppo = runs / "sft/a/stage", runs / "reward/r/stage", runs / "ppo/p/stage"

@@ -207,7 +207,7 @@ def test_reward_model_on_a_differently_quantized_base_is_warned_about(tiny_dir, 
 def test_in_run_evaluation_and_evaluate_compute_the_same_figures(tiny_dir, tmp_path):
     """One computation per metric name: PPO's held-out evaluation and `main.py evaluate` on the stage it writes
     give the same KL (from the sampled ids), reward, length, pretraining loss, judge score and win rate."""
-    from lit_rlhf.evaluate import EvalSettings, evaluate_checkpoints
+    from lit_rlhf.evaluation.command import EvalSettings, evaluate_checkpoints
 
     sft, rm = _stages(tiny_dir, tmp_path)
     dm = _data(tmp_path)

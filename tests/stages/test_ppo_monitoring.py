@@ -54,7 +54,7 @@ def _rows(run: Path) -> list[dict]:
 def test_each_evaluation_logs_gold_proxy_and_distance_with_the_sft_point(tiny_dir, tmp_path):
     """ppo/eval/* repeats the evaluation's own figures under one prefix, d = sqrt(KL), and the SFT model's gold
     and proxy on the same prompts and seeds are what `evaluate` measures for the SFT stage."""
-    from lit_rlhf.evaluate import EvalSettings, evaluate_checkpoints
+    from lit_rlhf.evaluation.command import EvalSettings, evaluate_checkpoints
 
     sft, rm = _stages(tiny_dir, tmp_path)
     module = _module(sft, rm)
@@ -141,7 +141,7 @@ def test_evaluation_points_are_kept_the_best_marked_and_reachable_as_run_at_best
     from lit_rlhf.checkpoint.kept import read_index
     from lit_rlhf.checkpoint.manifest import read_manifest
     from lit_rlhf.cli import main
-    from lit_rlhf.evaluate import EvalSettings, evaluate_checkpoints
+    from lit_rlhf.evaluation.command import EvalSettings, evaluate_checkpoints
 
     sft, rm = _stages(tiny_dir, tmp_path)
     module = _module(sft, rm)
