@@ -355,3 +355,40 @@ def test_sft_from_a_dataset_folder_trains_on_the_same_batches_as_the_jsonl_file(
     for a, b in zip(from_file.batches, from_dataset.batches, strict=True):
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert from_file.losses == from_dataset.losses
+
+
+def test_reward_and_ppo_data_modules_read_datasets(tiny_dir, tmp_path):
+    """The comparison (with rule rows) and PPO data modules take DataSources and hf: strings like file paths."""
+    from transformers import AutoTokenizer
+
+    from lit_rlhf.data.comparisons import ComparisonDataModule
+    from lit_rlhf.data.prompts import PPODataModule
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_dir / "tokenizer"))
+    jsonl = write_jsonl(tmp_path / "c.jsonl", KWISE)
+    rules = [
+        {"prompt": "a =", "response": "a", "rules": {"tone": True}},
+        {"prompt": "b =", "response": "b", "rules": {"tone": False}},
+    ]
+    dm = ComparisonDataModule(
+        DataSource.parse(write_dataset("saved_dict", HH, tmp_path / "hh")),
+        val_path=str(jsonl),
+        rules_train_path=write_dataset("parquet_folder", rules, tmp_path / "r"),
+        tokenizer=tok,
+        max_length=48,
+        unknown_tokens_error=1.0,  # the word-level test tokenizer knows no "user:" of the plain chat rendering
+    )
+    dm.setup("fit")
+    assert [e.responses for e in dm.data["train"]] == [("b a", "a b"), ("c", "c c")]
+    assert dm.rule_names == ["tone"] and dm.reports["train"].path.endswith("[train]")
+    assert dm.hparams["train_path"].startswith("hf:") and dm.hparams["val_path"] == str(jsonl)
+    texts = [{"body": f"{a} {b}"} for a in "abc" for b in "de"]
+    ppo = PPODataModule(
+        write_dataset("jsonl_folder", DEMOS, tmp_path / "p"),
+        pretrain_path=DataSource(write_dataset("saved", texts, tmp_path / "t")[3:], columns={"text": "body"}),
+        batch_size=2,
+        ptx_holdout=2,
+        tokenizer=tok,
+    )
+    ppo.setup("fit")
+    assert ppo.prompts == [d["prompt"] for d in DEMOS] and len(ppo.ptx_train) == 4 and len(ppo.ptx_eval) == 2
