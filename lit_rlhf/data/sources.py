@@ -176,9 +176,10 @@ def _renamer(columns: dict[str, str | None], hint: str | None) -> Callable[[Data
     inverse = {key: column for key, column in columns.items() if column is not None}
 
     def annotate(err: DataError) -> DataError:
-        if err.field is None:
+        match = None if err.field is None else _TOP.match(err.field)
+        if match is None:
             return err
-        top, rest = _TOP.match(err.field).groups()
+        top, rest = match.groups()
         reason = err.reason
         if hint is not None and not rest and reason.startswith("missing"):
             reason = f"{reason}; {hint}"
