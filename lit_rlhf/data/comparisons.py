@@ -30,6 +30,7 @@ from lit_rlhf.data.resumable import BatchPlan, PositionedBatches, ResumablePosit
 from lit_rlhf.data.rows import Comparison, DataError, ReadReport, read_rows, split_source
 from lit_rlhf.data.rules import EncodedRule, RuleBatches, collate_rules, load_rules, rule_names
 from lit_rlhf.data.sft import TRUNCATIONS, Truncation, as_format, tokenize_example
+from lit_rlhf.data.sources import DataSource, as_spec
 from lit_rlhf.data.special_tokens import SPECIAL_TOKEN_POLICIES, SpecialTokens, screen_special_tokens
 from lit_rlhf.distributed import eval_sampler
 
@@ -137,11 +138,13 @@ def tie_share(rows: list[Comparison] | list[EncodedComparison]) -> float:
 
 
 class ComparisonDataModule(ResumablePosition, L.LightningDataModule):
-    """Ranked comparisons (.jsonl/.parquet) -> batches of whole prompts for the reward model.
+    """Ranked comparisons (.jsonl/.parquet, or a Hugging Face dataset) -> batches of whole prompts for the reward
+    model.
 
     Args:
-        train_path: comparisons file (K-wise rows, or pairwise rows as K=2).
-        val_path: optional held-out comparisons.
+        train_path: comparisons file (K-wise rows, or pairwise rows as K=2), or a Hugging Face dataset: a
+            `DataSource` or its ``hf:PATH?split=...`` string, with a column mapping (docs/data-formats.md).
+        val_path: optional held-out comparisons (the same forms).
         batch_size: PROMPTS per batch (each brings its K responses).
         max_length: most tokens per prompt+response sequence.
         layout: ``kwise`` (default, a prompt's responses together) or ``pairs`` (each pair an independent,
@@ -165,8 +168,8 @@ class ComparisonDataModule(ResumablePosition, L.LightningDataModule):
 
     def __init__(
         self,
-        train_path: str,
-        val_path: str | None = None,
+        train_path: str | DataSource,
+        val_path: str | DataSource | None = None,
         batch_size: int = 8,
         max_length: int = 256,
         layout: Layout = "kwise",
@@ -179,8 +182,8 @@ class ComparisonDataModule(ResumablePosition, L.LightningDataModule):
         unknown_tokens_warn: float = UNKNOWN_WARN,
         unknown_tokens_error: float = UNKNOWN_ERROR,
         max_responses: int = MAX_RESPONSES,
-        rules_train_path: str | None = None,
-        rules_val_path: str | None = None,
+        rules_train_path: str | DataSource | None = None,
+        rules_val_path: str | DataSource | None = None,
         rules_batch_size: int = 16,
     ) -> None:
         super().__init__()
@@ -203,6 +206,9 @@ class ComparisonDataModule(ResumablePosition, L.LightningDataModule):
             problems.append(f"max_responses must be >= 2, got {max_responses}")
         if problems:
             raise ValueError("ComparisonDataModule: " + "; ".join(problems))
+        # hparams (hparams.yaml, checkpoints) record a DataSource as its hf: string: plain data, no class to unpickle
+        train_path, val_path = as_spec(train_path), as_spec(val_path)
+        rules_train_path, rules_val_path = as_spec(rules_train_path), as_spec(rules_val_path)
         self.save_hyperparameters(ignore=["tokenizer"])
         self.train_path, self.val_path = train_path, val_path
         self.batch_size, self.max_length, self.layout = batch_size, max_length, layout
@@ -241,7 +247,7 @@ class ComparisonDataModule(ResumablePosition, L.LightningDataModule):
                 if split == "train":
                     self.rule_names = rule_names(self.rules["train"])
 
-    def _load(self, split: str, path: str) -> list[EncodedComparison]:
+    def _load(self, split: str, path: str | DataSource) -> list[EncodedComparison]:
         rows, report = read_rows(path, "comparison", on_error=self.on_error)
         rows = screen_comparisons(rows, report, self.max_responses, self.on_error)
         rows = screen_special_tokens(rows, self.tokenizer, report, self.on_error, self.special_tokens)
@@ -258,7 +264,7 @@ class ComparisonDataModule(ResumablePosition, L.LightningDataModule):
             encoded.append(enc)
         report.kept = len(encoded)
         ids = [seq for enc in encoded for seq in enc.input_ids]
-        check_unknown_tokens(path, ids, self.tokenizer, *self.unknown_limits)
+        check_unknown_tokens(report.path, ids, self.tokenizer, *self.unknown_limits)
         self.reports[split] = report
         logger.info(
             "%s: %s; %d comparisons, %.1f%% tied pairs",
@@ -269,7 +275,10 @@ class ComparisonDataModule(ResumablePosition, L.LightningDataModule):
         )
         if not encoded:
             raise DataError(
-                path, None, None, f"no comparison fits max_length {self.max_length}: {report.summary()}"
+                report.path,
+                None,
+                None,
+                f"no comparison fits max_length {self.max_length}: {report.summary()}",
             )
         return encoded
 

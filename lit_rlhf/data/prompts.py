@@ -20,6 +20,7 @@ from lit_rlhf.data.formatting import UNKNOWN_ERROR, UNKNOWN_WARN, check_unknown_
 from lit_rlhf.data.padding import pad_right
 from lit_rlhf.data.resumable import BatchPlan, PositionedBatches, ResumablePosition, Source, positioned_loader
 from lit_rlhf.data.rows import ReadReport, read_rows
+from lit_rlhf.data.sources import DataSource, as_spec
 
 logger = logging.getLogger(__name__)
 
@@ -48,8 +49,10 @@ class PPODataModule(ResumablePosition, L.LightningDataModule):
     """Prompts for PPO rollouts and, optionally, pretraining text for PPO-ptx.
 
     Args:
-        prompts_path: prompts file ({"prompt"} rows; demonstration rows work too, extra keys ignored).
-        pretrain_path: pretraining text file ({"text"} rows); required when the module's ptx_coef > 0.
+        prompts_path: prompts file ({"prompt"} rows; demonstration rows work too, extra keys ignored), or a
+            Hugging Face dataset: a `DataSource` or its ``hf:PATH?split=...`` string (docs/data-formats.md).
+        pretrain_path: pretraining text ({"text"} rows, a file or a dataset); required when the module's
+            ptx_coef > 0.
         batch_size: prompts per rollout.
         ptx_batch_size: pretraining rows per training step (split across that step's PPO updates).
         ptx_max_length: pretraining rows longer than this are cut (counted and reported).
@@ -64,8 +67,8 @@ class PPODataModule(ResumablePosition, L.LightningDataModule):
 
     def __init__(
         self,
-        prompts_path: str,
-        pretrain_path: str | None = None,
+        prompts_path: str | DataSource,
+        pretrain_path: str | DataSource | None = None,
         batch_size: int = 32,
         ptx_batch_size: int = 32,
         ptx_max_length: int = 128,
@@ -79,6 +82,8 @@ class PPODataModule(ResumablePosition, L.LightningDataModule):
         super().__init__()
         if batch_size < 1 or ptx_batch_size < 1:
             raise ValueError("PPODataModule: batch_size and ptx_batch_size must be >= 1")
+        # hparams (hparams.yaml, checkpoints) record a DataSource as its hf: string: plain data, no class to unpickle
+        prompts_path, pretrain_path = as_spec(prompts_path), as_spec(pretrain_path)
         self.save_hyperparameters(ignore=["tokenizer"])
         self.prompts_path, self.pretrain_path = prompts_path, pretrain_path
         self.batch_size, self.ptx_batch_size = batch_size, ptx_batch_size
@@ -99,15 +104,15 @@ class PPODataModule(ResumablePosition, L.LightningDataModule):
         rows, self.reports["prompts"] = read_rows(self.prompts_path, "prompt", on_error=self.on_error)
         self.prompts = [r.prompt for r in rows]
         rendered = [fmt.prompt_ids(p) for p in self.prompts]
-        check_unknown_tokens(self.prompts_path, rendered, self.tokenizer, *self.unknown_limits)
+        check_unknown_tokens(self.reports["prompts"].path, rendered, self.tokenizer, *self.unknown_limits)
         if self.pretrain_path is not None:
             texts, report = read_rows(self.pretrain_path, "text", on_error=self.on_error)
             ids, report.truncated = encode_texts([t.text for t in texts], self.tokenizer, self.ptx_max_length)
-            check_unknown_tokens(self.pretrain_path, ids, self.tokenizer, *self.unknown_limits)
+            check_unknown_tokens(report.path, ids, self.tokenizer, *self.unknown_limits)
             self.reports["pretrain"] = report
             if len(ids) <= self.ptx_holdout:
                 raise ValueError(
-                    f"{self.pretrain_path}: {len(ids)} rows, need more than ptx_holdout={self.ptx_holdout}"
+                    f"{report.path}: {len(ids)} rows, need more than ptx_holdout={self.ptx_holdout}"
                 )
             cut_at = len(ids) - self.ptx_holdout
             self.ptx_train, self.ptx_eval = ids[:cut_at], ids[cut_at:]

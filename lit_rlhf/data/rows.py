@@ -1,7 +1,8 @@
 """Row formats shared by every stage: typed rows, validation with file:line errors, and the row readers.
 
 Lives here: the five row kinds (demonstration, comparison, prompt, text, rule), `DataError`, `validate_row`,
-`read_rows` (JSONL and parquet) with its `ReadReport`, and `row_to_dict` for writing rows back.
+`read_rows` (JSONL and parquet; Hugging Face datasets through `sources.py`) with its `ReadReport`, and
+`row_to_dict` for writing rows back.
 Must not live here: tokenization, tensors, Lightning (see `sft.py`), or file writing (see `io.py`).
 Every rejection names the file, the line and the field, so a bad row can be found and fixed by hand.
 """
@@ -14,10 +15,13 @@ import os
 import re
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from lit_rlhf.data.formatting import Messages, PromptSpec
 from lit_rlhf.safe_io import CLIP_CHARS, UnreadableFile, check_regular, clip, open_regular
+
+if TYPE_CHECKING:
+    from lit_rlhf.data.sources import DataSource
 
 logger = logging.getLogger(__name__)
 
@@ -217,17 +221,24 @@ def _list(value: object, name: str, at: _Where, what: str) -> list:
     return value
 
 
-def _validate_messages(value: object, at: _Where, last_role: str = "assistant") -> Messages:
-    """Chat messages; the last one must come from `last_role` (the answer in a demonstration, the question in
-    a prompt or comparison row)."""
-    items = _list(value, "messages", at, "{role, content} objects")
-    least = 2 if last_role == "assistant" else 1
+def _validate_messages(
+    value: object, at: _Where, last_role: str = "assistant", key: str = "messages", least: int | None = None
+) -> Messages:
+    """Chat messages under field `key`; the last one must come from `last_role` (the answer in a demonstration,
+    the question in a prompt or comparison row). `least` defaults to 2 for an answer (context, then the answer)
+    and 1 for a question."""
+    items = _list(value, key, at, "{role, content} objects")
+    if least is None:
+        least = 2 if last_role == "assistant" else 1
     if len(items) < least:
-        what = "context, then the answer" if last_role == "assistant" else "ending with the user's message"
-        raise at.error("messages", f"expected at least {least} messages ({what}), got {len(items)}")
+        if last_role != "assistant":
+            what = "ending with the user's message"
+        else:
+            what = "context, then the answer" if least > 1 else "ending with the assistant's answer"
+        raise at.error(key, f"expected at least {least} messages ({what}), got {len(items)}")
     messages = []
     for i, item in enumerate(items):
-        name = f"messages[{i}]"
+        name = f"{key}[{i}]"
         if not isinstance(item, dict):
             raise at.error(name, f"expected an object with 'role' and 'content', got {_json_type(item)}")
         needs = "each message needs 'role' and 'content'"
@@ -237,7 +248,7 @@ def _validate_messages(value: object, at: _Where, last_role: str = "assistant") 
         content = _required(item, "content", at, needs, f"{name}.content")
         messages.append((role, _string(content, f"{name}.content", at)))
     if messages[-1][0] != last_role:
-        last = f"messages[{len(messages) - 1}].role"
+        last = f"{key}[{len(messages) - 1}].role"
         raise at.error(last, f"the last message must be from the {last_role}, got {messages[-1][0]!r}")
     return tuple(messages)
 
@@ -277,8 +288,65 @@ def _validate_ranking(value: object, k: int, at: _Where) -> tuple[int, ...]:
     return tuple(ranks)
 
 
+def _split_conversations(obj: dict, at: _Where, needs: str) -> tuple[PromptSpec, str, str]:
+    """(prompt, chosen answer, rejected answer) of a row whose 'chosen'/'rejected' are whole conversations.
+
+    Each conversation ends with the assistant's answer (the response); the messages before it are the prompt and
+    must be the same in both. When the conversations hold only the answer, the prompt is the row's 'prompt' or
+    'messages'; when they hold the prompt, a 'prompt'/'messages' field beside them is not read.
+    """
+    chosen, rejected = obj["chosen"], obj["rejected"]
+    for key, value in (("chosen", chosen), ("rejected", rejected)):
+        if not isinstance(value, list):
+            other = "rejected" if key == "chosen" else "chosen"
+            raise at.error(
+                key,
+                f"expected a conversation like '{other}' (an array of {{role, content}} objects), "
+                f"got {_json_type(value)}",
+            )
+    chosen = _validate_messages(chosen, at, "assistant", key="chosen", least=1)
+    rejected = _validate_messages(rejected, at, "assistant", key="rejected", least=1)
+    context = chosen[:-1]
+    if rejected[:-1] != context:
+        n = len(context)
+        differ = next(
+            (i for i, (a, b) in enumerate(zip(context, rejected[:-1], strict=False)) if a != b), None
+        )
+        where = f"rejected[{differ}]" if differ is not None else "rejected"
+        detail = (
+            f"message {differ} differs"
+            if differ is not None
+            else f"'chosen' has {n} messages before its answer, 'rejected' {len(rejected) - 1}"
+        )
+        raise at.error(
+            where,
+            f"the conversations do not share their prompt ({detail}): 'chosen' and 'rejected' must hold the "
+            "same messages before their final assistant answer",
+        )
+    if context:
+        if context[-1][0] != "user":
+            raise at.error(
+                f"chosen[{len(context) - 1}].role",
+                f"the message before the final answer must be from the user, got {context[-1][0]!r}",
+            )
+        prompt: PromptSpec = context
+    else:
+        prompt = _validate_prompt(obj, at, needs)
+    return prompt, chosen[-1][1], rejected[-1][1]
+
+
 def _validate_comparison(obj: dict, at: _Where) -> Comparison:
     needs = "a comparison needs 'prompt' (or 'messages') with 'responses' and 'ranking', or 'chosen' and 'rejected'"
+    conversations = "responses" not in obj and any(
+        isinstance(obj.get(k), list) for k in ("chosen", "rejected")
+    )
+    if conversations:
+        for key in ("chosen", "rejected"):
+            _required(obj, key, at, needs)
+        prompt, chosen, rejected = _split_conversations(obj, at, needs)
+        if chosen == rejected:
+            raise at.error("rejected", "identical to 'chosen': a response cannot be preferred to itself")
+        return Comparison(prompt, (chosen, rejected), (0, 1), source=at.source)
     prompt = _validate_prompt(obj, at, needs)
     if "responses" not in obj and ("chosen" in obj or "rejected" in obj):
         chosen = _string(_required(obj, "chosen", at, needs), "chosen", at)
@@ -524,6 +592,14 @@ _READERS = {".jsonl": _iter_jsonl, ".parquet": _iter_parquet}
 def _open_rows(path: str):
     ext = os.path.splitext(path)[1].lower()
     if ext not in _READERS:
+        if os.path.isdir(path):
+            raise DataError(
+                path,
+                None,
+                None,
+                "a folder, not a .jsonl or .parquet file; a Hugging Face dataset folder (save_to_disk, or a folder "
+                f"of .jsonl/.parquet files) is read as hf:{path}",
+            )
         raise DataError(
             path, None, None, f"unknown file type {ext or '(none)'!r}: expected .jsonl or .parquet"
         )
@@ -536,34 +612,50 @@ def _open_rows(path: str):
     return _READERS[ext](path)
 
 
+def _is_plain_path(path: object) -> bool:
+    """A path read as a file as it always was (not a DataSource, not an ``hf:`` string)."""
+    return isinstance(path, os.PathLike) or (isinstance(path, str) and not path.startswith("hf:"))
+
+
 def read_rows(
-    path: str | os.PathLike,
+    path: str | os.PathLike | DataSource,
     kind: RowKind,
     on_error: Literal["raise", "skip"] = "raise",
     limit: int | None = None,
 ) -> tuple[list[Row], ReadReport]:
-    """Read and validate every row of a .jsonl or .parquet file.
+    """Read and validate every row of a .jsonl or .parquet file, or of a Hugging Face dataset.
 
-    on_error="raise" stops at the first bad row; "skip" logs and counts each bad row in the report and
-    keeps the rest, but a file with no good row is still an error. `limit` stops after that many kept
-    rows. Blank JSONL lines are not rows; line numbers are physical lines (1-based) so an editor finds them.
+    `path` is a file path, a `DataSource` or its ``hf:...`` string (a `datasets` folder or hub name, its split and
+    a column mapping: `lit_rlhf.data.sources`). on_error="raise" stops at the first bad row; "skip" logs and
+    counts each bad row in the report and keeps the rest, but a file with no good row is still an error. `limit`
+    stops after that many kept rows. Blank JSONL lines are not rows; line numbers are physical lines (1-based) so
+    an editor finds them; a dataset's rows are named by index (``hf:data/qa[train][12]``).
     """
-    path = os.fspath(path)
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be a positive number of rows or None, got {limit}")
+    if _is_plain_path(path):
+        label = os.fspath(path)
+        items = ((label, n, obj) for n, obj in _open_rows(label))
+        annotate = None
+    else:
+        from lit_rlhf.data.sources import open_source  # imports `datasets` only when a dataset is read
+
+        label, items, annotate = open_source(path)
     rows: list[Row] = []
-    report = ReadReport(path=path, kind=kind, read=0, kept=0, skipped=[])
-    for line_no, obj in _open_rows(path):
+    report = ReadReport(path=label, kind=kind, read=0, kept=0, skipped=[])
+    for where, line_no, obj in items:
         report.read += 1
         try:
             if isinstance(obj, DataError):
                 raise obj
-            rows.append(validate_row(obj, kind, path, line_no))
+            rows.append(validate_row(obj, kind, where, line_no))
         except DataError as err:
+            if annotate is not None:
+                err = annotate(err)
             if on_error == "raise":
-                raise
+                raise err
             record_skip(report, err)
             continue
         if limit is not None and len(rows) >= limit:

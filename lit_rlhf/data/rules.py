@@ -20,6 +20,7 @@ from lit_rlhf.data.padding import pad_right
 from lit_rlhf.data.resumable import BatchPlan
 from lit_rlhf.data.rows import DataError, ReadReport, RuleLabel, read_rows, split_source
 from lit_rlhf.data.sft import Truncation, tokenize_example
+from lit_rlhf.data.sources import DataSource
 from lit_rlhf.data.special_tokens import SpecialTokens, screen_special_tokens
 
 logger = logging.getLogger(__name__)
@@ -40,7 +41,7 @@ def rule_names(rows: Sequence[RuleLabel | EncodedRule]) -> list[str]:
 
 
 def load_rules(
-    path: str,
+    path: str | DataSource,
     fmt: TextFormat,
     max_length: int,
     truncation: Truncation,
@@ -48,7 +49,7 @@ def load_rules(
     special_tokens: SpecialTokens = "error",
     unknown_limits: tuple[float, float] = (0.001, 0.05),
 ) -> tuple[list[EncodedRule], ReadReport]:
-    """Read, screen and tokenize a rule-label file; every dropped row is counted in the report."""
+    """Read, screen and tokenize rule-label rows (a file or a dataset); every dropped row is counted in the report."""
     rows, report = read_rows(path, "rule", on_error=on_error)
     rows = screen_special_tokens(rows, fmt.tokenizer, report, on_error, special_tokens)
     encoded = []
@@ -63,8 +64,10 @@ def load_rules(
         encoded.append(EncodedRule(row.prompt, row.response, row.rules, ex.input_ids))
     report.kept = len(encoded)
     if not encoded:
-        raise DataError(path, None, None, f"no rule row fits max_length {max_length}: {report.summary()}")
-    check_unknown_tokens(path, [e.input_ids for e in encoded], fmt.tokenizer, *unknown_limits)
+        raise DataError(
+            report.path, None, None, f"no rule row fits max_length {max_length}: {report.summary()}"
+        )
+    check_unknown_tokens(report.path, [e.input_ids for e in encoded], fmt.tokenizer, *unknown_limits)
     logger.info("%s; rules %s", report.summary(), rule_names(encoded))
     return encoded, report
 

@@ -36,6 +36,7 @@ from lit_rlhf.data.resumable import (
     window_total,
 )
 from lit_rlhf.data.rows import DataError, Demonstration, ReadReport, read_rows, split_source
+from lit_rlhf.data.sources import DataSource, as_spec
 from lit_rlhf.data.special_tokens import SPECIAL_TOKEN_POLICIES, SpecialTokens, screen_special_tokens
 from lit_rlhf.distributed import eval_sampler
 
@@ -261,7 +262,8 @@ def build_examples(
 
 
 class SFTDataModule(ResumablePosition, L.LightningDataModule):
-    """Demonstrations (.jsonl/.parquet) -> tokenized, prompt-masked batches for supervised fine-tuning.
+    """Demonstrations (.jsonl/.parquet, or a Hugging Face dataset) -> tokenized, prompt-masked batches for
+    supervised fine-tuning.
 
     The tokenizer is taken from the LightningModule at setup (it loads it lazily) unless one is given.
     After setup, `reports` holds a ReadReport per split ("train", "val") with the rows skipped for bad
@@ -270,8 +272,8 @@ class SFTDataModule(ResumablePosition, L.LightningDataModule):
 
     def __init__(
         self,
-        train_path: str,
-        val_path: str | None = None,
+        train_path: str | DataSource,
+        val_path: str | DataSource | None = None,
         batch_size: int = 32,
         max_length: int = 256,
         packing: bool = False,
@@ -286,8 +288,9 @@ class SFTDataModule(ResumablePosition, L.LightningDataModule):
     ) -> None:
         """
         Args:
-            train_path: demonstrations file (.jsonl or .parquet).
-            val_path: optional validation demonstrations; no validation when None.
+            train_path: demonstrations file (.jsonl or .parquet), or a Hugging Face dataset: a `DataSource` or its
+                ``hf:PATH?split=...`` string, with a column mapping (docs/data-formats.md).
+            val_path: optional validation demonstrations (the same forms); no validation when None.
             batch_size: rows per batch (packed rows when packing).
             max_length: most tokens per example (per packed row when packing).
             packing: concatenate examples into full rows (see `pack` for the attention trade-off).
@@ -318,6 +321,8 @@ class SFTDataModule(ResumablePosition, L.LightningDataModule):
             problems.append(f"special_tokens must be 'error' or 'allow', got {special_tokens!r}")
         if problems:
             raise ValueError("SFTDataModule: " + "; ".join(problems))
+        # hparams (hparams.yaml, checkpoints) record a DataSource as its hf: string: plain data, no class to unpickle
+        train_path, val_path = as_spec(train_path), as_spec(val_path)
         self.save_hyperparameters(ignore=["tokenizer"])
         self.train_path, self.val_path = train_path, val_path
         self.batch_size, self.max_length, self.packing = batch_size, max_length, packing
@@ -344,12 +349,12 @@ class SFTDataModule(ResumablePosition, L.LightningDataModule):
             if path is not None and split not in self._data:  # setup runs once per stage; read once
                 self._data[split] = self._load(split, path)
 
-    def _load(self, split: str, path: str) -> list[Example] | list[PackedExample]:
+    def _load(self, split: str, path: str | DataSource) -> list[Example] | list[PackedExample]:
         rows, report = read_rows(path, "demonstration", on_error=self.on_error)
         rows = screen_special_tokens(rows, self.tokenizer, report, self.on_error, self.special_tokens)
         examples = build_examples(rows, self.fmt, self.max_length, self.truncation, report)
         self.unknown_share[split] = check_unknown_tokens(
-            path, [ex.input_ids for ex in examples], self.tokenizer, *self.unknown_limits
+            report.path, [ex.input_ids for ex in examples], self.tokenizer, *self.unknown_limits
         )
         self.reports[split] = report
         logger.info("%s: %s", split, report.summary())
