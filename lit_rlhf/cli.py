@@ -267,5 +267,14 @@ def _run(argv: list[str], from_sys: bool) -> int:
     if help_text is not None:
         print(help_text)
         return 0
+    # `--model.help SFTModule`, `--model PPOModule`: jsonargparse wants the import path
+    argv = [
+        STAGE_CLASSES.get(a, a)
+        if i and argv[i - 1] in ("--model", "--model.help", "--model.class_path")
+        else a
+        for i, a in enumerate(argv)
+    ]
+    if from_sys:
+        sys.argv = [sys.argv[0], *argv]
     lightning_cli(None if from_sys else argv)
     return 0
