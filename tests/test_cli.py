@@ -143,9 +143,9 @@ def test_pipeline_reads_its_config_with_its_parser_and_checks_overrides_up_front
     monkeypatch.setattr(Pipeline, "_run", lambda self, label, args: ran.append(label))
     cfg = tmp_path / "p.yaml"
     cfg.write_text(
-        "name: t\nruns_root: {r}\ndata_dir: {r}/data\nsft_config: configs/tiny/sft.yaml\n"
+        f"name: t\nruns_root: {tmp_path}\ndata_dir: {tmp_path}/data\nsft_config: configs/tiny/sft.yaml\n"
         "rm_config: configs/tiny/rm.yaml\nppo_config: configs/tiny/ppo.yaml\n"
-        "overrides: {{ppo: {{trainer.max_stepz: 3}}}}\n".format(r=tmp_path)
+        "overrides: {ppo: {trainer.max_stepz: 3}}\n"
     )
     assert main(["pipeline", "--config", str(cfg)]) == 2
     err = capsys.readouterr().err
