@@ -2,14 +2,13 @@
 plus the tool commands.
 
 Tool commands that are not Trainer methods (demo-data, export, ...) are dispatched before LightningCLI is built,
-so they start fast and take their own flags. Every run writes `runs/<stage>/<name>/` (lit_rlhf.runs). A user's
+so they start fast; jsonargparse serves them from their typed functions (lit_rlhf.commands). Every run writes `runs/<stage>/<name>/` (lit_rlhf.runs). A user's
 mistake (a bad data row, a missing file, a bad stage directory or setting) prints one line and exits 2;
 `--debug` (or LIT_RLHF_DEBUG=1) shows the traceback instead.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from pathlib import Path
@@ -44,175 +43,105 @@ def prog() -> str:
     return name if name in ("lit-rlhf", "main.py") else "lit-rlhf"
 
 
-def _demo_data(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(
-        prog=f"{prog()} demo-data", description="Write the built-in demo task world's data."
-    )
-    p.add_argument("--out", default="data/demo", help="output directory (default: data/demo)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--n-train", type=int, default=20000)
-    p.add_argument("--n-val", type=int, default=500)
-    p.add_argument("--n-rl", type=int, default=2000)
-    p.add_argument("--n-eval", type=int, default=300)
-    p.add_argument("--n-pretrain", type=int, default=5000)
-    p.add_argument(
-        "--n-eval-adversarial",
-        type=int,
-        default=200,
-        help="held-out red-teaming prompts (eval_adversarial.jsonl)",
-    )
-    p.add_argument(
-        "--adversarial-rate",
-        type=float,
-        default=0.1,
-        help="share of sft_train/sft_val/rl_prompts rows that try to draw the banned word out (default: 0.1)",
-    )
-    p.add_argument(
-        "--format",
-        choices=("plain", "chat"),
-        default="plain",
-        help="plain: {prompt, response} rows; chat: {messages} conversations for a chat model's template",
-    )
-    a = p.parse_args(argv)
-    from lit_rlhf.demo.datagen import write_demo_data
-
-    paths = write_demo_data(
-        a.out,
-        seed=a.seed,
-        n_train=a.n_train,
-        n_val=a.n_val,
-        n_rl=a.n_rl,
-        n_eval=a.n_eval,
-        n_pretrain=a.n_pretrain,
-        n_eval_adversarial=a.n_eval_adversarial,
-        adversarial_rate=a.adversarial_rate,
-        row_format=a.format,
-    )
-    for name, path in paths.items():
-        print(f"{name:>14}: {path}")
-    return 0
+# `trainer.logger` classes -> (the module they need, the lit-rlhf extra that installs it)
+TRACKERS = {
+    "TensorBoardLogger": ("tensorboard", "tensorboard"),
+    "WandbLogger": ("wandb", "wandb"),
+    "MLFlowLogger": ("mlflow", "mlflow"),
+}
+STAGE_CLASSES = {  # short names for `--model <name>` and nested help
+    "SFTModule": "lit_rlhf.stages.sft.SFTModule",
+    "RewardModule": "lit_rlhf.stages.reward.RewardModule",
+    "PPOModule": "lit_rlhf.stages.ppo.PPOModule",
+}
 
 
-def _export(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(
-        prog=f"{prog()} export", description="Export a stage directory as a plain transformers model."
-    )
-    p.add_argument(
-        "--ckpt",
-        required=True,
-        help="stage directory (runs/<stage>/<name>/stage), or a PPO run's kept checkpoint: runs/ppo/<name>@best "
-        "(by the judge), @latest, @step-N",
-    )
-    p.add_argument("--out", required=True, help="output directory for the transformers model")
-    p.add_argument("--adapter", default=None, help="adapter to merge (default: policy)")
-    p.add_argument(
-        "--overwrite", action="store_true", help="replace --out even if it is not an earlier export"
-    )
-    p.add_argument(
-        "--trust-remote-code",
-        action="store_true",
-        help="let code shipped in the stage directory run (trust it)",
-    )
-    p.add_argument(
-        "--local-bases-only",
-        action="store_true",
-        help="refuse a base outside the stage directory (hub or path)",
-    )
-    a = p.parse_args(argv)
-    from lit_rlhf.checkpoint.kept import resolve_stage_ref
-    from lit_rlhf.checkpoint.manifest import ManifestError
-    from lit_rlhf.checkpoint.stage_dir import export_stage_dir
-
-    try:
-        ckpt = resolve_stage_ref(a.ckpt)  # KeptError is a ManifestError naming the index
-        out = export_stage_dir(
-            ckpt,
-            a.out,
-            adapter=a.adapter,
-            overwrite=a.overwrite,
-            trust_remote_code=a.trust_remote_code,
-            allow_external_base=False if a.local_bases_only else None,
-        )
-    except (FileExistsError, ManifestError) as e:  # each names the path at fault
-        print(f"main.py export: error: {e}", file=sys.stderr)
-        return 2
-    print(f"exported {ckpt} -> {out} (load with AutoModelForCausalLM.from_pretrained({str(out)!r}))")
-    return 0
+class TrackerMissing(ValueError):
+    """A `trainer.logger` names a tracker whose package is not installed."""
 
 
-def _collect(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(
-        prog=f"{prog()} collect-comparisons",
-        description="Sample K responses per prompt from a stage directory; a judge ranks them (without one, "
-        "the samples are written unranked for people to rank).",
-    )
-    p.add_argument("--ckpt", required=True, help="stage directory to sample from (usually the SFT one)")
-    p.add_argument("--prompts", required=True, help="prompts JSONL ({'prompt': ...} rows)")
-    p.add_argument("--out", required=True, help="comparisons JSONL to write")
-    p.add_argument("--k", type=int, default=4, help="responses per prompt (4 to 9 in InstructGPT)")
-    p.add_argument("--limit", type=int, default=None, help="use at most this many prompts")
-    p.add_argument("--max-new-tokens", type=int, default=24)
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--top-k", type=int, default=0)
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--batch-size", type=int, default=16, help="prompts per generate call")
-    p.add_argument(
-        "--judge",
-        default=None,
-        help="ranks the K samples: demo (the demo world's labeler) or package.module:callable "
-        "(default: none: unranked samples)",
-    )
-    p.add_argument("--rank-noise", type=float, default=0.0, help="judge disagreement (score noise std)")
-    p.add_argument(
-        "--rules-out",
-        default=None,
-        help="also write rule-label rows (one per distinct sample) labeled by the judge's rules() (Sparrow)",
-    )
-    p.add_argument("--seed", type=int, default=0)
-    a = p.parse_args(argv)
-    from lit_rlhf.backbone.generate import SamplingConfig
-    from lit_rlhf.collect import collect_comparisons
+def check_trackers(loggers: Any) -> None:
+    """Refuse, in one line, a configured tracker whose package is missing (instead of jsonargparse's traceback).
 
-    sampling = SamplingConfig(
-        max_new_tokens=a.max_new_tokens,
-        do_sample=True,
-        temperature=a.temperature,
-        top_k=a.top_k,
-        top_p=a.top_p,
-    )
-    report = collect_comparisons(
-        a.ckpt,
-        a.prompts,
-        a.out,
-        k=a.k,
-        sampling=sampling,
-        batch_size=a.batch_size,
-        limit=a.limit,
-        seed=a.seed,
-        rank_noise=a.rank_noise,
-        judge=a.judge,
-        rules_out=a.rules_out,
-    )
-    print(report.summary())
-    return 0
+    `loggers`: the parsed `trainer.logger` value (None, a bool, one class_path mapping or a list of them).
+    """
+    import importlib.util
+
+    items = loggers if isinstance(loggers, list) else [loggers]
+    for item in items:
+        path = item.get("class_path") if hasattr(item, "get") else None
+        if not isinstance(path, str):
+            continue
+        module, extra = TRACKERS.get(path.rsplit(".", 1)[-1], (None, None))
+        if module is not None and importlib.util.find_spec(module) is None:
+            raise TrackerMissing(
+                f"trainer.logger: {path} needs the `{module}` package: pip install -c constraints.txt "
+                f"-e '.[{extra}]' (or pip install {module})"
+            )
 
 
-def _evaluate(argv: list[str]) -> int:
-    from lit_rlhf.evaluation.command import cli_main
+def _option_value(argv: list[str], *names: str) -> str | None:
+    """The last value given to any of `names` (`--x v` or `--x=v`) in argv."""
+    value = None
+    for i, arg in enumerate(argv):
+        for name in names:
+            if arg == name and i + 1 < len(argv):
+                value = argv[i + 1]
+            elif arg.startswith(name + "="):
+                value = arg.split("=", 1)[1]
+    return value
 
-    return cli_main(argv)
+
+def _class_from_argv(argv: list[str], key: str) -> str | None:
+    """The class path of `key` (model or data) that argv selects: `--<key> X`, `--<key>.class_path X`, else the
+    last `--config` file's `<key>.class_path`."""
+    import yaml
+
+    given = _option_value(argv, f"--{key}", f"--{key}.class_path")
+    if given is not None:
+        return STAGE_CLASSES.get(given, given)
+    for config in reversed([argv[i + 1] for i, a in enumerate(argv[:-1]) if a in ("--config", "-c")]):
+        section = (yaml.safe_load(Path(config).read_text(encoding="utf-8")) or {}).get(key)
+        if isinstance(section, dict) and section.get("class_path"):
+            return STAGE_CLASSES.get(section["class_path"], section["class_path"])
+        if isinstance(section, str):
+            return STAGE_CLASSES.get(section, section)
+    return None
 
 
-def _dashboard(argv: list[str]) -> int:
-    from lit_rlhf.dashboard_cmd import main as dashboard_main
+def nested_help(argv: list[str]) -> str | None:
+    """Help for `--model.<field>.help` / `--data.<field>.help` (also spelled `--model.init_args.<field>.help`).
 
-    return dashboard_main(argv)
+    jsonargparse lists these options under `--model.help <Class>` but cannot reach them from the command line in
+    subclass mode ("expected one argument"): the field's type is found here, from the class that `--model` or the
+    config selects, and its options are printed as `--model.init_args.<field>.<option>`. None: no such flag.
+    """
+    import importlib
+    import inspect
+    import typing
 
+    flag = next((a for a in argv if a.startswith(("--model.", "--data.")) and a.endswith(".help")), None)
+    if flag is None or flag.count(".") < 2:
+        return None
+    key, *middle = flag[2:].split(".")[:-1]
+    field = ".".join(m for m in middle if m != "init_args")
+    path = _class_from_argv(argv, key)
+    if path is None:
+        raise ValueError(f"{flag}: name the {key} class first (--config <yaml> or --{key} <class path>)")
+    module, _, name = path.rpartition(".")
+    cls = getattr(importlib.import_module(module), name)
+    hints = typing.get_type_hints(cls.__init__)
+    if field not in hints:
+        known = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+        raise ValueError(f"{flag}: {name} has no option {field!r}; its options: {known}")
+    kind = next((t for t in typing.get_args(hints[field]) if inspect.isclass(t)), hints[field])
+    if not inspect.isclass(kind) or kind in (str, int, float, bool, type(None)):
+        return f"--{key}.init_args.{field}: {hints[field]} (a plain value; see `{prog()} fit --{key}.help {name}`)"
+    from jsonargparse import ArgumentParser
 
-def _pipeline(argv: list[str]) -> int:
-    from lit_rlhf.pipeline import cli_main
-
-    return cli_main(argv)
+    parser = ArgumentParser(prog=f"{prog()} fit", description=f"{name}.{field}: {kind.__name__}")
+    parser.add_class_arguments(kind, f"{key}.init_args.{field}")
+    return parser.format_help()
 
 
 def lightning_cli(args: list[str] | None, run: bool = True):
@@ -239,20 +168,26 @@ def lightning_cli(args: list[str] | None, run: bool = True):
                 help="save checkpoints/last.ckpt every N optimizer steps (exact resume)",
             )
 
+        def before_instantiate_classes(self) -> None:
+            section = self.config[self.subcommand] if self.subcommand else self.config
+            check_trackers(section["trainer"].get("logger"))  # one line, not jsonargparse's traceback
+
         def instantiate_trainer(self, **kwargs: Any):
+            """The configured trainer, plus the run directory's logger and callbacks (LightningCLI's own method
+            with extra trainer arguments; the configured loggers and callbacks are kept beside ours)."""
             config = self.config[self.subcommand] if self.subcommand else self.config
-            stage = getattr(self.model, "STAGE", "run")
+            init = self.config_init[self.subcommand] if self.subcommand else self.config_init
+            stage = self.model.STAGE
             run_dir = Path(config["run"]["root"]) / stage / config["run"]["name"]
-            trainer_config = {**self._get(self.config_init, "trainer", default={}), **kwargs}
-            user_loggers = trainer_config.get("logger")
+            user_loggers = kwargs.pop("logger", init["trainer"].get("logger"))
             extra = (
                 []
                 if user_loggers in (None, True, False)
                 else (list(user_loggers) if isinstance(user_loggers, list) else [user_loggers])
             )
-            trainer_config["logger"] = [RunLogger(run_dir), *extra]
-            callbacks = [self._get(self.config_init, c) for c in self._parser(self.subcommand).callback_keys]
-            callbacks += [
+            user_callbacks = kwargs.pop("callbacks", init["trainer"].get("callbacks")) or []
+            callbacks = [
+                *(user_callbacks if isinstance(user_callbacks, list) else [user_callbacks]),
                 RunStatus(stage, config["run"]["name"]),
                 BatchSeeds(),  # exact resume: batch k's randomness depends on (seed, rank, k) only
                 ModelCheckpoint(
@@ -262,7 +197,9 @@ def lightning_cli(args: list[str] | None, run: bool = True):
                     every_n_train_steps=config["run"]["checkpoint_every"],
                 ),
             ]
-            return self._instantiate_trainer(trainer_config, callbacks)
+            return super().instantiate_trainer(
+                logger=[RunLogger(run_dir), *extra], callbacks=callbacks, **kwargs
+            )
 
         def after_fit(self) -> None:
             out = getattr(self.model, "stage_dir_written", None)
@@ -323,14 +260,21 @@ def console() -> None:
 
 def _run(argv: list[str], from_sys: bool) -> int:
     if argv and argv[0] in TOOL_COMMANDS:
-        commands = {
-            "demo-data": _demo_data,
-            "export": _export,
-            "collect-comparisons": _collect,
-            "pipeline": _pipeline,
-            "dashboard": _dashboard,
-            "evaluate": _evaluate,
-        }
-        return commands[argv[0]](argv[1:])
+        from lit_rlhf.commands import run_command
+
+        return run_command(argv[0], argv[1:], prog())
+    help_text = nested_help(argv)
+    if help_text is not None:
+        print(help_text)
+        return 0
+    # `--model.help SFTModule`, `--model PPOModule`: jsonargparse wants the import path
+    argv = [
+        STAGE_CLASSES.get(a, a)
+        if i and argv[i - 1] in ("--model", "--model.help", "--model.class_path")
+        else a
+        for i, a in enumerate(argv)
+    ]
+    if from_sys:
+        sys.argv = [sys.argv[0], *argv]
     lightning_cli(None if from_sys else argv)
     return 0

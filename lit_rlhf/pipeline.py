@@ -13,7 +13,6 @@ crash in one leaves the others' outputs intact and memory is returned between st
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -21,6 +20,7 @@ import sys
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -67,7 +67,8 @@ class PipelineConfig:
     runs_root: str = "runs"
     data_dir: str = "data/demo"
     seed: int = 0
-    demo_data: dict[str, int] = field(default_factory=dict)  # write_demo_data sizes (n_train, n_val, ...)
+    # `demo-data` options (n_train, n_val, ..., format)
+    demo_data: dict[str, int | float | str] = field(default_factory=dict)
     sft_config: str = "configs/demo/sft.yaml"
     rm_config: str = "configs/demo/rm.yaml"
     ppo_config: str = "configs/demo/ppo.yaml"
@@ -81,26 +82,117 @@ class PipelineConfig:
     # ranks the comparisons and judges the evaluation (the demo world's labeler plays the human)
     judge: str = "demo"
     extra_args: dict[str, list[str]] = field(default_factory=dict)  # stage -> extra CLI args (every round)
+    # stage -> {dotted key: value}, e.g. {ppo: {trainer.max_steps: 400, model.init_args.kl_coef: 0.05}}: typed
+    # overrides of the stage config, checked with the stage's own parser before the first stage starts
+    overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     rules: bool = False  # Sparrow: the judge labels the samples' rules; the reward model trains rule heads
     rounds: int = 1  # InstructGPT's iterated rounds of collect -> reward model -> PPO
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.rounds, int) or isinstance(self.rounds, bool) or self.rounds < 1:
+            raise ValueError(f"field 'rounds' must be an integer >= 1, got {self.rounds!r}")
+        unknown = sorted((set(self.extra_args) | set(self.overrides)) - set(STAGES))
+        if unknown:
+            raise ValueError(f"extra_args/overrides: unknown stage(s) {unknown}; known: {list(STAGES)}")
+
+    def stage_args(self, stage: str) -> list[str]:
+        """The command-line overrides of `stage`: its ``overrides`` (values as JSON), then its ``extra_args``."""
+        typed = [f"--{k}={json.dumps(v)}" for k, v in self.overrides.get(stage, {}).items()]
+        return [*typed, *self.extra_args.get(stage, [])]
+
+    def stage_config(self, stage: str) -> str:
+        return {"sft": self.sft_config, "reward": self.rm_config, "ppo": self.ppo_config}[stage]
+
+    @classmethod
+    def from_namespace(cls, ns: Any) -> PipelineConfig:
+        """The config from pipeline_parser()'s parse result (a jsonargparse Namespace)."""
+        raw = ns.as_dict()
+        raw.pop("config", None)
+        raw["collect"] = CollectSettings(**(raw.get("collect") or {}))
+        return cls(**raw)
+
     @classmethod
     def from_yaml(cls, path: str | Path) -> PipelineConfig:
+        """Read a pipeline YAML with pipeline_parser(); a mistake is a ValueError naming the file and field."""
+        from jsonargparse import ArgumentError
+
         raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
         if not isinstance(raw, dict):
             raise ValueError(f"{path}: expected a mapping at the top level")
         known = {f.name for f in fields(cls)}
-        unknown = sorted(set(raw) - known)
+        unknown = sorted(set(raw) - known)  # named here: jsonargparse reports only the first
         if unknown:
             raise ValueError(f"{path}: unknown field(s) {unknown}; known: {sorted(known)}")
-        collect = raw.pop("collect", {}) or {}
         ckeys = {f.name for f in fields(CollectSettings)}
-        if set(collect) - ckeys:
-            raise ValueError(f"{path}: unknown field(s) in 'collect': {sorted(set(collect) - ckeys)}")
-        cfg = cls(**raw, collect=CollectSettings(**collect))
-        if not isinstance(cfg.rounds, int) or isinstance(cfg.rounds, bool) or cfg.rounds < 1:
-            raise ValueError(f"{path}: field 'rounds' must be an integer >= 1, got {cfg.rounds!r}")
-        return cfg
+        if set(raw.get("collect") or {}) - ckeys:
+            raise ValueError(f"{path}: unknown field(s) in 'collect': {sorted(set(raw['collect']) - ckeys)}")
+        try:
+            return cls.from_namespace(
+                pipeline_parser(exit_on_error=False).parse_args(["--config", str(path)])
+            )
+        except (ArgumentError, ValueError) as e:
+            lines = [x.strip() for x in str(e).strip().splitlines() if x.strip()]
+            raise ValueError(f"{path}: {' '.join(lines[:4])}") from None
+
+
+STAGES = ("sft", "reward", "ppo")
+
+
+def pipeline_parser(prog: str = "lit-rlhf pipeline", exit_on_error: bool = True):
+    """The jsonargparse parser of a pipeline: `--config <yaml>`, every PipelineConfig field as a flag
+    (`--name`, `--collect.k`, `--overrides '{ppo: {trainer.max_steps: 10}}'`), `--print_config`."""
+    from jsonargparse import ActionConfigFile, ArgumentParser
+
+    parser = ArgumentParser(prog=prog, description=__doc__.splitlines()[0], exit_on_error=exit_on_error)
+    parser.add_argument(
+        "--config", action=ActionConfigFile, help="pipeline YAML (configs/demo/pipeline.yaml)"
+    )
+    parser.add_class_arguments(PipelineConfig, as_group=False)
+    return parser
+
+
+def check_stage_overrides(cfg: PipelineConfig) -> None:
+    """Parse and instantiate each stage's config with its overrides (the stage's LightningCLI, run=False, on
+    CPU, no weights loaded), so a wrong key or value fails now, not after the stages before it have run.
+
+    Raises:
+        ValueError: naming the stage, its config and the parser's message.
+    """
+    import contextlib
+    import io
+    import warnings
+
+    from lit_rlhf.cli import lightning_cli
+
+    dummy = Path(cfg.data_dir)
+    links = {
+        "sft": [],
+        "reward": ["--model.init_args.init_from", str(dummy)],
+        "ppo": ppo_stage_args(dummy, dummy, dummy),
+    }
+    for stage in STAGES:
+        config = cfg.stage_config(stage)
+        args = ["--config", config, *links[stage], *cfg.stage_args(stage)]
+        args += ["--trainer.accelerator", "cpu", "--trainer.devices", "1", "--run.root", str(cfg.runs_root)]
+        err = io.StringIO()
+        try:
+            with (
+                contextlib.redirect_stderr(err),
+                contextlib.redirect_stdout(io.StringIO()),
+                warnings.catch_warnings(),
+            ):
+                warnings.simplefilter(
+                    "ignore"
+                )  # LightningCLI's "args and sys.argv both given": intended here
+                cli = lightning_cli(args, run=False)
+        except SystemExit:  # jsonargparse printed the usage and the error
+            last = [x for x in err.getvalue().splitlines() if x.strip()]
+            raise ValueError(
+                f"pipeline: the {stage} stage's config {config} with the pipeline's overrides does not parse: "
+                + (" ".join(x.strip() for x in last[-8:]) if last else "see above")
+            ) from None
+        if stage != cli.model.STAGE:
+            raise ValueError(f"pipeline: {config} trains a {cli.model.STAGE} stage, not {stage}")
 
 
 def _stage_done(stage_dir: Path) -> bool:
@@ -159,7 +251,7 @@ class Pipeline:
             "--seed_everything",
             str(self.cfg.seed),
             *links,
-            *self.cfg.extra_args.get(stage, []),
+            *self.cfg.stage_args(stage),
         ]
         if (run / "checkpoints" / "last.ckpt").is_file():
             args += ["--ckpt_path", str(run / "checkpoints" / "last.ckpt")]  # resume the interrupted run
@@ -299,6 +391,8 @@ class Pipeline:
 
         start = time.perf_counter()
         d = self.data
+        print("[pipeline] checking the stage configs and overrides", flush=True)
+        check_stage_overrides(self.cfg)
         self.demo_data()
         sft = self._fit(
             "sft",
@@ -350,12 +444,7 @@ class Pipeline:
 
 
 def cli_main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="main.py pipeline", description=__doc__.splitlines()[0])
-    p.add_argument("--config", default="configs/demo/pipeline.yaml", help="pipeline YAML")
-    p.add_argument("--name", default=None, help="override the run name")
-    a = p.parse_args(argv)
-    cfg = PipelineConfig.from_yaml(a.config)
-    if a.name:
-        cfg.name = a.name
-    Pipeline(cfg).run()
-    return 0
+    """`main.py pipeline ...` (lit_rlhf.commands.pipeline)."""
+    from lit_rlhf.commands import pipeline
+
+    return pipeline(argv)

@@ -6,6 +6,7 @@ those. No torch here beyond Lightning's logger base class.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
@@ -44,6 +45,36 @@ def _plain(value: Any) -> Any:
     if isinstance(value, str | int | float | bool) or value is None:
         return value
     return str(value)
+
+
+def _cell(value: Any) -> Any:
+    """A table cell: scalars as they are, anything else (chat prompts, lists) as JSON text."""
+    value = _plain(value)
+    return value if isinstance(value, str | int | float | bool) or value is None else json.dumps(value)
+
+
+def log_rows(trainer: Any, file: str, rows: list[dict[str, Any]], step: int) -> None:
+    """Append `rows` to the run directory's `file` (samples.jsonl, rankings.jsonl) and send them as one table to
+    the configured trackers that have tables (W&B, MLflow); rank zero only, the caller checks.
+
+    The table is keyed by the file's stem (``samples``, ``rankings``); its columns are every row's keys in order
+    of first appearance.
+    """
+    root = run_dir(trainer)
+    if root is None or not rows:
+        return
+    for row in rows:
+        append_jsonl(root / file, row)
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    data = [[_cell(row.get(c)) for c in columns] for row in rows]
+    key = Path(file).stem
+    for lg in trainer.loggers:
+        kind = type(lg).__name__
+        if kind == "WandbLogger":
+            lg.log_table(key=key, columns=columns, data=data, step=step)
+        elif kind == "MLFlowLogger" and hasattr(lg.experiment, "log_table"):
+            table = {c: [r[i] for r in data] for i, c in enumerate(columns)}
+            lg.experiment.log_table(data=table, artifact_file=f"{key}/step-{step}.json", run_id=lg.run_id)
 
 
 class RunLogger(Logger):

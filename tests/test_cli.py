@@ -56,3 +56,108 @@ def test_the_console_script_is_the_same_command():
     script = Path(sys.executable).parent / "lit-rlhf"
     proc = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and proc.stdout.startswith("lit-rlhf: InstructGPT's three stages")
+
+
+def test_nested_help_of_a_stage_field(capsys, monkeypatch):
+    """`--model.backbone.help` (listed by `--model.help SFTModule`) prints the field's options, with the class
+    from the config or from --model; jsonargparse alone fails on it in subclass mode."""
+    monkeypatch.chdir(ROOT)
+    assert main(["fit", "--config", "configs/demo/sft.yaml", "--model.backbone.help"]) == 0
+    out = capsys.readouterr().out
+    assert "--model.init_args.backbone.name_or_path" in out and "--model.init_args.backbone.lora" in out
+    assert main(["fit", "--model", "PPOModule", "--model.init_args.kl.help"]) == 0
+    assert "--model.init_args.kl." in capsys.readouterr().out
+    assert main(["fit", "--model.samples.help"]) == 2  # no class to look in: one line saying so
+    assert "name the model class first" in capsys.readouterr().err
+    assert main(["fit", "--config", "configs/demo/sft.yaml", "--model.bogus.help"]) == 2
+    assert "SFTModule has no option 'bogus'" in capsys.readouterr().err
+
+
+def test_tool_commands_have_help_print_config_and_yaml_configs(capsys, tmp_path):
+    """The tool commands are jsonargparse commands of typed functions: --help, --print_config, --config."""
+    import pytest
+    import yaml
+
+    from lit_rlhf.commands import FUNCTIONS
+
+    for command in FUNCTIONS:
+        with pytest.raises(SystemExit) as e:
+            main([command, "--help"])
+        assert e.value.code == 0
+        assert "--print_config" in capsys.readouterr().out
+    with pytest.raises(SystemExit):  # today's spellings: dashes, bare booleans, several values after a flag
+        main(
+            [
+                "evaluate",
+                "--ckpt",
+                "a",
+                "b",
+                "--prompts",
+                "p.jsonl",
+                "--max-new-tokens",
+                "3",
+                "--base",
+                "--print_config",
+            ]
+        )
+    cfg = yaml.safe_load(capsys.readouterr().out)
+    assert (cfg["ckpt"], cfg["max_new_tokens"], cfg["base"], cfg["limit"]) == (["a", "b"], 3, True, 300)
+    (tmp_path / "demo.yaml").write_text("n_train: 24\nn_val: 4\nn_rl: 4\nn_eval: 4\nn_pretrain: 4\n")
+    args = [
+        "--config",
+        str(tmp_path / "demo.yaml"),
+        "--n-eval-adversarial",
+        "2",
+        "--out",
+        str(tmp_path / "d"),
+    ]
+    assert main(["demo-data", *args]) == 0
+    assert len((tmp_path / "d/sft_train.jsonl").read_text().splitlines()) == 24
+
+
+def test_normalize_argv_keeps_todays_spellings():
+    from lit_rlhf.commands import normalize_argv
+
+    kinds = {"ckpt": "list", "base": "bool", "max_new_tokens": ""}
+    argv = ["--ckpt", "a", "b", "--base", "--max-new-tokens=3", "--ckpt", "c", "--base", "false"]
+    assert normalize_argv(argv, kinds) == [
+        '--ckpt=["a", "b", "c"]',
+        "--base=true",
+        "--max_new_tokens=3",
+        "--base",
+        "false",
+    ]
+    assert normalize_argv(["--ckpt=[x]"], kinds) == ["--ckpt=[x]"]  # jsonargparse's own list form
+
+
+def test_pipeline_reads_its_config_with_its_parser_and_checks_overrides_up_front(
+    tmp_path, monkeypatch, capsys
+):
+    """A typo in a stage override fails before any stage runs (demo data included), naming the stage."""
+    import pytest
+
+    from lit_rlhf.pipeline import Pipeline, PipelineConfig
+
+    monkeypatch.chdir(ROOT)
+    ran = []
+    monkeypatch.setattr(Pipeline, "_run", lambda self, label, args: ran.append(label))
+    cfg = tmp_path / "p.yaml"
+    cfg.write_text(
+        f"name: t\nruns_root: {tmp_path}\ndata_dir: {tmp_path}/data\nsft_config: configs/tiny/sft.yaml\n"
+        "rm_config: configs/tiny/rm.yaml\nppo_config: configs/tiny/ppo.yaml\n"
+        "overrides: {ppo: {trainer.max_stepz: 3}}\n"
+    )
+    assert main(["pipeline", "--config", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert "ppo stage's config configs/tiny/ppo.yaml" in err and "max_stepz" in err and not ran
+    good = PipelineConfig.from_yaml(cfg.with_name("p.yaml"))  # from_yaml and the command share the parser
+    assert good.overrides == {"ppo": {"trainer.max_stepz": 3}}
+    good.overrides = {"ppo": {"trainer.max_steps": 3, "model.init_args.kl.init_coef": 0.05}}
+    assert good.stage_args("ppo") == ["--trainer.max_steps=3", "--model.init_args.kl.init_coef=0.05"]
+    from lit_rlhf.pipeline import check_stage_overrides
+
+    check_stage_overrides(good)  # parses and instantiates each stage config, no weights
+    with pytest.raises(SystemExit):
+        main(["pipeline", "--config", str(cfg), "--name", "other", "--collect.k", "5", "--print_config"])
+    printed = capsys.readouterr().out
+    assert "name: other" in printed and "k: 5" in printed

@@ -37,7 +37,6 @@ from lit_rlhf.backbone.config import LoraSettings, Quantization
 from lit_rlhf.backbone.generate import Generation, SamplingConfig, generate, generate_batches
 from lit_rlhf.checkpoint.manifest import KEPT
 from lit_rlhf.data.formatting import prompt_to_json
-from lit_rlhf.data.io import append_jsonl
 from lit_rlhf.evaluation.metrics import judge_metrics, kl_k1_per_sequence, mean_or_none, weighted_mean
 from lit_rlhf.evaluation.overoptimization import gold_proxy_metrics
 from lit_rlhf.evaluation.samples import eval_rows, judge_fields, token_fields
@@ -57,7 +56,8 @@ from lit_rlhf.rl.rewards import (
     truncation_penalty,
 )
 from lit_rlhf.rl.stats import explained_variance
-from lit_rlhf.runs import run_dir
+from lit_rlhf.run_files import SAMPLES
+from lit_rlhf.runs import log_rows, run_dir
 from lit_rlhf.stages.common import (
     StrategyCheck,
     computes_on_this_rank,
@@ -595,20 +595,20 @@ class PPOModule(StrategyCheck, L.LightningModule):
         rewards = self.roles.reward_of(prompts[:k], gen.texts[:k])  # all ranks when sharded
         if not self.trainer.is_global_zero:
             return
-        for i in range(min(k, len(prompts))):
-            append_jsonl(
-                run_dir(self.trainer) / "samples.jsonl",
-                {
-                    "step": self.log_step,
-                    "prompt": prompt_to_json(prompts[i]),
-                    "completion": gen.texts[i],
-                    "mode": "rollout",
-                    "rm_score": float(rewards[i]),
-                    "kl": float(kl[i].sum()),
-                    **token_fields(self.tokenizer, gen.response_ids[i], ro.response_mask[i], kl[i]),
-                    **judge_fields(self.judge, prompts[i], gen.texts[i]),
-                },
-            )
+        rows = [
+            {
+                "step": self.log_step,
+                "prompt": prompt_to_json(prompts[i]),
+                "completion": gen.texts[i],
+                "mode": "rollout",
+                "rm_score": float(rewards[i]),
+                "kl": float(kl[i].sum()),
+                **token_fields(self.tokenizer, gen.response_ids[i], ro.response_mask[i], kl[i]),
+                **judge_fields(self.judge, prompts[i], gen.texts[i]),
+            }
+            for i in range(min(k, len(prompts)))
+        ]
+        log_rows(self.trainer, SAMPLES, rows, self.log_step)
 
     def _write_eval_samples(
         self,
@@ -626,8 +626,7 @@ class PPOModule(StrategyCheck, L.LightningModule):
         part = slice(0, k)
         kls = None if kls is None else kls[part]
         args = (prompts[part], refs[part], texts[part], rm_scores[part], kls, self.judge)
-        for row in eval_rows(self.log_step, mode, *args):
-            append_jsonl(root / "samples.jsonl", row)
+        log_rows(self.trainer, SAMPLES, list(eval_rows(self.log_step, mode, *args)), self.log_step)
 
     # ---- evaluation -------------------------------------------------------------------------------------
     def _eval_prompts(self) -> tuple[list[Any], list[str | None]]:
@@ -721,7 +720,8 @@ class PPOModule(StrategyCheck, L.LightningModule):
         )
         if metrics and self.logger is not None:
             logged = {**metrics, **curve}
-            self.logger.log_metrics({f"ppo/{k}": v for k, v in logged.items()}, step=self.log_step)
+            for lg in self.trainer.loggers:  # the run directory's and every configured tracker
+                lg.log_metrics({f"ppo/{k}": v for k, v in logged.items()}, step=self.log_step)
         self._keep(metrics)
         return metrics
 

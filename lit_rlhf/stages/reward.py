@@ -25,11 +25,11 @@ from torchmetrics.functional.regression import kendall_rank_corrcoef
 
 from lit_rlhf.backbone.build import RULES
 from lit_rlhf.backbone.config import LoraSettings, Quantization
-from lit_rlhf.data.io import append_jsonl
 from lit_rlhf.evaluation.reward_model import score_texts
 from lit_rlhf.evaluation.rules import RuleMetrics
 from lit_rlhf.rl.losses import kwise_ranking_loss, rule_loss
-from lit_rlhf.runs import run_dir
+from lit_rlhf.run_files import RANKINGS
+from lit_rlhf.runs import log_rows, run_dir
 from lit_rlhf.stages.common import (
     OptimConfig,
     StrategyCheck,
@@ -331,9 +331,8 @@ class RewardModule(StrategyCheck, L.LightningModule):
 
     def _write_rankings(self) -> None:
         if self.trainer.is_global_zero and self.trainer.loggers and not self.trainer.sanity_checking:
-            path = run_dir(self.trainer) / "rankings.jsonl"
-            for row in self._table:
-                append_jsonl(path, {"step": max(self.global_step - 1, 0), **row})
+            step = max(self.global_step - 1, 0)
+            log_rows(self.trainer, RANKINGS, [{"step": step, **row} for row in self._table], step)
         self._table = []
 
     def on_validation_epoch_end(self) -> None:
@@ -357,7 +356,8 @@ class RewardModule(StrategyCheck, L.LightningModule):
         self._last_val_step = self.global_step
         self._write_rankings()
         if self.trainer.is_global_zero and self.logger is not None:
-            self.logger.log_metrics(metrics, step=max(self.global_step - 1, 0))
+            for lg in self.trainer.loggers:  # the run directory's and every configured tracker
+                lg.log_metrics(metrics, step=max(self.global_step - 1, 0))
         return metrics
 
     # ---- the end: bias and stage directory --------------------------------------------------------------
@@ -437,5 +437,6 @@ class RewardModule(StrategyCheck, L.LightningModule):
             extra={"max_length": self.max_length},
             state=state,
         )
-        self.logger.log_metrics({"reward/bias": bias}, step=max(self.global_step - 1, 0))
+        for lg in self.trainer.loggers:  # the run directory's and every configured tracker
+            lg.log_metrics({"reward/bias": bias}, step=max(self.global_step - 1, 0))
         self.stage_dir_written = out

@@ -14,11 +14,11 @@ from torchmetrics import MeanMetric
 from lit_rlhf.backbone.config import BackboneConfig, coerce_backbone
 from lit_rlhf.backbone.generate import SamplingConfig, generate_batches
 from lit_rlhf.data.formatting import PromptFormat, PromptSpec, prompt_to_json
-from lit_rlhf.data.io import append_jsonl
 from lit_rlhf.evaluation.metrics import judge_metrics
 from lit_rlhf.judges import judge_item, load_judge
 from lit_rlhf.rl.losses import lm_loss
-from lit_rlhf.runs import run_dir
+from lit_rlhf.run_files import SAMPLES
+from lit_rlhf.runs import log_rows, run_dir
 from lit_rlhf.stages.common import (
     OptimConfig,
     SampleConfig,
@@ -235,7 +235,8 @@ class SFTModule(StrategyCheck, L.LightningModule):
         self.state.last_val_step = self.global_step
         metrics = {"sft/val_loss": float(val), "sft/val_ppl": float(torch.exp(val))}
         if self.trainer.is_global_zero and self.logger is not None:
-            self.logger.log_metrics(metrics, step=self.log_step)
+            for lg in self.trainer.loggers:  # the run directory's and every configured tracker
+                lg.log_metrics(metrics, step=self.log_step)
         return metrics
 
     # ---- samples and evaluation ------------------------------------------------------------------------
@@ -281,14 +282,14 @@ class SFTModule(StrategyCheck, L.LightningModule):
                 for p, t, j in zip(prompts, texts, judged, strict=True)
             ]
             if self.trainer.is_global_zero:  # under FSDP2 every rank generated; one writes
-                for row in rows:
-                    append_jsonl(run_dir(self.trainer) / "samples.jsonl", row)
+                log_rows(self.trainer, SAMPLES, rows, self.log_step)
             figures = judge_metrics(self.judge, prompts, texts, refs) if self.judge else {}
             for k, v in figures.items():
                 if k != "judged":
                     metrics[f"sft/{k}" if mode == "greedy" else f"sft/{k}_sampled"] = v
         if metrics and self.logger is not None:
-            self.logger.log_metrics(metrics, step=self.log_step)
+            for lg in self.trainer.loggers:  # the run directory's and every configured tracker
+                lg.log_metrics(metrics, step=self.log_step)
         return metrics
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
@@ -325,7 +326,8 @@ class SFTModule(StrategyCheck, L.LightningModule):
         held_out = self.evaluate_held_out()
         metrics.update(held_out)
         if held_out and self.logger is not None:
-            self.logger.log_metrics({f"sft/eval_{k}": v for k, v in held_out.items()}, step=self.log_step)
+            for lg in self.trainer.loggers:  # the run directory's and every configured tracker
+                lg.log_metrics({f"sft/eval_{k}": v for k, v in held_out.items()}, step=self.log_step)
         state = full_state(self.net) if self.net.sharded else None  # a collective: before the rank check
         if not self.trainer.is_global_zero:
             return
