@@ -175,7 +175,8 @@ def test_page_generates_scores_ranks_and_saves(model_root, fake_reward, monkeypa
     at.selectbox[0].set_value(a)  # KL reference: sft/a
     at.selectbox[1].set_value(found["reward/rm"]).run()
     # A random tiny model may stop at once (an empty completion, which no comparison row may hold), and where it
-    # does depends on float rounding with the thread count other tests left: try a few sampling seeds.
+    # does depends on float rounding: sample (greedy decoding would ignore the seed) and try a few seeds.
+    next(t for t in at.toggle if t.label == "Sample").set_value(True)
     for seed in range(6, 16):
         at.number_input[0].set_value(seed)
         at.button(key="compare_generate").click().run()
