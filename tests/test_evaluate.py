@@ -15,13 +15,13 @@ from lit_rlhf.backbone.config import BackboneConfig, LoraSettings
 from lit_rlhf.backbone.generate import Generation
 from lit_rlhf.checkpoint.manifest import Manifest
 from lit_rlhf.checkpoint.stage_dir import load_stage_dir, save_stage_dir
+from lit_rlhf.cli import main as cli
 from lit_rlhf.data.io import write_jsonl
 from lit_rlhf.evaluation.command import (
     EvalError,
     EvalSettings,
     check_policy_stage,
     checkpoint_metrics,
-    cli_main,
     evaluate_checkpoints,
     read_stage,
     resolve_rm,
@@ -280,7 +280,9 @@ def test_reward_stage_as_ckpt_is_a_clear_error(tiny, tmp_path, capsys):
     rm = str(tiny["rm"])
     with pytest.raises(EvalError, match=f"{rm}: --ckpt takes an sft or ppo stage directory.*as --rm"):
         evaluate_checkpoints([str(tiny["sft"]), rm], EvalSettings(prompts=str(tiny["prompts"])))
-    assert cli_main(["--ckpt", rm, "--prompts", str(tiny["prompts"]), "--out", str(tmp_path / "r")]) == 2
+    assert (
+        cli(["evaluate", "--ckpt", rm, "--prompts", str(tiny["prompts"]), "--out", str(tmp_path / "r")]) == 2
+    )
     assert f"error: {rm}: --ckpt takes an sft or ppo" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
 
@@ -294,7 +296,7 @@ def test_rm_without_a_reward_head_is_refused_before_loading(tiny):
 def test_cli_end_to_end_resolves_parent_and_writes_the_report(tiny, tmp_path, capsys):
     out = tmp_path / "eval"
     argv = ["--ckpt", str(tiny["ppo"]), "--prompts", str(tiny["prompts"]), "--out", str(out)]
-    assert cli_main([*argv, "--limit", "3", "--max-new-tokens", "3", "--seed", "7"]) == 0
+    assert cli(["evaluate", *argv, "--limit", "3", "--max-new-tokens", "3", "--seed", "7"]) == 0
     stdout = capsys.readouterr().out
     assert f"evaluation report: {out / 'report.md'}" in stdout
     report = json.loads((out / "report.json").read_text())

@@ -16,7 +16,6 @@ Every model samples with the same seeds, so the SFT model evaluated against itse
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import gc
@@ -24,8 +23,6 @@ import hashlib
 import json
 import logging
 import math
-import os
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -38,10 +35,8 @@ from torch import Tensor
 from lit_rlhf.backbone.generate import Generation, SamplingConfig, generate_batches
 from lit_rlhf.checkpoint.kept import resolve_stage_ref
 from lit_rlhf.checkpoint.manifest import MANIFEST, Manifest, ManifestError, read_manifest
-from lit_rlhf.checkpoint.safety import LOCAL_BASES_ONLY_ENV
-from lit_rlhf.data.rows import DataError
 from lit_rlhf.evaluation.metrics import judge_metrics, kl_k1_per_sequence, mean_or_none, weighted_mean
-from lit_rlhf.evaluation.report import METRICS, render_markdown, write_report
+from lit_rlhf.evaluation.report import METRICS
 from lit_rlhf.judges import JudgeError, load_judge
 
 log = logging.getLogger(__name__)
@@ -477,96 +472,3 @@ def _row(
     metrics = checkpoint_metrics(judged, rm_scores, kl, run.pretrain_loss, lengths)
     stage, step = ("base", 0) if manifest is None else (manifest.stage, manifest.step)
     return {"stage": stage, "step": step, **metrics}
-
-
-# ---- command line --------------------------------------------------------------------------------------
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="main.py evaluate",
-        description="Compare SFT/PPO stage directories on held-out prompts: judge score, win rate vs SFT "
-        "with a 95% CI, reward, KL to SFT, pretraining loss (alignment tax), response length.",
-    )
-    p.add_argument(
-        "--ckpt",
-        nargs="+",
-        action="extend",
-        required=True,
-        help="sft or ppo stage directories (runs/<stage>/<name>/stage), or a PPO run's kept checkpoint: "
-        "runs/ppo/<name>@best (by the judge), @latest, @step-N; repeat or list several",
-    )
-    p.add_argument("--prompts", required=True, help="held-out prompts JSONL ({'prompt': ...} rows)")
-    p.add_argument(
-        "--sft", default=None, help="SFT baseline (default: the sft --ckpt, else a ppo one's parent)"
-    )
-    p.add_argument(
-        "--rm", default=None, help="reward stage directory (default: a ppo manifest's reward_from)"
-    )
-    p.add_argument(
-        "--pretrain", default=None, help="pretraining text JSONL ({'text': ...}) for the alignment tax"
-    )
-    p.add_argument(
-        "--pretrain-limit",
-        type=int,
-        default=256,
-        help="use its last N rows, the ones PPO-ptx holds out (default: 256)",
-    )
-    p.add_argument("--limit", type=int, default=300, help="use the first N prompts (default: 300)")
-    p.add_argument("--max-new-tokens", type=int, default=24)
-    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature; 0 = greedy")
-    p.add_argument("--seed", type=int, default=1234, help="the same for every checkpoint")
-    p.add_argument("--batch-size", type=int, default=32, help="prompts per generate call / forward pass")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument(
-        "--base",
-        action="store_true",
-        help="also evaluate the SFT stage's pretrained base with adapters off (zero-shot), as the first row",
-    )
-    p.add_argument(
-        "--judge",
-        default=None,
-        help="judge of the completions: demo, exact_match (reference answers in the prompt rows), or "
-        "package.module:callable (default: none: no judge score or win rate)",
-    )
-    p.add_argument("--out", default=None, help="report directory (default: runs/eval/<name>)")
-    p.add_argument("--name", default="default", help="report name, for the default --out")
-    p.add_argument(
-        "--trust-remote-code", action="store_true", help="let code shipped in the stage directories run"
-    )
-    p.add_argument(
-        "--local-bases-only", action="store_true", help="refuse bases outside the stage directories"
-    )
-    return p
-
-
-def cli_main(argv: list[str]) -> int:
-    """`python main.py evaluate ...`: evaluate, write the report, print the table and where it is."""
-    a = _parser().parse_args(argv)
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(message)s")
-    settings = EvalSettings(
-        prompts=a.prompts,
-        limit=a.limit,
-        max_new_tokens=a.max_new_tokens,
-        temperature=a.temperature,
-        seed=a.seed,
-        batch_size=a.batch_size,
-        pretrain=a.pretrain,
-        pretrain_limit=a.pretrain_limit,
-        device=a.device,
-        judge=a.judge,
-        base=a.base,
-        trust_remote_code=a.trust_remote_code,
-    )
-    if a.local_bases_only:  # read by every load_stage_dir of this process (policies, SFT, reward model)
-        os.environ[LOCAL_BASES_ONLY_ENV] = "1"
-    try:
-        report = evaluate_checkpoints(a.ckpt, settings, sft=a.sft, rm=a.rm)
-    except (EvalError, DataError, ManifestError) as e:  # each names the file or flag at fault
-        print(f"main.py evaluate: error: {e}", file=sys.stderr)
-        return 2
-    paths = write_report(report, a.out or Path("runs") / "eval" / a.name)
-    print(render_markdown(report).split("\n## Settings")[0])
-    print(
-        f"\n[lit-rlhf] evaluation report: {paths['report.md']} (also {paths['report.json']}, {paths['report.png']})"
-    )
-    return 0
