@@ -14,26 +14,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-MAIN = str(ROOT / "main.py")
 sys.path.insert(0, str(ROOT))
 
-from lit_rlhf.atomic import write_text  # noqa: E402
+from harness import run_main, write_report  # noqa: E402
+
 from lit_rlhf.pipeline import ppo_stage_args  # noqa: E402  (the pipeline's own PPO overrides, not a copy)
 
 
 def run(args: list[str]) -> float:
     """Run `python main.py ARGS`, fail loudly, return the wall time."""
-    print(f"[ablations] python main.py {' '.join(args)}", flush=True)
-    start = time.perf_counter()
-    subprocess.run([sys.executable, MAIN, *args], check=True, env=os.environ.copy())
-    return time.perf_counter() - start
+    return run_main(args, "ablations")
 
 
 def manifest_metrics(stage_dir: Path) -> dict:
@@ -186,8 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     result = {"date": time.strftime("%Y-%m-%d"), "ppo": ppo_ablation(a, out), "rm": rm_ablation(a)}
-    for name, text in (("ablations.json", json.dumps(result, indent=2)), ("ablations.md", markdown(result))):
-        write_text(out / name, text)
+    write_report(out, "ablations", result, markdown(result))
     print(markdown(result))
     return 0
 

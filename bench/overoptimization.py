@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from dataclasses import asdict
@@ -34,8 +33,9 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-MAIN = str(ROOT / "main.py")
 sys.path.insert(0, str(ROOT))
+
+from harness import run_main  # noqa: E402
 
 from lit_rlhf.evaluation.overoptimization import (  # noqa: E402
     BestOfNPoint,
@@ -138,10 +138,7 @@ def train_ppo(
     ]
     if (run / "checkpoints" / "last.ckpt").is_file():
         args += ["--ckpt_path", str(run / "checkpoints" / "last.ckpt")]
-    log(f"python main.py {' '.join(args)}")
-    start = time.perf_counter()
-    subprocess.run([sys.executable, MAIN, *args], check=True, env=os.environ.copy(), cwd=ROOT)
-    return run, time.perf_counter() - start
+    return run, run_main(args, "overoptimization", cwd=ROOT)
 
 
 def ppo_result(run: Path) -> dict[str, Any]:

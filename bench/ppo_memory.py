@@ -23,25 +23,21 @@ gradients and optimizer state. At 3.2M parameters those are tiny next to the ~40
 they are the part that scales with the model. PPO modes also report the rollout (generation) tokens/s, the
 time per PPO iteration and the share of it spent generating, as PPOModule logs them.
 
-What lives here: the benchmark driver only. Models, roles, data and training steps are the project's own
-(``lit_rlhf``); nothing here changes how they behave.
+What lives here: what this benchmark measures (its modes, rows, tables and training loop). The
+subprocess-per-case driver, argument checks and host records are bench/harness.py's; models, roles, data and
+training steps are the project's own (``lit_rlhf``); nothing here changes how they behave.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import subprocess
-import sys
-import tempfile
+import functools
 import time
-import traceback
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from sft_throughput import environment, fmt_cell, peak_rss_mb, write_json_atomic
+import harness
 
 MODES = ("baseline", "sft", "ppo-shared", "ppo-separate")
 TRAINING_MODES = MODES[1:]
@@ -52,9 +48,12 @@ PTX_HOLDOUT = 16
 TARGET_RATIO = 1.5  # issue 4: shared-base PPO should need at most 1.5x the memory of SFT
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "ppo_memory.json"
 MODE_TIMEOUT_S = 1800
-ERROR_CHARS = 600
+# what each row records of the command line besides batch_size (and every child is given, with threads, device)
+SETTINGS = ("sft_steps", "ppo_iters", "ppo_epochs", "max_new_tokens", "warmup", "precision")
 MIB = 2**20
 
+
+_fmt = harness.fmt_cell
 
 # ---------------------------------------------------------------------------------------------------------
 # Pure helpers
@@ -159,17 +158,14 @@ def empty_row(mode: str, error: str | None = None) -> dict[str, Any]:
     }
 
 
-_fmt = fmt_cell
-
-
 def markdown_tables(rows: list[dict[str, Any]], checks: list[dict[str, Any]]) -> str:
     """The per-mode table and the ratio table, GitHub markdown."""
-    lines = [
-        "| mode | trainable params | weights MiB | grads MiB | optimizer MiB | state MiB | peak RSS MiB "
-        "| RSS over baseline MiB: before 1st step / peak | CUDA peak MiB | step ms (median) | step CPU-s (mean) | rollout tokens/s | PPO step ms (mean / median) "
-        "| generation share | error |",
-        "|" + "---|" * 15,
-    ]
+    columns = (
+        "mode", "trainable params", "weights MiB", "grads MiB", "optimizer MiB", "state MiB", "peak RSS MiB",
+        "RSS over baseline MiB: before 1st step / peak", "CUDA peak MiB", "step ms (median)", "step CPU-s (mean)",
+        "rollout tokens/s", "PPO step ms (mean / median)", "generation share", "error",
+    )  # fmt: skip
+    cells = []
     for r in rows:
         ppo = (
             f"{_fmt(r['ppo_step_ms'])} / {_fmt(r['ppo_step_ms_median'])}"
@@ -177,33 +173,30 @@ def markdown_tables(rows: list[dict[str, Any]], checks: list[dict[str, Any]]) ->
             else "-"
         )
         share = f"{100 * r['gen_share']:.0f}%" if r["gen_share"] is not None else "-"
-        cells = [
-            r["mode"],
-            _fmt(r["trainable_params"]),
-            _fmt(r["weights_mb"], 2),
-            _fmt(r["grads_mb"], 2),
-            _fmt(r["optimizer_mb"], 2),
-            _fmt(r["state_mb"], 2),
-            _fmt(r["peak_rss_mb"]),
-            f"{_fmt(r['rss_start_over_baseline_mb'])} / {_fmt(r['rss_over_baseline_mb'])}",
-            _fmt(r["cuda_peak_mb"], 1),
-            _fmt(r["step_ms_median"]),
-            _fmt(r["step_cpu_s"], 2),
-            _fmt(r["gen_tokens_per_s"]),
-            ppo,
-            share,
-            (r.get("error") or "").replace("|", "\\|").replace("\n", " ")[:120],
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
-    lines += [
-        "",
-        "| measure | SFT | PPO shared | PPO separate | shared / SFT | separate / SFT | shared <= 1.5x SFT |",
-        "|" + "---|" * 7,
-    ]
-    for c in checks:
-        if c["sft"] is None and c["ppo-shared"] is None:
-            continue  # e.g. CUDA peak on a CPU run
-        cells = [
+        cells.append(
+            [
+                r["mode"],
+                _fmt(r["trainable_params"]),
+                _fmt(r["weights_mb"], 2),
+                _fmt(r["grads_mb"], 2),
+                _fmt(r["optimizer_mb"], 2),
+                _fmt(r["state_mb"], 2),
+                _fmt(r["peak_rss_mb"]),
+                f"{_fmt(r['rss_start_over_baseline_mb'])} / {_fmt(r['rss_over_baseline_mb'])}",
+                _fmt(r["cuda_peak_mb"], 1),
+                _fmt(r["step_ms_median"]),
+                _fmt(r["step_cpu_s"], 2),
+                _fmt(r["gen_tokens_per_s"]),
+                ppo,
+                share,
+                harness.error_cell(r.get("error")),
+            ]
+        )
+    ratio_columns = (
+        "measure", "SFT", "PPO shared", "PPO separate", "shared / SFT", "separate / SFT", "shared <= 1.5x SFT",
+    )  # fmt: skip
+    ratio_cells = [
+        [
             c["label"],
             _fmt(c["sft"], 2),
             _fmt(c["ppo-shared"], 2),
@@ -212,8 +205,10 @@ def markdown_tables(rows: list[dict[str, Any]], checks: list[dict[str, Any]]) ->
             _fmt(c["separate_over_sft"], 2),
             _fmt(c["passed"]),
         ]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        for c in checks
+        if c["sft"] is not None or c["ppo-shared"] is not None  # e.g. no CUDA peak on a CPU run
+    ]
+    return harness.md_table(columns, cells) + "\n\n" + harness.md_table(ratio_columns, ratio_cells)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -246,51 +241,24 @@ def prepare_workdir(workdir: Path, n_sft: int, n_prompts: int) -> None:
         save_stage_dir(workdir / name, rm, stage="reward", heads=heads)
 
 
-def run_mode_subprocess(mode: str, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
-    """Run one mode in a fresh interpreter and return its row (an error row if it died)."""
-    row_path = workdir / f"row-{mode}.json"
-    cmd = [
-        sys.executable,
-        str(Path(__file__).resolve()),
-        "--one", mode,
-        "--workdir", str(workdir),
-        "--row-out", str(row_path),
-        "--sft-steps", str(args.sft_steps),
-        "--ppo-iters", str(args.ppo_iters),
-        "--warmup", str(args.warmup),
-        "--batch-size", str(args.batch_size),
-        "--ppo-epochs", str(args.ppo_epochs),
-        "--max-new-tokens", str(args.max_new_tokens),
-        "--precision", args.precision,
-        "--threads", str(args.threads),
-        "--device", args.device,
-    ]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "TOKENIZERS_PARALLELISM": "false"}
-    try:
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=MODE_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        return empty_row(mode, f"timed out after {MODE_TIMEOUT_S} s")
-    if row_path.is_file():
-        return json.loads(row_path.read_text())
-    tail = (proc.stderr or proc.stdout).strip()[-ERROR_CHARS:]
-    return empty_row(mode, f"subprocess exited {proc.returncode}: {tail}")
-
-
 def run_all(args: argparse.Namespace) -> list[dict[str, Any]]:
     """The baseline process first, then every requested mode, each in its own subprocess."""
-    rows = []
-    with tempfile.TemporaryDirectory(prefix="ppo_memory_bench_") as tmp:
-        workdir = Path(tmp)
-        print(f"preparing demo data and stage directories in {workdir} ...", flush=True)
+    with harness.temp_workdir("ppo_memory_bench_", "demo data and stage directories") as work:
         prepare_workdir(
-            workdir, n_sft=args.sft_steps * args.batch_size, n_prompts=args.ppo_iters * args.batch_size
+            work, n_sft=args.sft_steps * args.batch_size, n_prompts=args.ppo_iters * args.batch_size
         )
-        for mode in ("baseline", *args.modes):
-            print(f"running {mode} ...", flush=True)
-            row = run_mode_subprocess(mode, args, workdir)
-            peak = row["peak_rss_mb"]
-            print(f"  {row['error'] or f'peak RSS {peak:,.0f} MiB'}", flush=True)
-            rows.append(row)
+        rows = harness.run_cases(
+            __file__,
+            [
+                harness.Case((mode,), mode, functools.partial(empty_row, mode))
+                for mode in ("baseline", *args.modes)
+            ],
+            work,
+            flags=harness.child_flags(args, ("batch_size", *SETTINGS, "threads", "device")),
+            threads=args.threads,
+            timeout_s=MODE_TIMEOUT_S,
+            status=lambda row: f"peak RSS {row['peak_rss_mb']:,.0f} MiB",
+        )
     baseline = rows[0]["peak_rss_mb"]
     for r in rows[1:]:
         for key, over in (
@@ -345,7 +313,7 @@ def _recorder_class():
 
         def on_train_start(self, trainer, pl_module) -> None:
             # Models, optimizer and data are set up, no step has run: what the mode holds before activations.
-            self.rss_train_start = peak_rss_mb()
+            self.rss_train_start = harness.peak_rss_mb()
 
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
             self._sync(pl_module)
@@ -438,7 +406,7 @@ def measure_one(mode: str, args: argparse.Namespace) -> dict[str, Any]:
     _warm_imports()
     row = empty_row(mode)
     if mode == "baseline":
-        row["peak_rss_mb"] = round(peak_rss_mb(), 1)
+        row["peak_rss_mb"] = round(harness.peak_rss_mb(), 1)
         return row
     import lightning as L
 
@@ -447,26 +415,19 @@ def measure_one(mode: str, args: argparse.Namespace) -> dict[str, Any]:
     L.seed_everything(0, verbose=False)
     module, data, max_steps, loss_key = build_mode(mode, args)
     recorder = _recorder_class()
-    trainer = L.Trainer(
+    trainer = harness.trainer(
         accelerator=args.device,
-        devices=1,
         precision=args.precision,
         max_steps=max_steps,
         gradient_clip_val=1.0 if mode == "sft" else None,  # PPO clips inside its manual step
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
         callbacks=[recorder],
     )
     cuda = args.device == "cuda"
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    before = peak_rss_mb()
+    before = harness.peak_rss_mb()
     trainer.fit(module, datamodule=data)
-    peak = peak_rss_mb()
+    peak = harness.peak_rss_mb()
     held = recorder.held
     times, cpu = recorder.step_times[args.warmup :], recorder.cpu_times[args.warmup :]
     row.update(
@@ -491,25 +452,16 @@ def measure_one(mode: str, args: argparse.Namespace) -> dict[str, Any]:
     return row
 
 
-def run_child(args: argparse.Namespace) -> None:
+def measure_child(args: argparse.Namespace) -> None:
     """`--one MODE`: measure, and write the row (or the error) to --row-out."""
-    try:
-        row = measure_one(args.one, args)
-    except Exception as exc:  # a failing mode must not sink the whole run
-        traceback.print_exc()
-        row = empty_row(args.one, f"{type(exc).__name__}: {exc}"[:ERROR_CHARS])
-    row.update(
-        batch_size=args.batch_size,
-        max_length=MAX_LENGTH,
-        sft_steps=args.sft_steps,
-        ppo_iters=args.ppo_iters,
-        ppo_epochs=args.ppo_epochs,
-        max_new_tokens=args.max_new_tokens,
-        warmup=args.warmup,
-        precision=args.precision,
+
+    def settings() -> dict[str, Any]:
+        run = harness.pick(args, ("batch_size",)) | {"max_length": MAX_LENGTH} | harness.pick(args, SETTINGS)
+        return run | harness.environment(args.threads, args.device)
+
+    harness.run_child(
+        args.row_out, lambda: measure_one(args.one, args), functools.partial(empty_row, args.one), settings
     )
-    row.update(environment(args.threads, args.device))
-    write_json_atomic(Path(args.row_out), row)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -517,15 +469,8 @@ def run_child(args: argparse.Namespace) -> None:
 # ---------------------------------------------------------------------------------------------------------
 
 
-def _modes(text: str) -> list[str]:
-    items = [t.strip() for t in text.split(",") if t.strip()]
-    if not items or any(t not in TRAINING_MODES for t in items):
-        raise argparse.ArgumentTypeError(f"choose from {', '.join(TRAINING_MODES)}; got {text!r}")
-    return items
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = harness.parser(__doc__)
     p.add_argument("--sft-steps", type=int, default=20, help="SFT optimizer steps, warm-up included")
     p.add_argument(
         "--ppo-iters", type=int, default=8, help="PPO iterations (rollout batches), warm-up included"
@@ -537,37 +482,33 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--precision", default="32-true", help="Lightning precision in every mode")
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads in every mode")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    p.add_argument("--modes", type=_modes, default=list(TRAINING_MODES), help="comma-separated subset")
+    p.add_argument(
+        "--modes",
+        type=harness.csv_choices(TRAINING_MODES),
+        default=list(TRAINING_MODES),
+        help="comma-separated subset",
+    )
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON results file")
-    # Internal: the parent re-invokes this script with these to measure one mode in a fresh process.
-    p.add_argument("--one", choices=MODES, help=argparse.SUPPRESS)
-    p.add_argument("--workdir", help=argparse.SUPPRESS)
-    p.add_argument("--row-out", help=argparse.SUPPRESS)
+    harness.add_child_flags(p, choices=MODES)
     args = p.parse_args(argv)
     problems = []
     if min(args.sft_steps, args.ppo_iters) <= args.warmup:
         problems.append(f"--sft-steps and --ppo-iters must exceed --warmup ({args.warmup})")
     if args.warmup < 0 or min(args.batch_size, args.ppo_epochs, args.max_new_tokens, args.threads) < 1:
         problems.append("--warmup must be >= 0; --batch-size, --ppo-epochs, --max-new-tokens, --threads >= 1")
-    if args.one is not None and None in (args.workdir, args.row_out):
-        problems.append("--one needs --workdir and --row-out")
-    if problems:
-        p.error("; ".join(problems))
+    harness.check(p, problems + harness.child_problems(args))
     return args
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    if args.one is not None:
-        run_child(args)
-        return
-    started = time.perf_counter()
+def measure_all(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
+    """Every mode, then (the modes and ratios for --out, the tables printed)."""
     rows = run_all(args)
     checks = ratios(rows)
-    write_json_atomic(args.out, {"modes": rows, "ratios": checks})
-    print()
-    print(markdown_tables(rows, checks))
-    print(f"\nwrote {args.out} ({time.perf_counter() - started:.0f} s)")
+    return {"modes": rows, "ratios": checks}, markdown_tables(rows, checks)
+
+
+def main(argv: list[str] | None = None) -> None:
+    harness.serve(parse_args(argv), measure_child, measure_all)
 
 
 if __name__ == "__main__":

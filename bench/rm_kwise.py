@@ -18,26 +18,24 @@ Sequences forwarded are counted by a hook on the transformer itself (not inferre
 are the (better, worse) pairs of each batch. The script checks, printing PASS/FAIL, that K-wise forwards at
 least (K-1)/2 times fewer sequences per comparison than the pairs layout (theory: K-1 times).
 
-What lives here: the benchmark driver only. The reward model, the data layouts and the loss are the
-project's own (``lit_rlhf``); nothing here changes how they behave.
+What lives here: what this benchmark measures (its cases, rows, tables and training loop). The
+subprocess-per-case driver, argument checks and host records are bench/harness.py's; the reward model, the data
+layouts and the loss are the project's own (``lit_rlhf``); nothing here changes how they behave.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
-import os
 import random
-import subprocess
 import sys
-import tempfile
 import time
-import traceback
 from pathlib import Path
 from typing import Any
 
-from sft_throughput import environment, fmt_cell, peak_rss_mb, write_json_atomic
+import harness
 
 LAYOUTS = ("kwise", "pairs")
 MAX_LENGTH = 64  # the demo model's n_positions
@@ -46,8 +44,9 @@ LORA = {"r": 16, "alpha": 32, "dropout": 0.0}  # configs/demo/rm.yaml
 RESPONSE_WORDS = (*"abcdefghijkl", *"0123456789", "sure", "here", ":", "done", "ok")
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "rm_kwise.json"
 CASE_TIMEOUT_S = 1800
-ERROR_CHARS = 600
 
+
+_fmt = harness.fmt_cell
 
 # ---------------------------------------------------------------------------------------------------------
 # Pure helpers
@@ -183,44 +182,40 @@ def empty_row(k: int, layout: str, error: str | None = None) -> dict[str, Any]:
     }
 
 
-_fmt = fmt_cell
-
-
 def markdown_tables(rows: list[dict[str, Any]], checks: list[dict[str, Any]]) -> str:
     """The per-case table and the per-K verdict table, GitHub markdown."""
-    lines = [
-        "| K | layout | batch | seqs/step | comparisons/step | comparisons/s (mean / median step) "
-        "| comparisons per CPU-s | seqs/comparison (measured) | seqs/comparison (theory) | step ms (mean) | step ms (median) | peak RSS MiB "
-        "| final loss | error |",
-        "|" + "---|" * 14,
-    ]
+    columns = (
+        "K", "layout", "batch", "seqs/step", "comparisons/step", "comparisons/s (mean / median step)",
+        "comparisons per CPU-s", "seqs/comparison (measured)", "seqs/comparison (theory)", "step ms (mean)",
+        "step ms (median)", "peak RSS MiB", "final loss", "error",
+    )  # fmt: skip
+    cells = []
     for r in rows:
         steps = r["timed_steps"] or 0
-        cells = [
-            str(r["k"]),
-            r["layout"],
-            _fmt(r["batch_items"]),
-            _fmt(r["timed_seqs"] / steps if steps else None),
-            _fmt(r["timed_comparisons"] / steps if steps else None),
-            f"{_fmt(r['comparisons_per_s'])} / {_fmt(r['comparisons_per_s_median_step'])}",
-            _fmt(r["comparisons_per_cpu_s"]),
-            _fmt(r["seqs_per_comparison"], 3),
-            _fmt(r["theory_seqs_per_comparison"], 3),
-            _fmt(r["step_time_ms"], 1),
-            _fmt(r["median_step_time_ms"], 1),
-            _fmt(r["peak_rss_mb"]),
-            _fmt(r["final_loss"], 3),
-            (r.get("error") or "").replace("|", "\\|").replace("\n", " ")[:120],
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
-    lines += [
-        "",
-        "| K | fewer forwards per comparison (measured) | theory K-1 | required (K-1)/2 "
-        "| speedup: comparisons/s (mean / median step) | speedup: comparisons per CPU-s | check |",
-        "|" + "---|" * 7,
-    ]
-    for c in checks:
-        cells = [
+        cells.append(
+            [
+                str(r["k"]),
+                r["layout"],
+                _fmt(r["batch_items"]),
+                _fmt(r["timed_seqs"] / steps if steps else None),
+                _fmt(r["timed_comparisons"] / steps if steps else None),
+                f"{_fmt(r['comparisons_per_s'])} / {_fmt(r['comparisons_per_s_median_step'])}",
+                _fmt(r["comparisons_per_cpu_s"]),
+                _fmt(r["seqs_per_comparison"], 3),
+                _fmt(r["theory_seqs_per_comparison"], 3),
+                _fmt(r["step_time_ms"], 1),
+                _fmt(r["median_step_time_ms"], 1),
+                _fmt(r["peak_rss_mb"]),
+                _fmt(r["final_loss"], 3),
+                harness.error_cell(r.get("error")),
+            ]
+        )
+    check_columns = (
+        "K", "fewer forwards per comparison (measured)", "theory K-1", "required (K-1)/2",
+        "speedup: comparisons/s (mean / median step)", "speedup: comparisons per CPU-s", "check",
+    )  # fmt: skip
+    check_cells = [
+        [
             str(c["k"]),
             _fmt(c["fewer_forwards"], 2),
             _fmt(c["theory_fewer_forwards"], 0),
@@ -229,8 +224,9 @@ def markdown_tables(rows: list[dict[str, Any]], checks: list[dict[str, Any]]) ->
             _fmt(c["speedup_cpu"], 2),
             _fmt(c["passed"]),
         ]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        for c in checks
+    ]
+    return harness.md_table(columns, cells) + "\n\n" + harness.md_table(check_columns, check_cells)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -258,52 +254,29 @@ def prepare_workdir(workdir: Path, ks: list[int], n_prompts: int) -> Path:
     return workdir / "sft"
 
 
-def run_case_subprocess(k: int, layout: str, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
-    """Run one (K, layout) in a fresh interpreter and return its row (an error row if it died)."""
-    row_path = workdir / f"row-k{k}-{layout}.json"
-    cmd = [
-        sys.executable,
-        str(Path(__file__).resolve()),
-        "--one", str(k), layout,
-        "--workdir", str(workdir),
-        "--row-out", str(row_path),
-        "--steps", str(args.steps),
-        "--warmup", str(args.warmup),
-        "--seqs-per-step", str(args.seqs_per_step),
-        "--precision", args.precision,
-        "--threads", str(args.threads),
-        "--device", args.device,
-    ]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "TOKENIZERS_PARALLELISM": "false"}
-    try:
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=CASE_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        return empty_row(k, layout, f"timed out after {CASE_TIMEOUT_S} s")
-    if row_path.is_file():
-        return json.loads(row_path.read_text())
-    tail = (proc.stderr or proc.stdout).strip()[-ERROR_CHARS:]
-    return empty_row(k, layout, f"subprocess exited {proc.returncode}: {tail}")
-
-
 def run_all(args: argparse.Namespace) -> list[dict[str, Any]]:
     """Every requested (K, layout) in turn, each in its own subprocess, on the same comparisons."""
     # Enough prompts that the K-wise layout (fewest prompts per step at K=4) never repeats one.
     n_prompts = args.steps * max(prompts_per_step(args.seqs_per_step, k, "kwise") for k in args.ks)
-    rows = []
-    with tempfile.TemporaryDirectory(prefix="rm_kwise_bench_") as tmp:
-        workdir = Path(tmp)
-        print(
-            f"preparing {n_prompts} synthetic comparisons per K and an SFT stage in {workdir} ...", flush=True
+    what = f"{n_prompts} synthetic comparisons per K and an SFT stage"
+    with harness.temp_workdir("rm_kwise_bench_", what) as work:
+        prepare_workdir(work, args.ks, n_prompts)
+        cases = [
+            harness.Case((str(k), layout), f"K={k} / {layout}", functools.partial(empty_row, k, layout))
+            for k in args.ks
+            for layout in args.layouts
+        ]
+        return harness.run_cases(
+            __file__,
+            cases,
+            work,
+            flags=harness.child_flags(
+                args, ("steps", "warmup", "seqs_per_step", "precision", "threads", "device")
+            ),
+            threads=args.threads,
+            timeout_s=CASE_TIMEOUT_S,
+            status=lambda row: f"{row['comparisons_per_s']:,.0f} comparisons/s",
         )
-        prepare_workdir(workdir, args.ks, n_prompts)
-        for k in args.ks:
-            for layout in args.layouts:
-                print(f"running K={k} / {layout} ...", flush=True)
-                row = run_case_subprocess(k, layout, args, workdir)
-                status = row["error"] or f"{row['comparisons_per_s']:,.0f} comparisons/s"
-                print(f"  {status}", flush=True)
-                rows.append(row)
-    return rows
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -392,18 +365,11 @@ def train_one(k: int, layout: str, args: argparse.Namespace) -> dict[str, Any]:
         str(workdir / f"comparisons_k{k}.jsonl"), batch_size=batch, max_length=MAX_LENGTH, layout=layout
     )
     counter = _counter_class()
-    trainer = L.Trainer(
+    trainer = harness.trainer(
         accelerator=args.device,
-        devices=1,
         precision=args.precision,
         max_steps=args.steps,
         gradient_clip_val=1.0,  # as configs/demo/rm.yaml
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
         callbacks=[counter],
     )
     trainer.fit(module, datamodule=data)
@@ -412,7 +378,7 @@ def train_one(k: int, layout: str, args: argparse.Namespace) -> dict[str, Any]:
     cm = trainer.callback_metrics
     row.update(
         batch_items=batch,
-        peak_rss_mb=round(peak_rss_mb(), 1),
+        peak_rss_mb=round(harness.peak_rss_mb(), 1),
         final_loss=round(float(cm["reward/loss"]), 4),
         final_accuracy=round(float(cm["reward/accuracy"]), 4) if "reward/accuracy" in cm else None,
     )
@@ -423,24 +389,25 @@ def train_one(k: int, layout: str, args: argparse.Namespace) -> dict[str, Any]:
     return row
 
 
-def run_child(args: argparse.Namespace) -> None:
+def measure_child(args: argparse.Namespace) -> None:
     """`--one K LAYOUT`: measure, and write the row (or the error) to --row-out."""
     k, layout = int(args.one[0]), args.one[1]
-    try:
-        row = train_one(k, layout, args)
-    except Exception as exc:  # one failing case must not sink the whole run
-        traceback.print_exc()
-        row = empty_row(k, layout, f"{type(exc).__name__}: {exc}"[:ERROR_CHARS])
-    row.update(
-        seqs_per_step=args.seqs_per_step,
-        pairs_per_prompt=math.comb(k, 2),
-        max_length=MAX_LENGTH,
-        precision=args.precision,
-        steps=args.steps,
-        warmup=args.warmup,
+
+    def settings() -> dict[str, Any]:
+        run = {
+            "seqs_per_step": args.seqs_per_step,
+            "pairs_per_prompt": math.comb(k, 2),
+            "max_length": MAX_LENGTH,
+        }
+        return (
+            run
+            | harness.pick(args, ("precision", "steps", "warmup"))
+            | harness.environment(args.threads, args.device)
+        )
+
+    harness.run_child(
+        args.row_out, lambda: train_one(k, layout, args), functools.partial(empty_row, k, layout), settings
     )
-    row.update(environment(args.threads, args.device))
-    write_json_atomic(Path(args.row_out), row)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -448,27 +415,12 @@ def run_child(args: argparse.Namespace) -> None:
 # ---------------------------------------------------------------------------------------------------------
 
 
-def _int_list(text: str) -> list[int]:
-    try:
-        items = [int(t) for t in text.split(",") if t.strip()]
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from e
-    if not items or min(items) < 2:
-        raise argparse.ArgumentTypeError(f"every K must be >= 2, got {text!r}")
-    return items
-
-
-def _layouts(text: str) -> list[str]:
-    items = [t.strip() for t in text.split(",") if t.strip()]
-    if not items or any(t not in LAYOUTS for t in items):
-        raise argparse.ArgumentTypeError(f"choose from {', '.join(LAYOUTS)}; got {text!r}")
-    return items
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--ks", type=_int_list, default=[4, 9], help="comma-separated K values")
-    p.add_argument("--layouts", type=_layouts, default=list(LAYOUTS), help="comma-separated subset")
+    p = harness.parser(__doc__)
+    p.add_argument("--ks", type=harness.csv_ints(2, "K"), default=[4, 9], help="comma-separated K values")
+    p.add_argument(
+        "--layouts", type=harness.csv_choices(LAYOUTS), default=list(LAYOUTS), help="comma-separated subset"
+    )
     p.add_argument("--steps", type=int, default=40, help="training steps per case, warm-up included")
     p.add_argument("--warmup", type=int, default=10, help="leading steps left out of the timing")
     p.add_argument(
@@ -481,10 +433,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads in every case")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON results file")
-    # Internal: the parent re-invokes this script with these to measure one case in a fresh process.
-    p.add_argument("--one", nargs=2, metavar=("K", "LAYOUT"), help=argparse.SUPPRESS)
-    p.add_argument("--workdir", help=argparse.SUPPRESS)
-    p.add_argument("--row-out", help=argparse.SUPPRESS)
+    harness.add_child_flags(p, nargs=2, metavar=("K", "LAYOUT"))
     args = p.parse_args(argv)
     problems = []
     if args.steps <= args.warmup:
@@ -495,31 +444,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         for layout in args.layouts:
             if args.seqs_per_step % (k if layout == "kwise" else 2):
                 problems.append(f"--seqs-per-step {args.seqs_per_step} is not a multiple of K={k} and of 2")
-    if args.one is not None and None in (args.workdir, args.row_out):
-        problems.append("--one needs --workdir and --row-out")
-    if problems:
-        p.error("; ".join(dict.fromkeys(problems)))
+    harness.check(p, problems + harness.child_problems(args))
     return args
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    if args.one is not None:
-        run_child(args)
-        return
-    started = time.perf_counter()
+def measure_all(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
+    """Every case, then (the cases and checks for --out, the tables and a verdict line per K printed)."""
     rows = run_all(args)
     checks = verdicts(rows)
-    write_json_atomic(args.out, {"cases": rows, "checks": checks})
-    print()
-    print(markdown_tables(rows, checks))
-    for c in checks:
-        print(
-            f"K={c['k']}: K-wise forwards {_fmt(c['fewer_forwards'], 2)}x fewer sequences per comparison "
-            f"(required >= {c['required_fewer_forwards']:.1f}x): {_fmt(c['passed'])}"
-        )
-    print(f"\nwrote {args.out} ({time.perf_counter() - started:.0f} s)")
-    if not all(c["passed"] for c in checks):
+    lines = [
+        f"K={c['k']}: K-wise forwards {_fmt(c['fewer_forwards'], 2)}x fewer sequences per comparison "
+        f"(required >= {c['required_fewer_forwards']:.1f}x): {_fmt(c['passed'])}"
+        for c in checks
+    ]
+    return {"cases": rows, "checks": checks}, "\n".join([markdown_tables(rows, checks), *lines])
+
+
+def main(argv: list[str] | None = None) -> None:
+    result = harness.serve(parse_args(argv), measure_child, measure_all)
+    if result is not None and not all(c["passed"] for c in result["checks"]):
         sys.exit(1)
 
 

@@ -29,7 +29,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from lit_rlhf.atomic import write_text  # noqa: E402
+from harness import write_report  # noqa: E402
+
 from lit_rlhf.pipeline import Pipeline, PipelineConfig  # noqa: E402
 
 VARIANTS = {
@@ -167,11 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         done.append(cfg)
     result["variants"] = {k: result["variants"][k] for k in VARIANTS if k in result["variants"]}
     result["load_end"] = [round(x, 2) for x in os.getloadavg()]
-    for name, text in (
-        ("rules_rounds.json", json.dumps(result, indent=2)),
-        ("rules_rounds.md", markdown(result)),
-    ):
-        write_text(out / name, text)
+    write_report(out, "rules_rounds", result, markdown(result))
     print(markdown(result))
     return 0
 

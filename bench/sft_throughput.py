@@ -12,26 +12,20 @@ once per (mode, precision) so that each peak RSS belongs to one mode alone. Each
 after the first ``--warmup``. Rows go to ``--out`` as JSON (written atomically) and to stdout as a markdown
 table. A mode that fails records its error text instead of numbers.
 
-What lives here: the benchmark driver only. Model building, data and the training step are the project's
-own (``lit_rlhf``); nothing here changes how they behave.
+What lives here: what this benchmark measures (its modes, rows, table and training loop). The
+subprocess-per-case driver, argument checks and host records are bench/harness.py's; model building, data and
+the training step are the project's own (``lit_rlhf``); nothing here changes how they behave.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
-import resource
-import subprocess
-import sys
-import tempfile
+import functools
 import time
-import traceback
-from datetime import UTC, datetime
-from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+import harness
 
 # mode -> (backbone quantization, LoRA on). "full" is the full fine-tune of the unquantized base.
 MODES: dict[str, tuple[str, bool]] = {
@@ -46,8 +40,9 @@ DEMO_MODEL = {"model_type": "gpt2", "n_layer": 4, "n_embd": 256, "n_head": 4, "n
 LORA = {"r": 16, "alpha": 32, "dropout": 0.0}
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "sft_throughput.json"
 MODE_TIMEOUT_S = 1800
-ERROR_CHARS = 600  # keep the JSON small when a mode fails with a long message
 
+
+_fmt = harness.fmt_cell
 
 # ---------------------------------------------------------------------------------------------------------
 # Pure helpers
@@ -80,37 +75,6 @@ def throughput(
     }
 
 
-def peak_rss_mb() -> float:
-    """This process's peak resident set size so far, MiB (Linux reports ru_maxrss in KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
-def _version(package: str) -> str | None:
-    try:
-        return metadata.version(package)
-    except metadata.PackageNotFoundError:
-        return None
-
-
-def environment(threads: int, device: str) -> dict[str, Any]:
-    """Library versions and host facts recorded with every row."""
-    return {
-        "torch": _version("torch"),
-        "transformers": _version("transformers"),
-        "bitsandbytes": _version("bitsandbytes"),
-        "lightning": _version("lightning"),
-        "peft": _version("peft"),
-        "python": platform.python_version(),
-        "host_cpu_count": os.cpu_count(),
-        "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "threads": threads,
-        "device": device,
-        # Other processes share these cores: the 1-minute load average when the mode started says how busy.
-        "load_avg_1m": round(os.getloadavg()[0], 2),
-        "date": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-    }
-
-
 def empty_row(mode: str, precision: str, error: str | None = None) -> dict[str, Any]:
     """A row with every measured field present and null (a failed mode keeps the same columns)."""
     quantization, lora = MODES[mode]
@@ -133,33 +97,14 @@ def empty_row(mode: str, precision: str, error: str | None = None) -> dict[str, 
     }
 
 
-def fmt_cell(value: Any, digits: int = 0, yes: str = "PASS", no: str = "FAIL") -> str:
-    """One markdown table cell, shared by every bench script: None as '-', thousands separators, and a
-    verdict word for booleans."""
-    if value is None:
-        return "-"
-    if isinstance(value, bool):
-        return yes if value else no
-    if isinstance(value, float):
-        return f"{value:,.{digits}f}"
-    if isinstance(value, int):
-        return f"{value:,}"
-    return str(value)
-
-
-_fmt = fmt_cell
-
-
 def markdown_table(rows: list[dict[str, Any]]) -> str:
     """The rows as a GitHub markdown table; a failed row shows its error in the last column."""
-    head = (
-        "| mode | precision | tokens/s | response tokens/s | step ms (mean) | step ms (median) "
-        "| peak RSS MiB | RSS delta MiB | CUDA peak MiB | trainable params | error |"
-    )
-    lines = [head, "|" + "---|" * 11]
-    for r in rows:
-        error = (r.get("error") or "").replace("|", "\\|").replace("\n", " ")[:120]
-        cells = [
+    columns = (
+        "mode", "precision", "tokens/s", "response tokens/s", "step ms (mean)", "step ms (median)",
+        "peak RSS MiB", "RSS delta MiB", "CUDA peak MiB", "trainable params", "error",
+    )  # fmt: skip
+    cells = [
+        [
             r["mode"],
             r["precision"],
             _fmt(r["tokens_per_s"]),
@@ -170,17 +115,11 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
             _fmt(r["rss_delta_mb"]),
             _fmt(r["cuda_peak_mb"], 1),
             _fmt(r["trainable_params"]),
-            error,
+            harness.error_cell(r.get("error")),
         ]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write `obj` as indented JSON, atomically (lit_rlhf.atomic)."""
-    from lit_rlhf.atomic import write_json
-
-    write_json(path, obj, newline=True)
+        for r in rows
+    ]
+    return harness.md_table(columns, cells)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -209,48 +148,29 @@ def prepare_workdir(workdir: Path, n_train: int) -> tuple[Path, Path]:
     return paths["sft_train"], base
 
 
-def run_mode_subprocess(mode: str, precision: str, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
-    """Run one (mode, precision) in a fresh interpreter and return its row (an error row if it died)."""
-    row_path = workdir / f"row-{mode}-{precision}.json"
-    cmd = [
-        sys.executable,
-        str(Path(__file__).resolve()),
-        "--one", mode,
-        "--precision", precision,
-        "--workdir", str(workdir),
-        "--row-out", str(row_path),
-        "--steps", str(args.steps),
-        "--warmup", str(args.warmup),
-        "--batch-size", str(args.batch_size),
-        "--threads", str(args.threads),
-        "--device", args.device,
-    ]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "TOKENIZERS_PARALLELISM": "false"}
-    try:
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=MODE_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        return empty_row(mode, precision, f"timed out after {MODE_TIMEOUT_S} s")
-    if row_path.is_file():
-        return json.loads(row_path.read_text())
-    tail = (proc.stderr or proc.stdout).strip()[-ERROR_CHARS:]
-    return empty_row(mode, precision, f"subprocess exited {proc.returncode}: {tail}")
-
-
 def run_all(args: argparse.Namespace) -> list[dict[str, Any]]:
     """Every requested (mode, precision) in turn, each in its own subprocess."""
-    rows = []
-    with tempfile.TemporaryDirectory(prefix="sft_bench_") as tmp:
-        workdir = Path(tmp)
-        print(f"preparing demo data and base model in {workdir} ...", flush=True)
-        prepare_workdir(workdir, n_train=args.steps * args.batch_size)
-        for mode in args.modes:
-            for precision in args.precisions:
-                print(f"running {mode} / {precision} ...", flush=True)
-                row = run_mode_subprocess(mode, precision, args, workdir)
-                status = row["error"] or f"{row['tokens_per_s']:,.0f} tokens/s"
-                print(f"  {status}", flush=True)
-                rows.append(row)
-    return rows
+    with harness.temp_workdir("sft_bench_", "demo data and base model") as work:
+        prepare_workdir(work, n_train=args.steps * args.batch_size)
+        cases = [
+            harness.Case(
+                (mode,),
+                f"{mode} / {precision}",
+                functools.partial(empty_row, mode, precision),
+                ("--precision", precision),
+            )
+            for mode in args.modes
+            for precision in args.precisions
+        ]
+        return harness.run_cases(
+            __file__,
+            cases,
+            work,
+            flags=harness.child_flags(args, ("steps", "warmup", "batch_size", "threads", "device")),
+            threads=args.threads,
+            timeout_s=MODE_TIMEOUT_S,
+            status=lambda row: f"{row['tokens_per_s']:,.0f} tokens/s",
+        )
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -334,25 +254,19 @@ def train_one(mode: str, precision: str, args: argparse.Namespace) -> dict[str, 
         str(workdir / "data" / "sft_train.jsonl"), batch_size=args.batch_size, max_length=MAX_LENGTH
     )
     timer = _step_timer_class()
-    trainer = L.Trainer(
+    trainer = harness.trainer(
         accelerator=args.device,
-        devices=1,
         precision=precision,
         max_steps=args.steps,
         gradient_clip_val=1.0,  # as configs/demo/sft.yaml: clipping is part of a real step's cost
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
         callbacks=[timer],
     )
     cuda = args.device == "cuda"
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    baseline = peak_rss_mb()
+    baseline = harness.peak_rss_mb()
     trainer.fit(module, datamodule=data)
-    peak = peak_rss_mb()
+    peak = harness.peak_rss_mb()
     row = empty_row(mode, precision)
     row.update(throughput(timer.step_times, timer.tokens, timer.response_tokens, args.warmup))
     row.update(
@@ -367,16 +281,23 @@ def train_one(mode: str, precision: str, args: argparse.Namespace) -> dict[str, 
     return row
 
 
-def run_child(args: argparse.Namespace) -> None:
+def measure_child(args: argparse.Namespace) -> None:
     """`--one MODE`: measure, and write the row (or the error) to --row-out."""
-    try:
-        row = train_one(args.one, args.precision, args)
-    except Exception as exc:  # a mode the stack does not support must not sink the whole run
-        traceback.print_exc()
-        row = empty_row(args.one, args.precision, f"{type(exc).__name__}: {exc}"[:ERROR_CHARS])
-    row.update(batch_size=args.batch_size, max_length=MAX_LENGTH, steps=args.steps, warmup=args.warmup)
-    row.update(environment(args.threads, args.device))
-    write_json_atomic(Path(args.row_out), row)
+
+    def settings() -> dict[str, Any]:
+        run = (
+            harness.pick(args, ("batch_size",))
+            | {"max_length": MAX_LENGTH}
+            | harness.pick(args, ("steps", "warmup"))
+        )
+        return run | harness.environment(args.threads, args.device)
+
+    harness.run_child(
+        args.row_out,
+        lambda: train_one(args.one, args.precision, args),
+        functools.partial(empty_row, args.one, args.precision),
+        settings,
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -384,56 +305,40 @@ def run_child(args: argparse.Namespace) -> None:
 # ---------------------------------------------------------------------------------------------------------
 
 
-def _csv(choices: tuple[str, ...] | list[str]):
-    def parse(text: str) -> list[str]:
-        items = [t.strip() for t in text.split(",") if t.strip()]
-        bad = [t for t in items if t not in choices]
-        if bad or not items:
-            raise argparse.ArgumentTypeError(f"choose from {', '.join(choices)}; got {text!r}")
-        return items
-
-    return parse
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = harness.parser(__doc__)
     p.add_argument("--steps", type=int, default=60, help="training steps per mode, warm-up included")
     p.add_argument("--warmup", type=int, default=10, help="leading steps left out of the timing")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads in every mode")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON results file")
-    p.add_argument("--modes", type=_csv(list(MODES)), default=list(MODES), help="comma-separated subset")
-    p.add_argument("--precisions", type=_csv(PRECISIONS), default=list(PRECISIONS), help="comma-separated")
-    # Internal: the parent re-invokes this script with these to measure one mode in a fresh process.
-    p.add_argument("--one", choices=list(MODES), help=argparse.SUPPRESS)
-    p.add_argument("--precision", choices=PRECISIONS, help=argparse.SUPPRESS)
-    p.add_argument("--workdir", help=argparse.SUPPRESS)
-    p.add_argument("--row-out", help=argparse.SUPPRESS)
+    p.add_argument(
+        "--modes", type=harness.csv_choices(list(MODES)), default=list(MODES), help="comma-separated subset"
+    )
+    p.add_argument(
+        "--precisions", type=harness.csv_choices(PRECISIONS), default=list(PRECISIONS), help="comma-separated"
+    )
+    harness.add_child_flags(p, choices=list(MODES))
+    p.add_argument("--precision", choices=PRECISIONS, help=argparse.SUPPRESS)  # the child's one precision
     args = p.parse_args(argv)
     problems = []
     if args.steps <= args.warmup:
         problems.append(f"--steps ({args.steps}) must exceed --warmup ({args.warmup})")
     if args.warmup < 0 or args.batch_size < 1 or args.threads < 1:
         problems.append("--warmup must be >= 0, --batch-size and --threads >= 1")
-    if args.one is not None and None in (args.precision, args.workdir, args.row_out):
-        problems.append("--one needs --precision, --workdir and --row-out")
-    if problems:
-        p.error("; ".join(problems))
+    harness.check(p, problems + harness.child_problems(args, also=("precision",)))
     return args
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    if args.one is not None:
-        run_child(args)
-        return
-    started = time.perf_counter()
+def measure_all(args: argparse.Namespace) -> tuple[list[dict[str, Any]], str]:
+    """Every case, then (the rows for --out, the table printed)."""
     rows = run_all(args)
-    write_json_atomic(args.out, rows)
-    print()
-    print(markdown_table(rows))
-    print(f"\nwrote {args.out} ({time.perf_counter() - started:.0f} s)")
+    return rows, markdown_table(rows)
+
+
+def main(argv: list[str] | None = None) -> None:
+    harness.serve(parse_args(argv), measure_child, measure_all)
 
 
 if __name__ == "__main__":

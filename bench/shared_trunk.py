@@ -6,11 +6,12 @@ Run by hand, not a test (see bench/README.md):
     python bench/shared_trunk.py                          # all, 8, 4; CPU, bf16-mixed like configs/smollm2
     python bench/shared_trunk.py --tops all,8 --iterations 4 --out bench/results/shared_trunk_quick.json
 
-For each case the parent re-invokes this script with ``--one CASE`` in a fresh process (so each peak RSS belongs
-to one case): the child writes an SFT stage (a LoRA policy adapter, moved off zero so the policy differs from the
-reference) and a reward stage (LoRA reward adapter + head) on the bundled base, both with that case's
-``top_layers``, then runs ``--iterations`` PPO iterations of the project's own PPOModule on the demo world's chat
-prompts and reports the median seconds per iteration after ``--warmup``, the share spent generating, and peak RSS.
+For each case the parent re-invokes this script with ``--one CASE`` in a fresh process (bench/harness.py's
+driver, so each peak RSS belongs to one case): the child writes an SFT stage (a LoRA policy adapter, moved off
+zero so the policy differs from the reference) and a reward stage (LoRA reward adapter + head) on the bundled
+base, both with that case's ``top_layers``, then runs ``--iterations`` PPO iterations of the project's own
+PPOModule on the demo world's chat prompts and reports the median seconds per iteration after ``--warmup``, the
+share spent generating, and peak RSS.
 With top_layers, the rollout's policy, reference and critic passes share one pass of the lower layers and the
 updates never backpropagate through them; generation still runs the whole model.
 """
@@ -19,17 +20,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import resource
 import statistics
-import subprocess
-import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from sft_throughput import environment, write_json_atomic
+import harness
 
 BUNDLED = "bundled:smollm2-135m-instruct"
 LORA = {"r": 16, "alpha": 32, "dropout": 0.0}
@@ -92,16 +88,10 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
             times.append(time.perf_counter() - self.t0)
             shares.append(float(trainer.callback_metrics.get("ppo/gen_share", float("nan"))))
 
-    trainer = L.Trainer(
+    trainer = harness.trainer(
         max_steps=args.iterations * 4,  # (batch / minibatch) x ppo_epochs optimizer steps per iteration
         accelerator="cpu",
         precision=args.precision,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        num_sanity_val_steps=0,
         callbacks=[Clock()],
     )
     trainer.fit(
@@ -115,7 +105,7 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
         "iterations": len(times),
         "seconds_per_iteration": statistics.median(timed),
         "gen_share": statistics.median(shares[args.warmup :]),
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mb": harness.peak_rss_mb(),
         "trainable_parameters": sum(p.numel() for p in module.roles.policy_parameters()),
     }
 
@@ -139,8 +129,13 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def error_row(case: str, error: str) -> dict[str, Any]:
+    """A failed case: its name and what went wrong (the table shows the error in place of the figures)."""
+    return {"case": case, "error": error}
+
+
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = harness.parser(__doc__)
     p.add_argument("--tops", default="all,8,4", help="cases: 'all' and top-layer counts, comma separated")
     p.add_argument("--iterations", type=int, default=6)
     p.add_argument("--warmup", type=int, default=1, help="iterations left out of the median")
@@ -149,40 +144,39 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--precision", default="bf16-mixed")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default=str(DEFAULT_OUT))
-    p.add_argument("--one", help=argparse.SUPPRESS)
-    p.add_argument("--workdir", help=argparse.SUPPRESS)
+    harness.add_child_flags(p)
     args = p.parse_args(argv)
+    harness.check(p, harness.child_problems(args))
     if args.one:
-        print(json.dumps(child(args)))
+        harness.run_child(args.row_out, lambda: child(args), lambda error: error_row(args.one, error))
         return
-    rows = []
-    with tempfile.TemporaryDirectory() as tmp:
+    with harness.temp_workdir("shared_trunk_", "the demo world's chat prompts") as work:
         from lit_rlhf.demo.datagen import write_demo_data
 
-        write_demo_data(
-            Path(tmp) / "data", n_train=8, n_val=8, n_rl=16 * args.batch, n_eval=8, row_format="chat"
+        write_demo_data(work / "data", n_train=8, n_val=8, n_rl=16 * args.batch, n_eval=8, row_format="chat")
+        rows = harness.run_cases(
+            __file__,
+            [
+                harness.Case((case,), case, lambda error, case=case: error_row(case, error))
+                for case in args.tops.split(",")
+            ],
+            work,
+            flags=harness.child_flags(
+                args, ("iterations", "warmup", "batch", "new_tokens", "precision", "threads")
+            ),
+            threads=args.threads,
+            timeout_s=TIMEOUT_S,
+            status=json.dumps,
         )
-        for case in args.tops.split(","):
-            cmd = [sys.executable, __file__, *(argv or sys.argv[1:]), "--one", case, "--workdir", tmp]
-            proc = subprocess.run(
-                cmd, capture_output=True, text=True, timeout=TIMEOUT_S, env=os.environ.copy()
-            )
-            lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
-            row = (
-                json.loads(lines[-1])
-                if proc.returncode == 0 and lines
-                else {"case": case, "error": proc.stderr[-400:]}
-            )
-            print(json.dumps(row), flush=True)
-            rows.append(row)
     result = {
-        "environment": environment(args.threads, "cpu"),
-        "settings": vars(args),
+        "environment": harness.environment(args.threads, "cpu"),
+        # the command line as before the harness: --row-out is the child's, not a setting
+        "settings": {k: v for k, v in vars(args).items() if k != "row_out"},
         "rows": rows,
         "table": table(rows),
     }
-    write_json_atomic(Path(args.out), result)
-    Path(args.out).with_suffix(".md").write_text(table(rows) + "\n", encoding="utf-8")
+    harness.write_json(Path(args.out), result)
+    harness.write_text(Path(args.out).with_suffix(".md"), table(rows) + "\n")
     print(table(rows))
 
 

@@ -17,9 +17,11 @@ data for its chat format, rendered by the model's own chat template, and fp32 fo
 on every linear layer there, and SFT adds the packed / padding-free variants of both sides. Rows go to
 ``--out`` as JSON (written atomically), the table and the ratios to stdout and to a markdown file next to it.
 
-What lives here: the benchmark driver only. Neither lit-rlhf's nor TRL's training code is changed; TRL's
-trainers are subclassed only to record each step's work and loss (and GRPO's generation time and length),
-PPOModule only to time its rollout (generation + scoring), which splits lit-rlhf's RL step.
+What lives here: what this benchmark measures (its runs, rows, report and the measurements themselves); the
+subprocess-per-run driver, argument checks and host records are bench/harness.py's. Neither lit-rlhf's nor
+TRL's training code is changed; TRL's trainers are subclassed only to record each step's work and loss (and
+GRPO's generation time and length), PPOModule only to time its rollout (generation + scoring), which splits
+lit-rlhf's RL step.
 """
 
 from __future__ import annotations
@@ -28,21 +30,17 @@ import argparse
 import functools
 import json
 import os
-import platform
 import random
-import subprocess
 import sys
 import tempfile
 import time
-import traceback
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sft_throughput import fmt_cell, peak_rss_mb, write_json_atomic  # noqa: E402  (a sibling script, not a package)
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the harness is a sibling module, not a package
+import harness  # noqa: E402
 
 DEMO_MODEL = {"model_type": "gpt2", "n_layer": 4, "n_embd": 256, "n_head": 4, "n_positions": 64}
 LORA = {"r": 16, "alpha": 32, "dropout": 0.0}  # configs/demo/rm.yaml and configs/smollm2/*.yaml
@@ -51,7 +49,8 @@ GROUP = 2  # GRPO completions per prompt: the smallest group GRPO accepts
 SFT_LR, RM_LR, RL_LR = 5e-4, 1e-3, 1e-4  # the demo configs' rates; they do not change the step cost
 KL_COEF = 0.1
 RUN_TIMEOUT_S = 900
-ERROR_CHARS = 600
+# the libraries both sides run on, recorded with every row and named in the report
+LIBRARIES = ("lit-rlhf", "trl", "transformers", "accelerate", "datasets", "peft", "torch", "lightning")
 RESULTS = Path(__file__).resolve().parent / "results"
 
 # name -> (stage, framework). Each lit/trl pair below is compared in RATIOS.
@@ -288,27 +287,9 @@ def ratio_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def _version(package: str) -> str | None:
-    try:
-        return metadata.version(package)
-    except metadata.PackageNotFoundError:
-        return None
-
-
 def versions() -> dict[str, str | None]:
     """The library versions both sides run on."""
-    names = ("lit-rlhf", "trl", "transformers", "accelerate", "datasets", "peft", "torch", "lightning")
-    return {name: _version(name) for name in names} | {"python": platform.python_version()}
-
-
-def environment(threads: int) -> dict[str, Any]:
-    """Host facts recorded with every row; other processes share the cores, so the load says how busy."""
-    return {
-        "host_cpu_count": os.cpu_count(),
-        "threads": threads,
-        "load_avg_1m": round(os.getloadavg()[0], 2),
-        "date": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-    }
+    return harness.versions(LIBRARIES)
 
 
 def empty_row(name: str, error: str | None = None) -> dict[str, Any]:
@@ -326,59 +307,51 @@ def empty_row(name: str, error: str | None = None) -> dict[str, Any]:
     }
 
 
-_fmt = functools.partial(fmt_cell, yes="yes", no="no")
+_fmt = functools.partial(harness.fmt_cell, yes="yes", no="no")
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
     """The rows as a GitHub markdown table; a failed row shows its error in the last column."""
-    head = (
-        "| run | framework | rate | unit | work/step | step ms (mean) | step ms (median) | peak RSS MiB "
-        "| RSS delta MiB | trainable | final loss | response tokens | generation ms | load 1m | error |"
-    )
-    lines = [head, "|" + "---|" * 15]
+    columns = (
+        "run", "framework", "rate", "unit", "work/step", "step ms (mean)", "step ms (median)", "peak RSS MiB",
+        "RSS delta MiB", "trainable", "final loss", "response tokens", "generation ms", "load 1m", "error",
+    )  # fmt: skip
+    lines = []
     for r in rows:
-        error = (r.get("error") or "").replace("|", "\\|").replace("\n", " ")[:120]
         cells = [r["name"], r["framework"], _fmt(r["rate"], 2), _fmt(r["unit"]), _fmt(r["work_per_step"], 1)]
         cells += [_fmt(r["step_time_ms"], 1), _fmt(r["median_step_time_ms"], 1), _fmt(r["peak_rss_mb"])]
         cells += [_fmt(r["rss_delta_mb"]), _fmt(r["trainable_params"]), _fmt(r["final_loss"], 3)]
         cells += [_fmt(r.get("mean_response_tokens"), 1), _fmt(r.get("generation_ms"), 0)]
-        cells += [_fmt(r.get("load_avg_1m"), 2), error]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        cells += [_fmt(r.get("load_avg_1m"), 2), harness.error_cell(r.get("error"))]
+        lines.append(cells)
+    return harness.md_table(columns, lines)
 
 
 def markdown_ratios(ratios: list[dict[str, Any]]) -> str:
     """The ratios against their targets as a markdown table."""
-    head = (
-        "| comparison | lit-rlhf run | TRL run | rate lit-rlhf ÷ TRL | target | met | work/step lit ÷ TRL "
-        "| step time TRL ÷ lit (mean) | (median) | peak RSS lit ÷ TRL |"
-    )
-    lines = [head, "|" + "---|" * 10]
+    columns = (
+        "comparison", "lit-rlhf run", "TRL run", "rate lit-rlhf ÷ TRL", "target", "met", "work/step lit ÷ TRL",
+        "step time TRL ÷ lit (mean)", "(median)", "peak RSS lit ÷ TRL",
+    )  # fmt: skip
+    lines = []
     for r in ratios:
         ratio = "-" if r["ratio"] is None else f"{r['ratio']:.2f}x"
         cells = [r["comparison"], r["lit"], r["trl"], ratio, f">= {r['target']:.1f}x", _fmt(r["met"])]
         cells += [_fmt(r["work_per_step_ratio"], 2), _fmt(r["step_time_ratio_trl_over_lit"], 2)]
         cells += [_fmt(r["median_step_time_ratio_trl_over_lit"], 2), _fmt(r["rss_ratio_lit_over_trl"], 2)]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        lines.append(cells)
+    return harness.md_table(columns, lines)
 
 
 def markdown_gains(gains: list[dict[str, Any]]) -> str:
     """What packing / padding-free does to each side's SFT rate, as a markdown table."""
-    head = "| variant | run | baseline | tokens/s ratio | tokens/step ratio | step time ratio |"
-    lines = [head, "|" + "---|" * 6]
+    columns = ("variant", "run", "baseline", "tokens/s ratio", "tokens/step ratio", "step time ratio")
+    lines = []
     for g in gains:
         cells = [g["comparison"], g["run"], g["baseline"], _fmt(g["rate_ratio"], 2)]
         cells += [_fmt(g["work_per_step_ratio"], 2), _fmt(g["step_time_ratio"], 2)]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write `text` atomically (lit_rlhf.atomic)."""
-    from lit_rlhf.atomic import write_text
-
-    write_text(path, text)
+        lines.append(cells)
+    return harness.md_table(columns, lines)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -512,44 +485,22 @@ def prepare_workdir(workdir: Path, args: argparse.Namespace) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------------------
 
 
-def run_subprocess(name: str, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
-    """Run one measurement in a fresh interpreter and return its row (an error row if it died)."""
-    row_path = workdir / f"row-{name}.json"
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--one", name, "--workdir", str(workdir)]
-    cmd += ["--row-out", str(row_path), *_shared_flags(args)]
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "TOKENIZERS_PARALLELISM": "false"}
-    # TRL and transformers otherwise look for a network and a telemetry endpoint on start.
-    env |= {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1"}
-    try:
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        return empty_row(name, f"timed out after {RUN_TIMEOUT_S} s")
-    if row_path.is_file():
-        return json.loads(row_path.read_text())
-    tail = (proc.stderr or proc.stdout).strip()[-ERROR_CHARS:]
-    return empty_row(name, f"subprocess exited {proc.returncode}: {tail}")
-
-
-def _shared_flags(args: argparse.Namespace) -> list[str]:
-    keys = ("model", *SIZES, "threads")
-    return [f for k in keys for f in (f"--{k.replace('_', '-')}", str(getattr(args, k)))]
-
-
 def run_all(args: argparse.Namespace) -> tuple[list[dict[str, Any]], dict[str, int]]:
     """Every requested measurement in turn, each in its own subprocess, on one shared work directory."""
-    rows = []
-    with tempfile.TemporaryDirectory(prefix="vs_trl_") as tmp:
-        workdir = Path(tmp)
-        print(f"preparing data, rankings, base model and stage directories in {workdir} ...", flush=True)
-        sizes = prepare_workdir(workdir, args)
-        for name in args.only:
-            print(f"running {name} (load {os.getloadavg()[0]:.2f}) ...", flush=True)
-            row = run_subprocess(name, args, workdir)
-            status = (
-                row["error"] or f"{row['rate']:,.2f} {row['unit']}/s, peak RSS {row['peak_rss_mb']:,.0f} MiB"
-            )
-            print(f"  {status}", flush=True)
-            rows.append(row)
+    with harness.temp_workdir("vs_trl_", "data, rankings, base model and stage directories") as work:
+        sizes = prepare_workdir(work, args)
+        rows = harness.run_cases(
+            __file__,
+            [harness.Case((name,), name, functools.partial(empty_row, name)) for name in args.only],
+            work,
+            flags=harness.child_flags(args, ("model", *SIZES, "threads")),
+            threads=args.threads,
+            timeout_s=RUN_TIMEOUT_S,
+            status=lambda row: f"{row['rate']:,.2f} {row['unit']}/s, peak RSS {row['peak_rss_mb']:,.0f} MiB",
+            # TRL and transformers otherwise look for a network and a telemetry endpoint on start.
+            env={"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1"},
+            show_load=True,
+        )
     return rows, sizes
 
 
@@ -652,20 +603,11 @@ def _grpo_recording(grpo_cls):
 
 
 def _lightning_trainer(max_steps: int, timer, clip: float | None, spec: ModelSpec):
-    import lightning as L
-
-    return L.Trainer(
+    return harness.trainer(
         accelerator="cpu",
-        devices=1,
         precision="bf16-mixed" if spec.precision == "bf16" else "32-true",  # bf16: autocast, fp32 weights
         max_steps=max_steps,
         gradient_clip_val=clip,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
         callbacks=[timer],
     )
 
@@ -774,7 +716,7 @@ def lit_sft(args: argparse.Namespace, workdir: Path, packed: bool) -> dict[str, 
     )
     timer = _lightning_timer(non_pad_tokens)
     trainer = _lightning_trainer(args.sft_steps, timer, clip=1.0, spec=spec)
-    baseline = peak_rss_mb()
+    baseline = harness.peak_rss_mb()
     trainer.fit(module, datamodule=data)
     stats = rate_stats(timer.step_times, timer.work, args.warmup)
     loss = float(trainer.callback_metrics["sft/loss"])
@@ -829,7 +771,7 @@ def trl_sft(args: argparse.Namespace, workdir: Path, name: str) -> dict[str, Any
         peft_config=peft_cfg,
         callbacks=[timer],
     )
-    baseline = peak_rss_mb()
+    baseline = harness.peak_rss_mb()
     trainer.train()
     stats = rate_stats(timer.step_times, trainer.bench_work, args.warmup)
     loss = trainer.bench_losses[-1]
@@ -870,7 +812,7 @@ def lit_rm(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     )
     timer = _lightning_timer(lambda b: ranked_pairs(b["ranks"].tolist(), b["group"].tolist()))
     trainer = _lightning_trainer(args.rm_steps, timer, clip=1.0, spec=spec)
-    baseline = peak_rss_mb()
+    baseline = harness.peak_rss_mb()
     trainer.fit(module, datamodule=data)
     stats = rate_stats(timer.step_times, timer.work, args.warmup)
     loss = float(trainer.callback_metrics["reward/loss"])
@@ -919,7 +861,7 @@ def trl_rm(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         peft_config=_peft_config(workdir, "SEQ_CLS"),  # SEQ_CLS trains the score head, as lit-rlhf's head
         callbacks=[timer],
     )
-    baseline = peak_rss_mb()
+    baseline = harness.peak_rss_mb()
     trainer.train()
     stats = rate_stats(timer.step_times, trainer.bench_work, args.warmup)
     setup = _setup(spec, f"{pairs_per_step} pairs = {2 * pairs_per_step} sequences/step")
@@ -965,7 +907,7 @@ def lit_ppo(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     timer = _lightning_timer(lambda b: 1, metrics=metrics)
     updates = epochs * (args.rl_prompts // minibatch)
     trainer = _lightning_trainer(args.rl_steps * updates, timer, clip=None, spec=spec)  # PPO clips its own
-    baseline = peak_rss_mb()
+    baseline = harness.peak_rss_mb()
     trainer.fit(module, datamodule=data)
     stats = rate_stats(timer.step_times, timer.work, args.rl_warmup)
     loss = float(trainer.callback_metrics["ppo/policy_loss"])
@@ -1059,7 +1001,7 @@ def trl_grpo(args: argparse.Namespace, workdir: Path, prompts: int) -> dict[str,
         peft_config=_peft_config(workdir, "CAUSAL_LM"),
         callbacks=[timer],
     )
-    baseline = peak_rss_mb()
+    baseline = harness.peak_rss_mb()
     out = trainer.train()
     steps = group_steps(timer.step_times, minibatches * iterations)
     stats = rate_stats(steps, [1.0] * len(steps), args.rl_warmup)
@@ -1080,7 +1022,7 @@ def trl_grpo(args: argparse.Namespace, workdir: Path, prompts: int) -> dict[str,
 def _finish(
     stats: dict[str, float], baseline: float, unit: str, trainable: int, loss: float, setup: str
 ) -> dict[str, Any]:
-    peak = peak_rss_mb()
+    peak = harness.peak_rss_mb()
     row = {k: float(f"{v:.4g}") if isinstance(v, float) else v for k, v in stats.items()}
     row.update(peak_rss_mb=round(peak, 1), rss_delta_mb=round(peak - baseline, 1), unit=unit, setup=setup)
     row.update(trainable_params=trainable, final_loss=round(loss, 4))
@@ -1118,7 +1060,7 @@ def _warm_imports(framework: str, model_type: str) -> None:
         import lightning  # noqa: F401
 
 
-def run_child(args: argparse.Namespace) -> None:
+def measure_child(args: argparse.Namespace) -> None:
     """`--one NAME`: measure, and write the row (or the error) to --row-out."""
     import logging
 
@@ -1126,17 +1068,15 @@ def run_child(args: argparse.Namespace) -> None:
 
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     torch.set_num_threads(args.threads)
-    env = environment(args.threads)  # the load when this run starts
-    try:
+    env = harness.host(args.threads)  # the load when this run starts
+
+    def measure() -> dict[str, Any]:
         _warm_imports(RUNS[args.one][1], MODELS[args.model].model_type)
         torch.manual_seed(0)
         random.seed(0)
-        row = empty_row(args.one) | CHILDREN[args.one](args, Path(args.workdir))
-    except Exception as exc:  # one side failing must not sink the other measurements
-        traceback.print_exc()
-        row = empty_row(args.one, f"{type(exc).__name__}: {exc}"[:ERROR_CHARS])
-    row.update(env, **versions())
-    write_json_atomic(Path(args.row_out), row)
+        return empty_row(args.one) | CHILDREN[args.one](args, Path(args.workdir))
+
+    harness.run_child(args.row_out, measure, functools.partial(empty_row, args.one), lambda: env | versions())
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -1190,14 +1130,6 @@ def check_tokens(workdir: Path, spec: ModelSpec, n: int = 5) -> tuple[list[str],
 # ---------------------------------------------------------------------------------------------------------
 
 
-def _csv(text: str) -> list[str]:
-    items = [t.strip() for t in text.split(",") if t.strip()]
-    bad = [t for t in items if t not in RUNS]
-    if bad or not items:
-        raise argparse.ArgumentTypeError(f"choose from {', '.join(RUNS)}; got {text!r}")
-    return items
-
-
 def size_problems(args: argparse.Namespace) -> list[str]:
     """What is wrong with the sizes of a parsed command line (empty when nothing is)."""
     problems = []
@@ -1218,7 +1150,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         values = ", ".join(f"{m} {spec.defaults[name]}" for m, spec in MODELS.items())
         return f"default: {values}"
 
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = harness.parser(__doc__)
     p.add_argument(
         "--model", choices=list(MODELS), default="demo", help="demo GPT-2, or SmolLM2-135M-Instruct"
     )
@@ -1236,13 +1168,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for name, text in sizes.items():
         p.add_argument(f"--{name.replace('_', '-')}", type=int, help=f"{text} ({default(name)})")
     p.add_argument("--threads", type=int, default=1, help="torch.set_num_threads in every run (see README)")
-    p.add_argument("--only", type=_csv, help="comma-separated subset of the runs (default: the model's runs)")
+    p.add_argument(
+        "--only",
+        type=harness.csv_choices(list(RUNS)),
+        help="comma-separated subset of the runs (default: the model's runs)",
+    )
     p.add_argument("--out", type=Path, help="JSON results file (+ .md beside it; default: bench/results/...)")
     p.add_argument("--check-tokens", action="store_true", help="only compare SFT tokenization, then exit")
-    # Internal: the parent re-invokes this script with these to measure one run in a fresh process.
-    p.add_argument("--one", choices=list(RUNS), help=argparse.SUPPRESS)
-    p.add_argument("--workdir", help=argparse.SUPPRESS)
-    p.add_argument("--row-out", help=argparse.SUPPRESS)
+    harness.add_child_flags(p, choices=list(RUNS))
     args = p.parse_args(argv)
     spec = MODELS[args.model]
     for name in SIZES:  # a flag not given takes the model's default
@@ -1250,11 +1183,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             setattr(args, name, spec.defaults[name])
     args.only = args.only or list(spec.runs)
     args.out = args.out or spec.out
-    problems = size_problems(args)
-    if args.one is not None and None in (args.workdir, args.row_out):
-        problems.append("--one needs --workdir and --row-out")
-    if problems:
-        p.error("; ".join(problems))
+    harness.check(p, size_problems(args) + harness.child_problems(args))
     return args
 
 
@@ -1298,31 +1227,26 @@ def report(rows: list[dict[str, Any]], sizes: dict[str, Any], args: argparse.Nam
     return "\n\n".join(parts)
 
 
+def measure_all(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
+    """Every run, then (rows, ratios, gains, data sizes and settings for --out, the report printed and
+    written beside it)."""
+    rows, sizes = run_all(args)
+    internal = ("one", "workdir", "row_out", "check_tokens")
+    settings = {k: v for k, v in vars(args).items() if k not in internal} | {"out": _shown_path(args.out)}
+    payload = {"rows": rows, "ratios": ratio_rows(rows), "gains": gain_rows(rows), "data": sizes}
+    return payload | {"settings": settings}, report(rows, sizes, args)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    if args.one is not None:
-        run_child(args)
-        return
-    if args.check_tokens:
+    if args.one is None and args.check_tokens:
         with tempfile.TemporaryDirectory(prefix="vs_trl_") as tmp:
             prepare_workdir(Path(tmp), args)
             problems, notes = check_tokens(Path(tmp), MODELS[args.model])
         print("\n".join(problems) or "SFT tokenization: identical ids and labels")
         print("\n".join(notes))
         sys.exit(1 if problems else 0)
-    started = time.perf_counter()
-    rows, sizes = run_all(args)
-    ratios = ratio_rows(rows)
-    internal = ("one", "workdir", "row_out", "check_tokens")
-    settings = {k: v for k, v in vars(args).items() if k not in internal} | {"out": _shown_path(args.out)}
-    write_json_atomic(
-        args.out,
-        {"rows": rows, "ratios": ratios, "gains": gain_rows(rows), "data": sizes, "settings": settings},
-    )
-    text = report(rows, sizes, args)
-    write_text_atomic(args.out.with_suffix(".md"), text + "\n")
-    print("\n" + text)
-    print(f"\nwrote {args.out} and {args.out.with_suffix('.md')} ({time.perf_counter() - started:.0f} s)")
+    harness.serve(args, measure_child, measure_all, markdown=True)
 
 
 if __name__ == "__main__":
