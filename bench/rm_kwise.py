@@ -440,10 +440,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         problems.append(f"--steps ({args.steps}) must exceed --warmup ({args.warmup})")
     if args.warmup < 0 or args.threads < 1:
         problems.append("--warmup must be >= 0 and --threads >= 1")
-    for k in args.ks:
-        for layout in args.layouts:
-            if args.seqs_per_step % (k if layout == "kwise" else 2):
-                problems.append(f"--seqs-per-step {args.seqs_per_step} is not a multiple of K={k} and of 2")
+    # A child measures one (K, layout), given by --one; the parent does not pass it --ks or --layouts.
+    cases = (
+        [(int(args.one[0]), args.one[1])] if args.one else [(k, lay) for k in args.ks for lay in args.layouts]
+    )
+    for k, layout in cases:
+        if args.seqs_per_step % (k if layout == "kwise" else 2):
+            problems.append(f"--seqs-per-step {args.seqs_per_step} is not a multiple of K={k} and of 2")
     harness.check(p, problems + harness.child_problems(args))
     return args
 
