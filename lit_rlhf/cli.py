@@ -202,7 +202,7 @@ def lightning_cli(args: list[str] | None, run: bool = True):
             )
 
         def after_fit(self) -> None:
-            out = getattr(self.model, "stage_dir_written", None)
+            out = self.model.stage_dir_written  # a StageModule's, set by its end-of-fit export
             if out is not None and self.trainer.is_global_zero:
                 print(f"\n[lit-rlhf] {self.model.STAGE} stage directory written: {out}")
                 print(f"[lit-rlhf] run directory: {out.parent}")

@@ -11,7 +11,7 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from lightning.pytorch.callbacks import Callback
@@ -21,6 +21,9 @@ from lightning.pytorch.utilities import rank_zero_only
 from lit_rlhf.atomic import write_json, write_text
 from lit_rlhf.data.io import append_jsonl
 from lit_rlhf.run_files import HPARAMS, METRICS, STATUS
+
+if TYPE_CHECKING:  # the stages import this module
+    from lit_rlhf.stages.base import StageModule
 
 
 def run_dir(trainer: Any) -> Path | None:
@@ -121,8 +124,8 @@ class RunLogger(Logger):
 class RunStatus(Callback):
     """Keeps `status.json` of the run directory current: running -> finished | failed (rank zero only).
 
-    The module may add fields (e.g. PPO's ``alarms``) through `trainer.lit_rlhf_status`, a dict; a change to it
-    is written at the end of that batch, not only every `every_n_steps`.
+    The stage module may add fields (e.g. PPO's ``alarms``) through its `status_fields` dict; a change to it is
+    written at the end of that batch, not only every `every_n_steps`.
     """
 
     def __init__(self, stage: str, name: str, every_n_steps: int = 10) -> None:
@@ -130,36 +133,38 @@ class RunStatus(Callback):
         self.state: dict[str, Any] = {}
         self._module_fields: dict[str, Any] = {}
 
-    def _write(self, trainer: Any, **fields: Any) -> None:
+    def _write(self, trainer: Any, pl_module: StageModule, **fields: Any) -> None:
         root = run_dir(trainer)
         if not trainer.is_global_zero or root is None:
             return
-        self._module_fields = dict(getattr(trainer, "lit_rlhf_status", None) or {})
+        self._module_fields = dict(pl_module.status_fields)
         self.state.update(self._module_fields)
         self.state.update(fields, step=int(trainer.global_step), updated=round(time.time(), 3))
         path = root / STATUS
         path.parent.mkdir(parents=True, exist_ok=True)
         write_json(path, self.state)
 
-    def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
+    def on_fit_start(self, trainer: Any, pl_module: StageModule) -> None:
         self.state = {
             "stage": self.stage,
             "name": self.name,
             "started": round(time.time(), 3),
             "stage_dir": None,
-            "parent": getattr(pl_module, "parent_dir", None),
+            "parent": pl_module.parent_dir,
             "error": None,
         }
-        self._write(trainer, status="running")
+        self._write(trainer, pl_module, status="running")
 
-    def on_train_batch_end(self, trainer: Any, pl_module: Any, *args: Any) -> None:
-        changed = (getattr(trainer, "lit_rlhf_status", None) or {}) != self._module_fields
+    def on_train_batch_end(self, trainer: Any, pl_module: StageModule, *args: Any) -> None:
+        changed = pl_module.status_fields != self._module_fields
         if trainer.global_step % self.every == 0 or changed:
-            self._write(trainer, status="running")
+            self._write(trainer, pl_module, status="running")
 
-    def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
-        stage_dir = getattr(pl_module, "stage_dir_written", None)
-        self._write(trainer, status="finished", stage_dir=str(stage_dir) if stage_dir else None)
+    def on_fit_end(self, trainer: Any, pl_module: StageModule) -> None:
+        stage_dir = pl_module.stage_dir_written
+        self._write(trainer, pl_module, status="finished", stage_dir=str(stage_dir) if stage_dir else None)
 
-    def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
-        self._write(trainer, status="failed", error=f"{type(exception).__name__}: {exception}"[:2000])
+    def on_exception(self, trainer: Any, pl_module: StageModule, exception: BaseException) -> None:
+        self._write(
+            trainer, pl_module, status="failed", error=f"{type(exception).__name__}: {exception}"[:2000]
+        )

@@ -21,14 +21,13 @@ logged statistics are over all ranks' sequences.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import time
 import warnings
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
-import lightning as L
 import torch
 from torch import Tensor
 
@@ -58,15 +57,15 @@ from lit_rlhf.rl.rewards import (
 from lit_rlhf.rl.stats import explained_variance
 from lit_rlhf.run_files import SAMPLES
 from lit_rlhf.runs import log_rows, run_dir
+from lit_rlhf.stages.base import StageModule
 from lit_rlhf.stages.common import (
-    StrategyCheck,
+    OptimConfig,
     computes_on_this_rank,
     gradient_vote,
     read_prompts,
     shard_if_fsdp2,
-    stage_text_format,
 )
-from lit_rlhf.stages.guards import NumericalGuard, ppo_flags
+from lit_rlhf.stages.guards import ppo_flags
 
 # Two Lightning warnings that do not apply here, silenced so the real ones stand out:
 # - every module is in eval mode on purpose (dropout off for the whole run: see configure_model);
@@ -182,6 +181,51 @@ def rollout_sampling_problems(sampling: SamplingConfig) -> list[str]:
     return out
 
 
+@dataclass
+class PPOOptimConfig(OptimConfig):
+    """The policy's AdamW settings (the critic's learning rate is ``ppo.critic_lr``).
+
+    PPO steps its optimizer by hand, once per minibatch update, and keeps the learning rate constant: the schedule
+    fields must stay at their defaults here (no warmup, no decay).
+    """
+
+    lr: float = 1e-4
+    warmup_steps: int = 0
+    min_lr_ratio: float = 1.0
+
+    def problems(self) -> list[str]:
+        """Why PPO cannot use these settings (empty when it can)."""
+        out = []
+        if self.warmup_steps != 0:
+            out.append(
+                f"warmup_steps must be 0 (PPO keeps the learning rate constant), got {self.warmup_steps}"
+            )
+        if self.min_lr_ratio != 1.0:
+            out.append(
+                f"min_lr_ratio must be 1.0 (PPO keeps the learning rate constant), got {self.min_lr_ratio}"
+            )
+        return out
+
+
+def ppo_optim(optim: OptimConfig | None, lr: float | None) -> PPOOptimConfig:
+    """PPO's optimizer settings from ``optim`` and the deprecated ``lr`` argument (``optim.lr`` now).
+
+    Raises ValueError when both set a learning rate and they differ, or when a schedule is asked for.
+    """
+    if optim is None:
+        optim = PPOOptimConfig()
+    elif not isinstance(optim, PPOOptimConfig):  # a plain OptimConfig: its fields as given
+        optim = PPOOptimConfig(**{f.name: getattr(optim, f.name) for f in dataclasses.fields(OptimConfig)})
+    if lr is not None:
+        warnings.warn("PPOModule(lr=...) is deprecated: set optim.lr", DeprecationWarning, stacklevel=3)
+        if optim.lr != PPOOptimConfig.lr and optim.lr != lr:
+            raise ValueError(f"PPOModule: lr ({lr}) and optim.lr ({optim.lr}) disagree; set optim.lr only")
+        optim = dataclasses.replace(optim, lr=lr)
+    if optim.problems():
+        raise ValueError("PPOModule.optim: " + "; ".join(optim.problems()))
+    return optim
+
+
 class Rollout(NamedTuple):
     """One rollout batch. B sequences, P prompt columns, R response columns, L = P + R."""
 
@@ -195,7 +239,7 @@ class Rollout(NamedTuple):
     returns: Tensor  # (B, R)
 
 
-class PPOModule(StrategyCheck, L.LightningModule):
+class PPOModule(StageModule):
     """PPO-ptx from an SFT and a reward stage directory; writes a ``ppo`` stage directory.
 
     Args:
@@ -208,7 +252,8 @@ class PPOModule(StrategyCheck, L.LightningModule):
             loss is a mean per pretraining token and the PPO loss a mean per response token; InstructGPT's
             gamma = 27.8 weighs a differently normalised expectation, so 0.1-1 is the useful range here.
         kl: KL penalty settings. ppo: PPO hyperparameters. sampling: rollout generation settings.
-        lr: Policy learning rate. eval: held-out evaluation.
+        optim: The policy's AdamW settings (learning rate, weight decay, betas; the learning rate stays constant).
+        lr: Deprecated: the policy learning rate, now ``optim.lr``. eval: held-out evaluation.
         max_nonfinite_updates: Stop after this many non-finite (skipped) updates in a row (0 = never).
         alarms: When to raise alarms (KL, over-optimization, length, entropy, critic, clipping) and which stop
             the run.
@@ -231,18 +276,19 @@ class PPOModule(StrategyCheck, L.LightningModule):
         kl: KLConfig | None = None,
         ppo: PPOConfig | None = None,
         sampling: SamplingConfig | None = None,
-        lr: float = 1e-4,
+        lr: float | None = None,
         eval: EvalConfig | None = None,
         max_nonfinite_updates: int = 10,
         alarms: AlarmConfig | None = None,
         reward: CombinedRewardConfig | None = None,
         reference_from: str | None = None,
+        optim: PPOOptimConfig | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(policy_from, ppo_optim(optim, lr), max_nonfinite_updates)
         if ptx_coef < 0:
             raise ValueError("ptx_coef must be >= 0")
         self.policy_from, self.reward_from, self.reference_from = policy_from, reward_from, reference_from
-        self.lora, self.quantization, self.ptx_coef, self.lr = lora, quantization, ptx_coef, lr
+        self.lora, self.quantization, self.ptx_coef = lora, quantization, ptx_coef
         self.kl_cfg, self.ppo_cfg = kl or KLConfig(), ppo or PPOConfig()
         self.sampling = sampling or SamplingConfig(max_new_tokens=24, do_sample=True, temperature=1.0)
         problems = rollout_sampling_problems(self.sampling)
@@ -261,7 +307,6 @@ class PPOModule(StrategyCheck, L.LightningModule):
         self.save_hyperparameters()
         self.automatic_optimization = False
         self.roles = None
-        self._tokenizer = None
         self.kl_ctl = (
             AdaptiveKLController(self.kl_cfg.init_coef, self.kl_cfg.target, self.kl_cfg.horizon)
             if self.kl_cfg.adaptive
@@ -269,8 +314,6 @@ class PPOModule(StrategyCheck, L.LightningModule):
         )
         self.score_moments = RunningMoments()  # the RM score's (the "preference" component's)
         self.component_moments: dict[str, RunningMoments] = {}  # every other component's
-        self.parent_dir = policy_from
-        self.stage_dir_written: Path | None = None
         self.final_metrics: dict[str, float] = {}
         self._sft_eval: list[str] | None = None
         self._sft_proxy: float | None = None
@@ -278,7 +321,6 @@ class PPOModule(StrategyCheck, L.LightningModule):
         # Manual optimization advances trainer.global_step once per optimizer step (every minibatch update);
         # this counts PPO iterations (rollout batches) and is saved in checkpoints.
         self.rollouts_done = 0
-        self.guard = NumericalGuard(self.STAGE, max_nonfinite_updates)
         self._first_length: float | None = None
         self.alarm_monitor = AlarmMonitor(self.alarm_cfg, self.kl_cfg.target)
         self.stopped_by: list[str] = []
@@ -289,22 +331,13 @@ class PPOModule(StrategyCheck, L.LightningModule):
         return max(self.rollouts_done - 1, 0)
 
     # ---- building ---------------------------------------------------------------------------------------
-    @property
-    def text_format(self):
-        """The SFT stage's tokenizer and prompt format (loaded without weights; the data module needs it first)."""
-        if self.roles is not None:
-            return self.roles.text_format
-        if self._tokenizer is None:
-            self._tokenizer = stage_text_format(self.policy_from)
-        return self._tokenizer
+    def built_text_format(self):
+        return self.roles.text_format if self.roles is not None else None
 
     @property
-    def tokenizer(self):
-        return self.text_format.tokenizer
-
-    def _target_device(self):
-        # inside configure_model self.device can still be cpu; the strategy knows where the model will live
-        return self.trainer.strategy.root_device if self._trainer is not None else self.device
+    def trained_net(self):
+        """The policy's backbone (the critic's too when the roles share one)."""
+        return self.roles._net("policy")
 
     def configure_model(self) -> None:
         if self.roles is not None:
@@ -327,10 +360,11 @@ class PPOModule(StrategyCheck, L.LightningModule):
 
     def configure_optimizers(self):
         groups = [
-            {"params": self.roles.policy_parameters(), "lr": self.lr},
+            {"params": self.roles.policy_parameters(), "lr": self.optim_cfg.lr},
             {"params": self.roles.critic_parameters(), "lr": self.ppo_cfg.critic_lr},
         ]
-        return torch.optim.AdamW(groups, betas=(0.9, 0.95), weight_decay=0.0)
+        cfg = self.optim_cfg
+        return torch.optim.AdamW(groups, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
 
     def on_fit_start(self) -> None:
         dm = self.trainer.datamodule
@@ -446,7 +480,7 @@ class PPOModule(StrategyCheck, L.LightningModule):
         norms = {}
         if self.guard.loss_ok(loss, self.global_step, self.trainer.strategy.reduce_boolean_decision):
             self.manual_backward(loss)
-            if self.guard.grads_ok(params, self.global_step, gradient_vote(self.trainer, self._policy_net)):
+            if self.guard.grads_ok(params, self.global_step, gradient_vote(self.trainer, self.trained_net)):
                 scaler = getattr(self.trainer.precision_plugin, "scaler", None)
                 if scaler is not None:  # fp16 AMP: clip the true gradients, not the loss-scaled ones
                     scaler.unscale_(opt.optimizer if hasattr(opt, "optimizer") else opt)
@@ -554,9 +588,8 @@ class PPOModule(StrategyCheck, L.LightningModule):
         if stop:
             self.stopped_by = stop
             self.trainer.should_stop = True
-        status = getattr(self.trainer, "lit_rlhf_status", None) or {}
-        self.trainer.lit_rlhf_status = {
-            **status,
+        self.status_fields = {
+            **self.status_fields,
             "alarms": self.alarm_monitor.records(),
             "stopped_by": self.stopped_by,
         }
@@ -589,7 +622,7 @@ class PPOModule(StrategyCheck, L.LightningModule):
 
     def _write_samples(self, prompts: list[Any], gen: Generation, ro: Rollout) -> None:
         k = self.eval_cfg.samples_per_step
-        if not k or not computes_on_this_rank(self.trainer, self._policy_net) or not self.trainer.loggers:
+        if not k or not computes_on_this_rank(self.trainer, self.trained_net) or not self.trainer.loggers:
             return
         kl = (ro.logprobs - ro.ref_logprobs) * ro.response_mask
         rewards = self.roles.reward_of(prompts[:k], gen.texts[:k])  # all ranks when sharded
@@ -687,7 +720,7 @@ class PPOModule(StrategyCheck, L.LightningModule):
 
         Rank zero's figures; with FSDP2-sharded roles every rank computes them (each forward is a collective).
         """
-        if not computes_on_this_rank(self.trainer, self._policy_net):
+        if not computes_on_this_rank(self.trainer, self.trained_net):
             return {}
         metrics: dict[str, float] = {}
         prompts, refs = self._eval_prompts()
@@ -733,10 +766,8 @@ class PPOModule(StrategyCheck, L.LightningModule):
         if not self.eval_cfg.keep or key not in metrics or root is None:
             return
         from lit_rlhf.checkpoint.kept import Kept
-        from lit_rlhf.distributed import full_state
 
-        net = self._policy_net
-        state = full_state(net) if net.sharded else None  # a collective: before the rank check
+        state = self.gathered_state(self.trained_net)  # a collective: before the rank check
         if not self.trainer.is_global_zero:
             return
         kept = Kept(root / KEPT)
@@ -746,11 +777,10 @@ class PPOModule(StrategyCheck, L.LightningModule):
             metrics[key],
             metrics,
             self.eval_cfg.keep,
-            lambda out: self._write_stage(out, metrics, state),
+            lambda out: self.write_stage_dir(out, self.trained_net, state, **self._manifest(metrics)),
         )
-        status = getattr(self.trainer, "lit_rlhf_status", None) or {}
-        self.trainer.lit_rlhf_status = {
-            **status,
+        self.status_fields = {
+            **self.status_fields,
             "best": {"path": f"{KEPT}/{best.name}", "step": best.step, best.metric: best.score},
         }
 
@@ -779,18 +809,11 @@ class PPOModule(StrategyCheck, L.LightningModule):
         for name, moments in state.get("component_moments", {}).items():
             self.component_moments.setdefault(name, RunningMoments()).load_state_dict(moments)
 
-    @property
-    def _policy_net(self):
-        return self.roles._net("policy")
-
     def on_train_end(self) -> None:
-        if not computes_on_this_rank(self.trainer, self._policy_net) or not self.trainer.loggers:
+        if not computes_on_this_rank(self.trainer, self.trained_net) or not self.trainer.loggers:
             return
-        from lit_rlhf.distributed import full_state
-
         metrics = self.evaluate()
-        net = self._policy_net
-        state = full_state(net) if net.sharded else None  # a collective: before the rank check
+        state = self.gathered_state(self.trained_net)  # a collective: before the rank check
         if not self.trainer.is_global_zero:
             return
         if "eval_kl" in metrics:
@@ -800,33 +823,23 @@ class PPOModule(StrategyCheck, L.LightningModule):
             metrics["kl"] = float(cm["ppo/kl"])
         metrics["kl_coef"] = float(self.kl_ctl.value)
         self.final_metrics = {k: v for k, v in metrics.items() if math.isfinite(v)}
-        out = run_dir(self.trainer) / "stage"
-        self._write_stage(out, self.final_metrics, state)
-        self.stage_dir_written = out
+        self.export_stage_dir(self.trained_net, state, **self._manifest(self.final_metrics))
 
-    def _write_stage(self, out: Path, metrics: dict[str, float], state: dict[str, Tensor] | None) -> None:
-        """The policy (and critic) as a ``ppo`` stage directory at `out`, atomically (rank zero)."""
+    def _manifest(self, metrics: dict[str, float]) -> dict[str, Any]:
+        """The ``ppo`` stage directory's own manifest fields: the policy (and critic) adapters and the value head,
+        the finite metrics, and where the reward model and the KL reference came from."""
         from lit_rlhf.backbone.build import CRITIC, POLICY
-        from lit_rlhf.checkpoint.stage_dir import save_stage_dir
 
-        config = run_dir(self.trainer) / "config.yaml"
         if self.roles.is_shared:
             kwargs = {"adapters": [POLICY, CRITIC], "heads": {"value": {"adapter": CRITIC, "bias": 0.0}}}
         else:
             kwargs = {"adapters": [], "heads": {}}
-        save_stage_dir(
-            out,
-            self._policy_net,
-            stage=self.STAGE,
-            step=self.global_step,
-            metrics={k: v for k, v in metrics.items() if math.isfinite(v)},
-            parent=str(self.policy_from),
-            config_text=config.read_text() if config.is_file() else None,
-            extra={
+        return {
+            **kwargs,
+            "metrics": {k: v for k, v in metrics.items() if math.isfinite(v)},
+            "extra": {
                 "reward_from": str(self.reward_from),
                 "ptx_coef": self.ptx_coef,
                 "reference_from": str(self.reference_from or self.policy_from),
             },
-            state=state,
-            **kwargs,
-        )
+        }

@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from pathlib import Path
 from typing import Any
 
-import lightning as L
 import torch
 from torch import Tensor
 from torchmetrics import MeanMetric
@@ -29,18 +27,14 @@ from lit_rlhf.evaluation.reward_model import score_texts
 from lit_rlhf.evaluation.rules import RuleMetrics
 from lit_rlhf.rl.losses import kwise_ranking_loss, rule_loss
 from lit_rlhf.run_files import RANKINGS
-from lit_rlhf.runs import log_rows, run_dir
+from lit_rlhf.runs import log_rows
+from lit_rlhf.stages.base import StageModule
 from lit_rlhf.stages.common import (
     OptimConfig,
-    StrategyCheck,
-    build_optimizer,
     computes_on_this_rank,
-    gradient_vote,
     run_validation,
     shard_if_fsdp2,
-    stage_text_format,
 )
-from lit_rlhf.stages.guards import NumericalGuard
 
 REWARD = "reward"
 
@@ -61,7 +55,7 @@ def per_prompt_kendall_tau(scores: Tensor, ranks: Tensor, group: Tensor) -> list
     return out
 
 
-class RewardModule(StrategyCheck, L.LightningModule):
+class RewardModule(StageModule):
     """Train a reward model from ranked comparisons; writes a ``reward`` stage directory.
 
     Args:
@@ -99,7 +93,7 @@ class RewardModule(StrategyCheck, L.LightningModule):
         rules: list[str] | None = None,
         rule_coef: float = 1.0,
     ) -> None:
-        super().__init__()
+        super().__init__(init_from, optim or OptimConfig(lr=1e-4, warmup_steps=20), max_nonfinite_updates)
         if center_coef < 0:
             raise ValueError("center_coef must be >= 0")
         if rule_coef < 0:
@@ -112,37 +106,22 @@ class RewardModule(StrategyCheck, L.LightningModule):
         self.init_from, self.lora, self.quantization = init_from, lora, quantization
         self.center_coef, self.bias_from, self.bias_limit = center_coef, bias_from, bias_limit
         self.rankings_limit, self.max_length = rankings_limit, max_length
-        self.optim_cfg = optim or OptimConfig(lr=1e-4, warmup_steps=20)
         self.save_hyperparameters()
         self.net = None
-        self._tokenizer = None
-        self.parent_dir = init_from
-        self.stage_dir_written: Path | None = None
         self.val_acc, self.val_tau, self.val_margin = MeanMetric(), MeanMetric(), MeanMetric()
         self.val_s, self.val_s2 = MeanMetric(), MeanMetric()
         self._table: list[dict[str, Any]] = []
         self.final_metrics: dict[str, float] = {}
         self.metric_steps: dict[str, int] = {}
         self._last_val_step: int | None = None
-        self.guard = NumericalGuard(self.STAGE, max_nonfinite_updates)
 
     # ---- building ---------------------------------------------------------------------------------------
-    @property
-    def text_format(self):
-        """The SFT stage's tokenizer and prompt format (loaded without weights; the data module needs it first)."""
-        if self.net is not None:
-            return self.net.text_format
-        if self._tokenizer is None:
-            self._tokenizer = stage_text_format(self.init_from)
-        return self._tokenizer
+    def built_text_format(self):
+        return self.net.text_format if self.net is not None else None
 
     @property
-    def tokenizer(self):
-        return self.text_format.tokenizer
-
-    def _target_device(self):
-        # inside configure_model self.device can still be cpu; the strategy knows where the model will live
-        return self.trainer.strategy.root_device if self._trainer is not None else self.device
+    def trained_net(self):
+        return self.net
 
     def configure_model(self) -> None:
         if self.net is not None:
@@ -211,11 +190,6 @@ class RewardModule(StrategyCheck, L.LightningModule):
     def reward_adapter(self) -> str | None:
         return REWARD if self.net.cfg.lora is not None else None
 
-    def configure_optimizers(self):
-        total = int(self.trainer.estimated_stepping_batches)
-        opt, sched = build_optimizer(list(self.net.named_parameters()), self.optim_cfg, total)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
-
     # ---- steps ------------------------------------------------------------------------------------------
     def _scores(self, batch: dict[str, Any]) -> Tensor:
         """One forward pass per response: (N, T) -> (N,) rewards (the reward adapter is the active one)."""
@@ -249,17 +223,6 @@ class RewardModule(StrategyCheck, L.LightningModule):
         self.log("reward/score_std", scores.std() if scores.numel() > 1 else 0.0, batch_size=n_prompts)
         self.log("reward/lr", self.trainer.optimizers[0].param_groups[0]["lr"], batch_size=n_prompts)
         return loss
-
-    def on_before_optimizer_step(self, optimizer) -> None:
-        params = [p for g in optimizer.param_groups for p in g["params"]]
-        if not self.guard.grads_ok(params, self.global_step, gradient_vote(self.trainer, self.net)):
-            self.log("reward/skipped_updates", float(self.guard.skipped))
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["lit_rlhf_guard"] = self.guard.state_dict()
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self.guard.load_state_dict(checkpoint.get("lit_rlhf_guard", {}))
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
         if dataloader_idx == 1:  # held-out rule rows (ComparisonDataModule.val_dataloader)
@@ -389,11 +352,8 @@ class RewardModule(StrategyCheck, L.LightningModule):
         final = self.final_validation()  # every rank: the metrics sync across ranks
         if not computes_on_this_rank(self.trainer, self.net):
             return
-        from lit_rlhf.checkpoint.stage_dir import save_stage_dir
-        from lit_rlhf.distributed import full_state
-
         bias = self.compute_bias()
-        state = full_state(self.net) if self.net.sharded else None  # a collective: before the rank check
+        state = self.gathered_state(self.net)  # a collective: before the rank check
         if not self.trainer.is_global_zero:
             return
         cm = {k: float(v) for k, v in self.trainer.callback_metrics.items()}
@@ -416,27 +376,18 @@ class RewardModule(StrategyCheck, L.LightningModule):
             metrics["train_comparisons"] = float(len(dm.data.get("train", [])))
             metrics["train_tied_pair_share"] = tie_share(dm.data.get("train", []))
         self.final_metrics = metrics
-        root = run_dir(self.trainer)
-        config = root / "config.yaml"
         adapters = [REWARD] if self.reward_adapter else []
         heads = {REWARD: {"adapter": self.reward_adapter, "bias": bias}}
         if self.rule_names:
             heads[RULES] = {"adapter": self.reward_adapter, "bias": 0.0}  # names recorded as its outputs
-        out = root / "stage"
-        save_stage_dir(
-            out,
+        self.export_stage_dir(
             self.net,
-            stage=self.STAGE,
+            state,
             adapters=adapters,
             heads=heads,
-            step=self.global_step,
             metrics=metrics,
             metric_steps=steps,
-            parent=str(self.init_from),
-            config_text=config.read_text() if config.is_file() else None,
             extra={"max_length": self.max_length},
-            state=state,
         )
         for lg in self.trainer.loggers:  # the run directory's and every configured tracker
             lg.log_metrics({"reward/bias": bias}, step=max(self.global_step - 1, 0))
-        self.stage_dir_written = out

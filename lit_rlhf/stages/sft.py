@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import lightning as L
 import torch
 from torchmetrics import MeanMetric
 
@@ -18,20 +16,17 @@ from lit_rlhf.evaluation.metrics import judge_metrics
 from lit_rlhf.judges import judge_item, load_judge
 from lit_rlhf.rl.losses import lm_loss
 from lit_rlhf.run_files import SAMPLES
-from lit_rlhf.runs import log_rows, run_dir
+from lit_rlhf.runs import log_rows
+from lit_rlhf.stages.base import StageModule
 from lit_rlhf.stages.common import (
     OptimConfig,
     SampleConfig,
-    StrategyCheck,
-    build_optimizer,
     computes_on_this_rank,
-    gradient_vote,
     read_prompts,
     run_validation,
     shard_if_fsdp2,
     stage_text_format,
 )
-from lit_rlhf.stages.guards import NumericalGuard
 
 
 @dataclass
@@ -45,7 +40,7 @@ class _SFTState:
     sample_references: list[str | None] = field(default_factory=list)
 
 
-class SFTModule(StrategyCheck, L.LightningModule):
+class SFTModule(StageModule):
     """Fine-tune the policy on demonstrations; writes an ``sft`` stage directory at the end of fit.
 
     Args:
@@ -70,14 +65,13 @@ class SFTModule(StrategyCheck, L.LightningModule):
         max_nonfinite_updates: int = 10,
         prompt_format: PromptFormat | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(init_from, optim or OptimConfig(), max_nonfinite_updates)
         if backbone is None and init_from is None:
             raise ValueError("SFTModule needs backbone (a model to build) or init_from (a stage directory)")
         self.backbone_cfg = coerce_backbone(backbone) if backbone is not None else None
         if self.backbone_cfg is not None and init_from is None:
             self.backbone_cfg.validate()  # fail at config time, before any weights load
         self.init_from = init_from
-        self.optim_cfg = optim or OptimConfig()
         self.samples_cfg = samples or SampleConfig()
         if isinstance(prompt_format, dict):
             prompt_format = PromptFormat.from_dict(prompt_format)
@@ -85,12 +79,8 @@ class SFTModule(StrategyCheck, L.LightningModule):
         self.judge = load_judge(self.samples_cfg.judge)  # a bad judge name fails here, before weights load
         self.save_hyperparameters()
         self.net = None  # the Backbone, built in configure_model
-        self._tokenizer = None
         self.val_loss = MeanMetric()
         self.state = _SFTState()
-        self.stage_dir_written: Path | None = None
-        self.parent_dir = init_from
-        self.guard = NumericalGuard(self.STAGE, max_nonfinite_updates)
 
     @property
     def log_step(self) -> int:
@@ -98,34 +88,27 @@ class SFTModule(StrategyCheck, L.LightningModule):
         return max(self.global_step - 1, 0)
 
     # ---- building ---------------------------------------------------------------------------------------
-    @property
-    def text_format(self):
-        """Tokenizer + prompt format, loaded on first use without loading weights (the data module needs it first)."""
-        if self.net is not None:
-            return self.net.text_format
-        if self._tokenizer is None:
-            from lit_rlhf.backbone.build import load_config_tokenizer
-            from lit_rlhf.data.formatting import TextFormat
+    def built_text_format(self):
+        return self.net.text_format if self.net is not None else None
 
-            if self.init_from is not None:
-                fmt = stage_text_format(self.init_from, self._trust_code)
-                self._tokenizer = TextFormat(fmt.tokenizer, self.prompt_format or fmt.prompt_format)
-            else:
-                self._tokenizer = TextFormat(load_config_tokenizer(self.backbone_cfg), self.prompt_format)
-        return self._tokenizer
+    def load_text_format(self):
+        """The init_from stage's tokenizer (or the backbone's), with this stage's prompt format when set."""
+        from lit_rlhf.backbone.build import load_config_tokenizer
+        from lit_rlhf.data.formatting import TextFormat
+
+        if self.init_from is not None:
+            fmt = stage_text_format(self.init_from, self._trust_code)
+            return TextFormat(fmt.tokenizer, self.prompt_format or fmt.prompt_format)
+        return TextFormat(load_config_tokenizer(self.backbone_cfg), self.prompt_format)
 
     @property
-    def tokenizer(self):
-        return self.text_format.tokenizer
+    def trained_net(self):
+        return self.net
 
     @property
     def _trust_code(self) -> bool:
         """The user's own backbone.trust_remote_code, also for init_from: never the stage directory's manifest."""
         return bool(self.backbone_cfg is not None and self.backbone_cfg.trust_remote_code)
-
-    def _target_device(self):
-        # inside configure_model self.device can still be cpu; the strategy knows where the model will live
-        return self.trainer.strategy.root_device if self._trainer is not None else self.device
 
     def configure_model(self) -> None:
         if self.net is not None:  # idempotent: Lightning may call it again (e.g. on resume)
@@ -151,11 +134,6 @@ class SFTModule(StrategyCheck, L.LightningModule):
         net.train()  # from_pretrained returns eval mode; dropout as configured
         shard_if_fsdp2(self, net)
         self.net = net
-
-    def configure_optimizers(self):
-        total = int(self.trainer.estimated_stepping_batches)
-        opt, sched = build_optimizer(list(self.net.named_parameters()), self.optim_cfg, total)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     # ---- training ---------------------------------------------------------------------------------------
     def _logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -199,17 +177,6 @@ class SFTModule(StrategyCheck, L.LightningModule):
         self.log("sft/lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True)
         self.log("sft/response_tokens", float((batch["labels"] != -100).sum()), on_step=True, reduce_fx="sum")
         return loss
-
-    def on_before_optimizer_step(self, optimizer) -> None:
-        params = [p for g in optimizer.param_groups for p in g["params"]]
-        if not self.guard.grads_ok(params, self.global_step, gradient_vote(self.trainer, self.net)):
-            self.log("sft/skipped_updates", float(self.guard.skipped), on_step=True)
-
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["lit_rlhf_guard"] = self.guard.state_dict()
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        self.guard.load_state_dict(checkpoint.get("lit_rlhf_guard", {}))
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         loss = self._loss(batch)
@@ -314,9 +281,6 @@ class SFTModule(StrategyCheck, L.LightningModule):
         final = self.final_validation()  # every rank: the validation loss syncs across ranks
         if not computes_on_this_rank(self.trainer, self.net):
             return
-        from lit_rlhf.checkpoint.stage_dir import save_stage_dir
-        from lit_rlhf.distributed import full_state
-
         self.log_samples()
         cm = {k: float(v) for k, v in self.trainer.callback_metrics.items()}
         cm.update(final)
@@ -328,21 +292,6 @@ class SFTModule(StrategyCheck, L.LightningModule):
         if held_out and self.logger is not None:
             for lg in self.trainer.loggers:  # the run directory's and every configured tracker
                 lg.log_metrics({f"sft/eval_{k}": v for k, v in held_out.items()}, step=self.log_step)
-        state = full_state(self.net) if self.net.sharded else None  # a collective: before the rank check
-        if not self.trainer.is_global_zero:
-            return
-        root = run_dir(self.trainer)
-        config = root / "config.yaml"
-        out = root / "stage"
-        save_stage_dir(
-            out,
-            self.net,
-            stage=self.STAGE,
-            step=self.global_step,
-            metrics=metrics,
-            metric_steps=steps,
-            parent=self.init_from,
-            config_text=config.read_text() if config.is_file() else None,
-            state=state,
-        )
-        self.stage_dir_written = out
+        state = self.gathered_state(self.net)  # a collective: before the rank check
+        if self.trainer.is_global_zero:
+            self.export_stage_dir(self.net, state, metrics=metrics, metric_steps=steps)

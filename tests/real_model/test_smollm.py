@@ -171,7 +171,7 @@ def test_smollm_ppo_logprobs_match_the_distribution_generate_sampled_from(stages
     module = ppo_module.PPOModule(
         str(stages["sft"]),
         str(stages["rm"]),
-        lr=1e-4,
+        optim=ppo_module.PPOOptimConfig(lr=1e-4),
         ppo=ppo_module.PPOConfig(ppo_epochs=1, minibatch_size=2),
         sampling=SamplingConfig(max_new_tokens=8),
         eval=ppo_module.EvalConfig(samples_per_step=0),

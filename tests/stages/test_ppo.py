@@ -16,7 +16,7 @@ from lit_rlhf.checkpoint.stage_dir import load_stage_dir, save_stage_dir
 from lit_rlhf.data.io import write_jsonl
 from lit_rlhf.data.prompts import PPODataModule
 from lit_rlhf.rl.logprobs import response_logprobs
-from lit_rlhf.stages.ppo import EvalConfig, KLConfig, PPOConfig, PPOModule
+from lit_rlhf.stages.ppo import EvalConfig, KLConfig, PPOConfig, PPOModule, PPOOptimConfig
 
 LORA = LoraSettings(r=4, alpha=8, dropout=0.0)
 
@@ -57,7 +57,7 @@ def _module(sft, rm, ptx_coef=0.0, **kw) -> PPOModule:
         str(sft),
         str(rm),
         ptx_coef=ptx_coef,
-        lr=1e-2,
+        optim=PPOOptimConfig(lr=1e-2),
         kl=KLConfig(init_coef=0.1),
         ppo=PPOConfig(ppo_epochs=1, minibatch_size=4, critic_lr=1e-2),
         sampling=SamplingConfig(max_new_tokens=5),
@@ -311,3 +311,20 @@ def test_shared_trunk_rollout_and_update_match_full_passes(tiny_dir, tmp_path, m
     )  # lower once + the reward model's own, vs policy/ref/critic/RM
     for a, b in zip(trunk, full, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_ppo_optim_takes_the_deprecated_lr_and_refuses_a_schedule(tiny_dir, tmp_path):
+    """PPO's learning rate lives in `optim` like SFT's and the RM's; the old `lr` argument still sets it."""
+    sft, rm = _stages(tiny_dir, tmp_path)
+    with pytest.warns(DeprecationWarning, match="optim.lr"):
+        old = PPOModule(str(sft), str(rm), lr=3e-3)
+    assert old.optim_cfg.lr == 3e-3
+    module = _module(sft, rm)
+    module.configure_model()
+    opt = module.configure_optimizers()
+    assert [g["lr"] for g in opt.param_groups] == [1e-2, 1e-2]  # the policy's optim.lr, the critic's critic_lr
+    assert opt.defaults["betas"] == (0.9, 0.95) and opt.defaults["weight_decay"] == 0.0
+    with pytest.raises(ValueError, match="warmup_steps must be 0"):
+        PPOModule(str(sft), str(rm), optim=PPOOptimConfig(warmup_steps=10))
+    with pytest.raises(ValueError, match="disagree"):
+        PPOModule(str(sft), str(rm), optim=PPOOptimConfig(lr=1e-3), lr=1e-2)
