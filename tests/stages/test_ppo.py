@@ -322,7 +322,8 @@ def test_ppo_optim_takes_the_deprecated_lr_and_refuses_a_schedule(tiny_dir, tmp_
     module = _module(sft, rm)
     module.configure_model()
     opt = module.configure_optimizers()
-    assert [g["lr"] for g in opt.param_groups] == [1e-2, 1e-2]  # the policy's optim.lr, the critic's critic_lr
+    # the policy's optim.lr, then the critic's ppo.critic_lr
+    assert [g["lr"] for g in opt.param_groups] == [1e-2, 1e-2]
     assert opt.defaults["betas"] == (0.9, 0.95) and opt.defaults["weight_decay"] == 0.0
     with pytest.raises(ValueError, match="warmup_steps must be 0"):
         PPOModule(str(sft), str(rm), optim=PPOOptimConfig(warmup_steps=10))

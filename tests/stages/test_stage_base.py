@@ -27,7 +27,8 @@ def test_guard_state_round_trips_through_the_checkpoint():
     module.guard.skipped, module.guard.consecutive = 3, 2
     checkpoint: dict = {}
     module.on_save_checkpoint(checkpoint)
-    assert checkpoint == {"lit_rlhf_guard": {"skipped": 3, "consecutive": 2}}  # the key checkpoints always had
+    # the key checkpoints always had
+    assert checkpoint == {"lit_rlhf_guard": {"skipped": 3, "consecutive": 2}}
     fresh = _sft()
     fresh.on_load_checkpoint(checkpoint)
     assert (fresh.guard.skipped, fresh.guard.consecutive) == (3, 2)
