@@ -358,7 +358,7 @@ def build_mode(mode: str, args: argparse.Namespace) -> tuple[Any, Any, int, str]
     from lit_rlhf.backbone.generate import SamplingConfig
     from lit_rlhf.data.prompts import PPODataModule
     from lit_rlhf.data.sft import SFTDataModule
-    from lit_rlhf.stages.ppo import EvalConfig, KLConfig, PPOConfig, PPOModule
+    from lit_rlhf.stages.ppo import EvalConfig, KLConfig, PPOConfig, PPOModule, PPOOptimConfig
     from lit_rlhf.stages.sft import SFTModule
 
     workdir = Path(args.workdir)
@@ -374,7 +374,7 @@ def build_mode(mode: str, args: argparse.Namespace) -> tuple[Any, Any, int, str]
         policy_from=str(workdir / "sft"),
         reward_from=str(workdir / ("rm-lora" if mode == "ppo-shared" else "rm-full")),
         ptx_coef=0.5,
-        lr=1e-4,
+        optim=PPOOptimConfig(lr=1e-4),
         kl=KLConfig(init_coef=0.6, adaptive=False),
         ppo=PPOConfig(
             ppo_epochs=args.ppo_epochs,

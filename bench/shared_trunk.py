@@ -48,7 +48,7 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
     from lit_rlhf.checkpoint.stage_dir import load_stage_dir, save_stage_dir
     from lit_rlhf.data.formatting import PromptFormat
     from lit_rlhf.data.prompts import PPODataModule
-    from lit_rlhf.stages.ppo import EvalConfig, KLConfig, PPOConfig, PPOModule
+    from lit_rlhf.stages.ppo import EvalConfig, KLConfig, PPOConfig, PPOModule, PPOOptimConfig
 
     torch.set_num_threads(args.threads)
     work = Path(args.workdir) / args.one
@@ -71,7 +71,7 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
     module = PPOModule(
         str(work / "sft"),
         str(work / "rm"),
-        lr=1e-4,
+        optim=PPOOptimConfig(lr=1e-4),
         kl=KLConfig(init_coef=0.3),
         ppo=PPOConfig(ppo_epochs=2, minibatch_size=args.batch // 2),
         sampling=SamplingConfig(max_new_tokens=args.new_tokens),

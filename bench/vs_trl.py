@@ -887,7 +887,7 @@ def lit_ppo(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     """PPOModule from the SFT + reward stage dirs: one training step = one PPO iteration (an RL step)."""
     from lit_rlhf.backbone.generate import SamplingConfig
     from lit_rlhf.data.prompts import PPODataModule
-    from lit_rlhf.stages.ppo import EvalConfig, KLConfig, PPOConfig, PPOModule
+    from lit_rlhf.stages.ppo import EvalConfig, KLConfig, PPOConfig, PPOModule, PPOOptimConfig
 
     spec = MODELS[args.model]
     minibatch, epochs = args.rl_prompts // 2, 2
@@ -895,7 +895,7 @@ def lit_ppo(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         str(workdir / "sft"),
         str(workdir / "rm"),
         ptx_coef=0.0,
-        lr=RL_LR,
+        optim=PPOOptimConfig(lr=RL_LR),
         kl=KLConfig(init_coef=KL_COEF),
         ppo=PPOConfig(ppo_epochs=epochs, minibatch_size=minibatch),
         sampling=SamplingConfig(max_new_tokens=args.max_new_tokens, do_sample=True, temperature=1.0),
