@@ -421,3 +421,12 @@ def run_child(
     row.update(extra())
     write_json(row_out, row)
     return row
+
+
+def shown_path(path: Path) -> str:
+    """`path` relative to the repository when it lies inside it: results name no machine's directories."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        return str(Path(path).resolve().relative_to(root))
+    except ValueError:
+        return Path(path).name

@@ -171,7 +171,8 @@ def main(argv: list[str] | None = None) -> None:
     result = {
         "environment": harness.environment(args.threads, "cpu"),
         # the command line as before the harness: --row-out is the child's, not a setting
-        "settings": {k: v for k, v in vars(args).items() if k != "row_out"},
+        "settings": {k: v for k, v in vars(args).items() if k != "row_out"}
+        | {"out": harness.shown_path(args.out)},
         "rows": rows,
         "table": table(rows),
     }

@@ -1187,15 +1187,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def _shown_path(path: Path) -> str:
-    """`path` relative to the repository when it lies inside it: results name no machine's directories."""
-    root = Path(__file__).resolve().parent.parent
-    try:
-        return str(path.resolve().relative_to(root))
-    except ValueError:
-        return path.name
-
-
 def report(rows: list[dict[str, Any]], sizes: dict[str, Any], args: argparse.Namespace) -> str:
     """The markdown written beside the JSON: versions, settings, the table, the ratios and the SFT gains."""
     spec = MODELS[args.model]
@@ -1232,7 +1223,9 @@ def measure_all(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
     written beside it)."""
     rows, sizes = run_all(args)
     internal = ("one", "workdir", "row_out", "check_tokens")
-    settings = {k: v for k, v in vars(args).items() if k not in internal} | {"out": _shown_path(args.out)}
+    settings = {k: v for k, v in vars(args).items() if k not in internal} | {
+        "out": harness.shown_path(args.out)
+    }
     payload = {"rows": rows, "ratios": ratio_rows(rows), "gains": gain_rows(rows), "data": sizes}
     return payload | {"settings": settings}, report(rows, sizes, args)
 
