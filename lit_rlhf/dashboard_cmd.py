@@ -91,6 +91,11 @@ def dashboard_command(argv: list[str]) -> tuple[list[str], dict[str, str]]:
         env[JUDGE_ENV] = args.judge
     if args.local_bases_only:
         env[LOCAL_BASES_ONLY_ENV] = "1"
+    # Every page imports the `dashboard` package, which lives beside lit_rlhf in the repository, not in the installed
+    # distribution: a page opened directly (a bookmarked URL) runs before app.py could put the root on sys.path.
+    root = str(APP.resolve().parent.parent)
+    paths = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    env["PYTHONPATH"] = os.pathsep.join([root, *(p for p in paths if p != root)])
     return command, env
 
 

@@ -35,6 +35,8 @@ def test_flags_reach_the_command_and_the_environment(tmp_path):
     assert _flag(command, "--server.port") == "9999"
     assert env["LIT_RLHF_RUNS"] == str(tmp_path / "r")
     assert env["PATH"] == os.environ["PATH"]  # the rest of the environment is passed on
+    # pages import the `dashboard` package from the repository root, even when opened directly by URL
+    assert env["PYTHONPATH"].split(os.pathsep)[0] == str(dashboard_cmd.APP.parent.parent)
 
 
 def test_main_execs_streamlit(monkeypatch, tmp_path, capsys):
