@@ -37,7 +37,8 @@ def record_links(
 ) -> tuple[str | None, dict[str, Any]]:
     """`parent` and the links in `extra` as the manifest of `stage_dir` records them (`manifest.link_for`).
 
-    A manifest handed to someone else then says ``../../../sft/a/stage``, not ``/home/alice/work/runs/...``.
+    A manifest handed to someone else then says ``../../../sft/a/stage``, not an absolute path that exists only on
+    the machine that wrote it.
     """
     extra = {k: link_for(stage_dir, v) if k in LINKS_IN_EXTRA else v for k, v in (extra or {}).items()}
     return link_for(stage_dir, parent), extra

@@ -38,9 +38,8 @@ class StageModule(StrategyCheck, L.LightningModule):
         optim: Optimizer settings.
         max_nonfinite_updates: Stop after this many non-finite (skipped) updates in a row (0 = never).
 
-    Subclasses set ``STAGE``, build their model in ``configure_model`` and return it from ``trained_net`` (the
-    backbone whose parameters the guard and the stage directory see), and return the built text format from
-    ``built_text_format`` once the model exists.
+    Subclasses set ``STAGE`` and build their backbone into ``self.net`` in ``configure_model`` (``trained_net``
+    and ``built_text_format`` read it); a stage that builds something else (PPO's roles) overrides both.
     """
 
     STAGE: ClassVar[str] = "stage"
@@ -51,6 +50,7 @@ class StageModule(StrategyCheck, L.LightningModule):
         self.optim_cfg = optim
         self.guard = NumericalGuard(self.STAGE, max_nonfinite_updates)
         self.stage_dir_written: Path | None = None
+        self.net: Any = None  # the backbone a stage builds in configure_model (PPO builds roles instead)
         self._tokenizer = None  # the text format loaded before the model (see text_format)
         # Fields the stage adds to the run's status.json (e.g. PPO's alarms and best kept policy); RunStatus writes
         # a change at the end of that batch. Replace the dict, never mutate it, so the change is seen.
@@ -59,7 +59,7 @@ class StageModule(StrategyCheck, L.LightningModule):
     # ---- tokenizer and device -------------------------------------------------------------------------
     def built_text_format(self) -> Any | None:
         """The built model's text format, or None before ``configure_model``."""
-        raise NotImplementedError
+        return self.net.text_format if self.net is not None else None
 
     def load_text_format(self) -> Any:
         """The text format without loading weights: by default the parent stage directory's."""
@@ -88,7 +88,7 @@ class StageModule(StrategyCheck, L.LightningModule):
     @property
     def trained_net(self) -> Any:
         """The backbone being trained (its parameters are checked by the guard and saved in the stage dir)."""
-        raise NotImplementedError
+        return self.net
 
     def configure_optimizers(self):
         total = int(self.trainer.estimated_stepping_batches)

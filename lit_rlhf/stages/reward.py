@@ -116,13 +116,6 @@ class RewardModule(StageModule):
         self._last_val_step: int | None = None
 
     # ---- building ---------------------------------------------------------------------------------------
-    def built_text_format(self):
-        return self.net.text_format if self.net is not None else None
-
-    @property
-    def trained_net(self):
-        return self.net
-
     def configure_model(self) -> None:
         if self.net is not None:
             return

@@ -88,9 +88,6 @@ class SFTModule(StageModule):
         return max(self.global_step - 1, 0)
 
     # ---- building ---------------------------------------------------------------------------------------
-    def built_text_format(self):
-        return self.net.text_format if self.net is not None else None
-
     def load_text_format(self):
         """The init_from stage's tokenizer (or the backbone's), with this stage's prompt format when set."""
         from lit_rlhf.backbone.build import load_config_tokenizer
@@ -100,10 +97,6 @@ class SFTModule(StageModule):
             fmt = stage_text_format(self.init_from, self._trust_code)
             return TextFormat(fmt.tokenizer, self.prompt_format or fmt.prompt_format)
         return TextFormat(load_config_tokenizer(self.backbone_cfg), self.prompt_format)
-
-    @property
-    def trained_net(self):
-        return self.net
 
     @property
     def _trust_code(self) -> bool:
