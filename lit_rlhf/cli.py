@@ -152,6 +152,7 @@ def lightning_cli(args: list[str] | None, run: bool = True):
     from lit_rlhf.distributed import register_strategy
     from lit_rlhf.runs import RunLogger, RunStatus
     from lit_rlhf.seeding import BatchSeeds
+    from lit_rlhf.stages.base import StageModule
 
     register_strategy()  # `strategy: fsdp2`
 
@@ -208,13 +209,52 @@ def lightning_cli(args: list[str] | None, run: bool = True):
                 print(f"[lit-rlhf] run directory: {out.parent}")
 
     return LitRLHFCLI(
+        StageModule,  # a run directory needs a stage (its name, its export): any other module is refused up front
         args=args,
         run=run,
         subclass_mode_model=True,
         subclass_mode_data=True,
         save_config_kwargs={"overwrite": True},
+        # a config mistake raises (cli.main prints its cause in one line) instead of a 50-line usage block
+        parser_kwargs={"exit_on_error": False, **{c: {"exit_on_error": False} for c in LIGHTNING_COMMANDS}},
         auto_configure_optimizers=False,
     )
+
+
+def config_error_line(message: str) -> str:
+    """The cause in a jsonargparse parse error, in one line: `model.optim.lr (OptimConfig): Expected a float ...`.
+
+    A mistake under `model:` or `data:` comes wrapped in nested union reports ("Parser key "model": Does not
+    validate against any of the Union subtypes ... Problem with given class_path 'X': Parser key "optim": ...
+    Expected a NoneType ... Given value ..."); the user needs the key path, the class and the innermost problem.
+    """
+    structural = (
+        "Does not validate against any of the Union subtypes",
+        "Subtypes:",
+        "Errors:",
+        "- Expected a <class 'NoneType'>",
+        "Given value",
+    )
+    keys: list[str] = []
+    cls = ""
+    for raw in message.splitlines():
+        line = raw.strip()
+        if not line or line.startswith(structural):
+            continue
+        if line.startswith('Parser key "'):
+            keys.append(line.split('"')[1])
+            line = (
+                line.split('"', 2)[2].lstrip(":").strip()
+            )  # `Parser key "config": File does not exist: ...`
+            if not line:
+                continue
+        if line.startswith("- Problem with given class_path '"):
+            cls = line.split("'")[1].rpartition(".")[2]
+        else:
+            where = ".".join(keys) + (f" ({cls})" if cls else "")
+            cause = line.removeprefix("- ").replace("<class '", "").replace("'>", "")
+            return f"{where}: {cause}" if where else cause
+    return " ".join(message.split())
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
@@ -226,6 +266,12 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from lit_rlhf.judges import JudgeError
 
     return (DataError, ManifestError, EvalError, JudgeError, GGUFError, ValueError, OSError)
+
+
+def _is_config_error(e: BaseException) -> bool:
+    from jsonargparse import ArgumentError
+
+    return isinstance(e, ArgumentError)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -245,10 +291,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return _run(argv, from_sys)
-    except user_errors() as e:
-        if debug:
+    except Exception as e:
+        config_error = _is_config_error(e)
+        if debug or not (config_error or isinstance(e, user_errors())):
             raise
-        print(f"{prog()}: error: {e}", file=sys.stderr)
+        text = config_error_line(str(e)) if config_error else str(e)
+        print(f"{prog()}: error: {text}", file=sys.stderr)
         print(f"({prog()} {argv[0]} ... --debug shows where it happened)", file=sys.stderr)
         return 2
 

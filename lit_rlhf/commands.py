@@ -21,17 +21,24 @@ from pathlib import Path
 from typing import Any, Literal
 
 
+def _demo_default(name: str) -> Any:
+    """write_demo_data's default for `name`: the demo-data command shows and uses the library's own values."""
+    from lit_rlhf.demo.datagen import write_demo_data  # pure Python: --help stays instant
+
+    return inspect.signature(write_demo_data).parameters[name].default
+
+
 def demo_data(
     out: str = "data/demo",
-    seed: int = 0,
-    n_train: int = 20000,
-    n_val: int = 500,
-    n_rl: int = 2000,
-    n_eval: int = 300,
-    n_pretrain: int = 5000,
-    n_eval_adversarial: int = 200,
-    adversarial_rate: float = 0.1,
-    format: Literal["plain", "chat"] = "plain",
+    seed: int = _demo_default("seed"),
+    n_train: int = _demo_default("n_train"),
+    n_val: int = _demo_default("n_val"),
+    n_rl: int = _demo_default("n_rl"),
+    n_eval: int = _demo_default("n_eval"),
+    n_pretrain: int = _demo_default("n_pretrain"),
+    n_eval_adversarial: int = _demo_default("n_eval_adversarial"),
+    adversarial_rate: float = _demo_default("adversarial_rate"),
+    format: Literal["plain", "chat"] = _demo_default("row_format"),
 ) -> int:
     """Write the built-in demo task world's data.
 
@@ -263,15 +270,17 @@ def dashboard(
         judge: Judge that scores the Compare page's completions: demo, exact_match or package.module:callable.
         local_bases_only: Refuse to load stage directories whose base is a hub name or a folder outside them.
     """
-    from lit_rlhf.dashboard_cmd import main as dashboard_main
+    from lit_rlhf.dashboard_cmd import serve
 
-    argv = ["--runs", runs, "--port", str(port), "--host", host]
-    argv += [
-        x for flag, v in {"--labels": labels, "--judge": judge}.items() if v is not None for x in (flag, v)
-    ]
-    flags = {"--trust-remote-code": trust_remote_code, "--local-bases-only": local_bases_only}
-    argv += [flag for flag, on in flags.items() if on]
-    return dashboard_main(argv)
+    return serve(
+        runs=runs,
+        port=port,
+        host=host,
+        labels=labels,
+        trust_remote_code=trust_remote_code,
+        judge=judge,
+        local_bases_only=local_bases_only,
+    )
 
 
 FUNCTIONS: dict[str, Callable[..., int]] = {

@@ -162,7 +162,9 @@ def check_stage_overrides(cfg: PipelineConfig) -> None:
     import io
     import warnings
 
-    from lit_rlhf.cli import lightning_cli
+    from jsonargparse import ArgumentError
+
+    from lit_rlhf.cli import config_error_line, lightning_cli
 
     dummy = Path(cfg.data_dir)
     links = {
@@ -174,22 +176,16 @@ def check_stage_overrides(cfg: PipelineConfig) -> None:
         config = cfg.stage_config(stage)
         args = ["--config", config, *links[stage], *cfg.stage_args(stage)]
         args += ["--trainer.accelerator", "cpu", "--trainer.devices", "1", "--run.root", str(cfg.runs_root)]
-        err = io.StringIO()
         try:
-            with (
-                contextlib.redirect_stderr(err),
-                contextlib.redirect_stdout(io.StringIO()),
-                warnings.catch_warnings(),
-            ):
+            with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
                 warnings.simplefilter(
                     "ignore"
                 )  # LightningCLI's "args and sys.argv both given": intended here
                 cli = lightning_cli(args, run=False)
-        except SystemExit:  # jsonargparse printed the usage and the error
-            last = [x for x in err.getvalue().splitlines() if x.strip()]
+        except ArgumentError as e:  # the stage parsers raise instead of exiting (cli.lightning_cli)
             raise ValueError(
                 f"pipeline: the {stage} stage's config {config} with the pipeline's overrides does not parse: "
-                + (" ".join(x.strip() for x in last[-8:]) if last else "see above")
+                + config_error_line(str(e))
             ) from None
         if stage != cli.model.STAGE:
             raise ValueError(f"pipeline: {config} trains a {cli.model.STAGE} stage, not {stage}")

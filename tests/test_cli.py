@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from lit_rlhf.cli import LIGHTNING_COMMANDS, TOOL_COMMANDS, main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -115,6 +117,33 @@ def test_tool_commands_have_help_print_config_and_yaml_configs(capsys, tmp_path)
     assert len((tmp_path / "d/sft_train.jsonl").read_text().splitlines()) == 24
 
 
+def test_demo_data_command_shows_the_library_defaults(capsys):
+    """The command's defaults are write_demo_data's own (one place), and --print_config shows them."""
+    import inspect
+
+    import pytest
+    import yaml
+
+    from lit_rlhf.demo.datagen import write_demo_data
+
+    with pytest.raises(SystemExit):
+        main(["demo-data", "--print_config"])
+    cfg = yaml.safe_load(capsys.readouterr().out)
+    library = inspect.signature(write_demo_data).parameters
+    for name in (
+        "seed",
+        "n_train",
+        "n_val",
+        "n_rl",
+        "n_eval",
+        "n_pretrain",
+        "n_eval_adversarial",
+        "adversarial_rate",
+    ):
+        assert cfg[name] == library[name].default, name
+    assert cfg["format"] == library["row_format"].default
+
+
 def test_normalize_argv_keeps_todays_spellings():
     from lit_rlhf.commands import normalize_argv
 
@@ -161,3 +190,32 @@ def test_pipeline_reads_its_config_with_its_parser_and_checks_overrides_up_front
         main(["pipeline", "--config", str(cfg), "--name", "other", "--collect.k", "5", "--print_config"])
     printed = capsys.readouterr().out
     assert "name: other" in printed and "k: 5" in printed
+
+
+def test_a_config_mistake_is_one_line_naming_the_key_and_class(capsys, monkeypatch, tmp_path):
+    """jsonargparse's 50-line usage block and nested union report become the key path, class and cause."""
+    monkeypatch.chdir(ROOT)
+    cases = {
+        (
+            "--model.init_args.optim.lr",
+            "abc",
+        ): "model.optim.lr (OptimConfig): Expected a float. Got value: abc",
+        ("--model.init_args.bogus", "1"): "model (SFTModule): Option 'bogus' is not accepted",
+        ("--data.init_args.batch_size", "x"): "data.batch_size (SFTDataModule): Expected a int. Got value: x",
+        ("--trainer.max_stepz", "3"): "unrecognized arguments: --trainer.max_stepz 3",
+    }
+    for extra, expected in cases.items():
+        assert main(["fit", "--config", "configs/demo/sft.yaml", *extra]) == 2
+        err = capsys.readouterr().err
+        assert err.splitlines()[0] == f"main.py: error: {expected}" or err.splitlines()[0].endswith(
+            expected
+        ), err
+        assert len(err.splitlines()) == 2 and "usage:" not in err
+    # a module that is not a stage cannot make a run directory: refused before anything is built
+    (tmp_path / "bad.yaml").write_text(
+        "model:\n  class_path: lightning.pytorch.demos.boring_classes.BoringModel\n"
+    )
+    assert main(["fit", "--config", str(tmp_path / "bad.yaml")]) == 2
+    assert "does not correspond to a subclass of StageModule" in capsys.readouterr().err
+    with pytest.raises(Exception, match="Option 'bogus' is not accepted"):  # --debug: the exception itself
+        main(["fit", "--config", "configs/demo/sft.yaml", "--model.init_args.bogus", "1", "--debug"])

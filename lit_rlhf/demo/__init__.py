@@ -3,23 +3,40 @@ labeler that plays the human (demonstrations, rankings, win rates), the word-lev
 data-set writer. Pure Python apart from the tokenizer; nothing here imports torch.
 """
 
-from lit_rlhf.demo.datagen import write_demo_data
-from lit_rlhf.demo.labeler import Judgement, Labeler, WinRate, levenshtein, win_rate
-from lit_rlhf.demo.tokenizer import train_tokenizer
-from lit_rlhf.demo.world import (
-    BANNED,
-    DIGITS,
-    FAMILIES,
-    FILLERS,
-    LETTERS,
-    PROMPT_END,
-    VOCABULARY,
-    Task,
-    TaskGenerator,
-    extract_answer,
-    make_task,
-    parse_prompt,
-)
+import importlib
+from typing import Any
+
+# Public name -> submodule. Imported on first use, so `lit-rlhf demo-data --help` (which reads write_demo_data's
+# defaults) does not pull in the tokenizer's transformers import.
+_HOME = {
+    "write_demo_data": "datagen",
+    **dict.fromkeys(("Judgement", "Labeler", "WinRate", "levenshtein", "win_rate"), "labeler"),
+    "train_tokenizer": "tokenizer",
+    **dict.fromkeys(
+        (
+            "BANNED",
+            "DIGITS",
+            "FAMILIES",
+            "FILLERS",
+            "LETTERS",
+            "PROMPT_END",
+            "VOCABULARY",
+            "Task",
+            "TaskGenerator",
+            "extract_answer",
+            "make_task",
+            "parse_prompt",
+        ),
+        "world",
+    ),
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOME:
+        raise AttributeError(f"module 'lit_rlhf.demo' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"lit_rlhf.demo.{_HOME[name]}"), name)
+
 
 __all__ = [
     "BANNED",

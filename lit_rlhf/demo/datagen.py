@@ -32,7 +32,6 @@ from typing import Any, Literal
 
 from lit_rlhf.atomic import write_text
 from lit_rlhf.demo.labeler import Labeler
-from lit_rlhf.demo.tokenizer import train_tokenizer
 from lit_rlhf.demo.world import (
     ADVERSARIAL_FAMILIES,
     FAMILIES,
@@ -258,6 +257,8 @@ def write_demo_data(
         splits = {name: [as_chat(row) for row in rows] for name, rows in splits.items()}
     for name, rows in splits.items():
         _write_jsonl(paths[name], rows)
+    from lit_rlhf.demo.tokenizer import train_tokenizer  # transformers: imported when the data is written
+
     tokenizer = train_tokenizer(_tokenizer_texts(splits), paths["tokenizer"])
     world = {
         "format_version": FORMAT_VERSION,

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torchmetrics import MeanMetric
 
-from lit_rlhf.backbone.config import BackboneConfig, coerce_backbone
+from lit_rlhf.backbone.config import BackboneConfig, Quantization, coerce_backbone
 from lit_rlhf.backbone.generate import SamplingConfig, generate_batches
 from lit_rlhf.data.formatting import PromptFormat, PromptSpec, prompt_to_json
 from lit_rlhf.evaluation.metrics import judge_metrics
@@ -46,6 +46,8 @@ class SFTModule(StageModule):
     Args:
         backbone: How to build the model (ignored when ``init_from`` is set).
         init_from: A stage directory to continue from (its policy adapter or full weights).
+        quantization: Quantize the frozen base (``8bit``/``4bit``; needs LoRA), spelled as in the reward and PPO
+            stages. Default: ``backbone.quantization``, or as the ``init_from`` stage stored it.
         optim: AdamW + warmup/cosine settings.
         samples: Completions logged during training and the held-out evaluation at the end.
         max_nonfinite_updates: Stop after this many non-finite (skipped) updates in a row (0 = never).
@@ -60,6 +62,7 @@ class SFTModule(StageModule):
         self,
         backbone: BackboneConfig | None = None,
         init_from: str | None = None,
+        quantization: Quantization | None = None,
         optim: OptimConfig | None = None,
         samples: SampleConfig | None = None,
         max_nonfinite_updates: int = 10,
@@ -69,6 +72,14 @@ class SFTModule(StageModule):
         if backbone is None and init_from is None:
             raise ValueError("SFTModule needs backbone (a model to build) or init_from (a stage directory)")
         self.backbone_cfg = coerce_backbone(backbone) if backbone is not None else None
+        if quantization is not None and self.backbone_cfg is not None and init_from is None:
+            if self.backbone_cfg.quantization not in ("none", quantization):
+                raise ValueError(
+                    f"quantization={quantization} contradicts backbone.quantization="
+                    f"{self.backbone_cfg.quantization}: set one of them"
+                )
+            self.backbone_cfg.quantization = quantization
+        self.quantization = quantization
         if self.backbone_cfg is not None and init_from is None:
             self.backbone_cfg.validate()  # fail at config time, before any weights load
         self.init_from = init_from
@@ -114,6 +125,7 @@ class SFTModule(StageModule):
             net, _ = load_stage_dir(
                 self.init_from,
                 device=self._target_device(),
+                backbone_overrides={"quantization": self.quantization} if self.quantization else None,
                 trainable=(POLICY,),
                 trust_remote_code=self._trust_code,
             )

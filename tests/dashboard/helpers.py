@@ -229,3 +229,18 @@ def build_hostile_runs(root: Path, outside: Path) -> Path:
     os.symlink(secret, leak)
     os.utime(leak, follow_symlinks=False)
     return root
+
+
+def streamlit_command(argv: list[str]) -> tuple[list[str], dict[str, str]]:
+    """The streamlit command line and environment `lit-rlhf dashboard <argv>` would exec, read through the real
+    command path (jsonargparse, the typed defaults) with the exec itself replaced."""
+    from unittest import mock
+
+    from lit_rlhf import dashboard_cmd
+    from lit_rlhf.commands import run_command
+
+    calls: list[tuple] = []
+    with mock.patch.object(dashboard_cmd.os, "execve", lambda *args: calls.append(args)):
+        assert run_command("dashboard", argv, "lit-rlhf") == 0
+    ((_, command, env),) = calls
+    return command, env

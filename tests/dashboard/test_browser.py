@@ -18,9 +18,8 @@ from pathlib import Path
 import pytest
 
 from dashboard.loaders import FIRST_RUN_COMMAND
-from lit_rlhf.dashboard_cmd import dashboard_command
 
-from .helpers import SECRET, SFT_PROMPT, XSS_IMG, XSS_SCRIPT, build_hostile_runs
+from .helpers import SECRET, SFT_PROMPT, XSS_IMG, XSS_SCRIPT, build_hostile_runs, streamlit_command
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -71,7 +70,7 @@ def served_hostile(tmp_path):
 
 def _serve(runs_root, tmp_path):
     port = _free_port()
-    command, env = dashboard_command(["--runs", str(runs_root), "--port", str(port)])
+    command, env = streamlit_command(["--runs", str(runs_root), "--port", str(port)])
     log = tmp_path / "streamlit.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(

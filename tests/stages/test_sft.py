@@ -126,6 +126,27 @@ def _first_step_grads(demo_data, path: Path, batch_size: int, accumulate: int) -
     return rec.grads
 
 
+def test_quantization_is_spelled_as_in_the_reward_and_ppo_stages(tiny_dir):
+    """`quantization:` beside `backbone` (as RewardModule/PPOModule take it) quantizes the base; a contradiction
+    with backbone.quantization is refused at construction, before any weights load."""
+    lora = LoraSettings(r=4, alpha=8, dropout=0.0)
+    module = SFTModule(
+        backbone=BackboneConfig(name_or_path=str(tiny_dir / "gpt2"), lora=lora),
+        quantization="4bit",
+        samples=SampleConfig(every_n_steps=0),
+    )
+    assert module.backbone_cfg.quantization == "4bit"
+    module.configure_model()
+    assert module.net.cfg.quantization == "4bit" and module.net.hf_model.is_quantized
+    with pytest.raises(ValueError, match="contradicts backbone.quantization=8bit"):
+        SFTModule(
+            backbone=BackboneConfig(name_or_path=str(tiny_dir / "gpt2"), lora=lora, quantization="8bit"),
+            quantization="4bit",
+        )
+    with pytest.raises(ValueError, match="freezes the base"):
+        SFTModule(backbone=BackboneConfig(name_or_path=str(tiny_dir / "gpt2")), quantization="4bit")
+
+
 def test_accumulated_micro_batches_of_unequal_length_give_the_one_batch_gradient(demo_data, tmp_path):
     """Every token weighs the same in an optimizer step however it is split: 1 batch of 4 == 4 accumulated
     micro-batches of 1 (responses of 1 to 7 tokens). Averaging per-micro-batch means would overweight the
