@@ -270,17 +270,10 @@ def dashboard(
         judge: Judge that scores the Compare page's completions: demo, exact_match or package.module:callable.
         local_bases_only: Refuse to load stage directories whose base is a hub name or a folder outside them.
     """
-    from lit_rlhf.dashboard_cmd import serve
+    arguments = dict(locals())  # first: the parameters, which are the settings' fields one to one
+    from lit_rlhf.dashboard_cmd import DashboardSettings, serve
 
-    return serve(
-        runs=runs,
-        port=port,
-        host=host,
-        labels=labels,
-        trust_remote_code=trust_remote_code,
-        judge=judge,
-        local_bases_only=local_bases_only,
-    )
+    return serve(DashboardSettings(**arguments))
 
 
 FUNCTIONS: dict[str, Callable[..., int]] = {

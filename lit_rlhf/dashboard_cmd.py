@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from lit_rlhf.checkpoint.safety import LOCAL_BASES_ONLY_ENV
@@ -24,20 +25,22 @@ TRUST_ENV = "LIT_RLHF_TRUST_REMOTE_CODE"
 JUDGE_ENV = "LIT_RLHF_JUDGE"
 
 
-def dashboard_command(
-    *,
-    runs: str,
-    port: int,
-    host: str,
-    labels: str | None,
-    trust_remote_code: bool,
-    judge: str | None,
-    local_bases_only: bool,
-) -> tuple[list[str], dict[str, str]]:
-    """The streamlit command line and environment that `serve` runs.
+@dataclass(frozen=True)
+class DashboardSettings:
+    """`lit-rlhf dashboard`'s arguments (lit_rlhf.commands.dashboard holds their defaults and help)."""
 
-    The arguments are `lit-rlhf dashboard`'s (lit_rlhf.commands.dashboard holds their defaults and help).
-    """
+    runs: str
+    port: int
+    host: str
+    labels: str | None
+    trust_remote_code: bool
+    judge: str | None
+    local_bases_only: bool
+
+
+def dashboard_command(settings: DashboardSettings) -> tuple[list[str], dict[str, str]]:
+    """The streamlit command line and environment that `serve` runs."""
+    runs, port, host, labels = settings.runs, settings.port, settings.host, settings.labels
     command = [
         sys.executable,
         "-m",
@@ -59,11 +62,11 @@ def dashboard_command(
     if labels is not None:
         env[LABELS_ENV] = os.path.abspath(labels)
     # Set from the flags only: a variable left in the shell must not turn code execution on unnoticed.
-    env[TRUST_ENV] = "1" if trust_remote_code else "0"
+    env[TRUST_ENV] = "1" if settings.trust_remote_code else "0"
     env.pop(JUDGE_ENV, None)
-    if judge is not None:
-        env[JUDGE_ENV] = judge
-    if local_bases_only:
+    if settings.judge is not None:
+        env[JUDGE_ENV] = settings.judge
+    if settings.local_bases_only:
         env[LOCAL_BASES_ONLY_ENV] = "1"
     # Every page imports the `dashboard` package, which lives beside lit_rlhf in the repository, not in the installed
     # distribution: a page opened directly (a bookmarked URL) runs before app.py could put the root on sys.path.
@@ -73,27 +76,9 @@ def dashboard_command(
     return command, env
 
 
-def serve(
-    *,
-    runs: str,
-    port: int,
-    host: str,
-    labels: str | None,
-    trust_remote_code: bool,
-    judge: str | None,
-    local_bases_only: bool,
-) -> int:
-    """Start the dashboard (arguments as `dashboard_command`); on success it does not return: the process becomes
-    streamlit."""
-    command, env = dashboard_command(
-        runs=runs,
-        port=port,
-        host=host,
-        labels=labels,
-        trust_remote_code=trust_remote_code,
-        judge=judge,
-        local_bases_only=local_bases_only,
-    )
+def serve(settings: DashboardSettings) -> int:
+    """Start the dashboard; on success it does not return: the process becomes streamlit."""
+    command, env = dashboard_command(settings)
     if not APP.is_file():
         print(
             f"error: {APP} not found: the dashboard runs from a source checkout of lit-rlhf", file=sys.stderr
@@ -102,6 +87,6 @@ def serve(
     if importlib.util.find_spec("streamlit") is None:
         print("error: streamlit is not installed (pip install -c constraints.txt -e .)", file=sys.stderr)
         return 2
-    print(f"[lit-rlhf] dashboard for {env[RUNS_ENV]} on http://{host}:{port}", flush=True)
+    print(f"[lit-rlhf] dashboard for {env[RUNS_ENV]} on http://{settings.host}:{settings.port}", flush=True)
     os.execve(command[0], command, env)
     return 0  # not reached: execve replaces the process

@@ -38,24 +38,4 @@ def __getattr__(name: str) -> Any:
     return getattr(importlib.import_module(f"lit_rlhf.demo.{_HOME[name]}"), name)
 
 
-__all__ = [
-    "BANNED",
-    "DIGITS",
-    "FAMILIES",
-    "FILLERS",
-    "LETTERS",
-    "PROMPT_END",
-    "VOCABULARY",
-    "Judgement",
-    "Labeler",
-    "Task",
-    "TaskGenerator",
-    "WinRate",
-    "extract_answer",
-    "levenshtein",
-    "make_task",
-    "parse_prompt",
-    "train_tokenizer",
-    "win_rate",
-    "write_demo_data",
-]
+__all__ = sorted(_HOME)

@@ -58,11 +58,13 @@ def test_the_defaults_live_in_the_typed_command():
 
     defaults = {n: p.default for n, p in inspect.signature(dashboard).parameters.items()}
     assert defaults["host"] == "127.0.0.1" and defaults["port"] == 8501 and defaults["runs"] == "runs"
-    # the launcher has none of its own: a second copy could drift (e.g. bind 0.0.0.0)
-    assert all(
-        p.default is inspect.Parameter.empty
-        for p in inspect.signature(dashboard_cmd.serve).parameters.values()
-    )
+    # the launcher's settings have none of their own (a second copy could drift, e.g. bind 0.0.0.0), and they are
+    # the command's parameters one to one
+    import dataclasses
+
+    fields = dataclasses.fields(dashboard_cmd.DashboardSettings)
+    assert all(f.default is dataclasses.MISSING for f in fields)
+    assert [f.name for f in fields] == list(defaults)
 
 
 def test_bad_port_is_a_usage_error():
