@@ -144,6 +144,28 @@ def nested_help(argv: list[str]) -> str | None:
     return parser.format_help()
 
 
+def quiet_third_party_noise() -> None:
+    """Drop two notices Lightning prints on every run that say nothing about it.
+
+    - "💡 Tip: ... try installing litlogger": every run of ours has a logger (the run directory's), so Lightning
+      prints this advertisement at every trainer start (three times before a pipeline's first stage, again in each
+      stage).
+    - "`isinstance(treespec, LeafSpec)` is deprecated": Lightning's own use of a torch API, once per fit.
+    """
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+
+    class _NoAdvert(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            return "litlogger" not in str(record.msg)
+
+    log = logging.getLogger("lightning.pytorch.utilities.rank_zero")  # where rank_zero_info writes
+    if not any(type(f).__name__ == "_NoAdvert" for f in log.filters):  # once, however many trainers start
+        log.addFilter(_NoAdvert())
+
+
 def lightning_cli(args: list[str] | None, run: bool = True):
     """Build (and by default run) the LightningCLI; `run=False` parses and instantiates only (config tests)."""
     from lightning.pytorch.callbacks import ModelCheckpoint
@@ -155,6 +177,7 @@ def lightning_cli(args: list[str] | None, run: bool = True):
     from lit_rlhf.stages.base import StageModule
 
     register_strategy()  # `strategy: fsdp2`
+    quiet_third_party_noise()
 
     class LitRLHFCLI(LightningCLI):
         """LightningCLI whose runs always write the run directory the dashboard reads."""

@@ -201,6 +201,9 @@ def test_main_fit_runs_tiny_sft_config(demo_data, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = tmp_path / "runs" / "sft" / "tiny"
     assert "sft stage directory written" in proc.stdout
+    # Lightning's per-run notices that say nothing about the run are quiet (cli.quiet_third_party_noise)
+    assert "litlogger" not in proc.stdout + proc.stderr and "LeafSpec" not in proc.stderr
+    assert "GPU available" in proc.stdout + proc.stderr  # Lightning's own log lines still show
     assert {
         "status.json",
         "metrics.jsonl",
