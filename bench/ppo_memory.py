@@ -3,6 +3,7 @@
 Run by hand, not a test (see bench/README.md):
 
     python bench/ppo_memory.py                     # every mode, CPU, 2 threads
+    python bench/ppo_memory.py --update-micro-batch 16 --out bench/results/ppo_memory_micro16.json
     python bench/ppo_memory.py --device cuda --threads 8 --out bench/results/ppo_memory_cuda.json
 
 The parent writes a small demo data set and three stage directories on one randomly initialised demo GPT-2:
@@ -49,7 +50,15 @@ TARGET_RATIO = 1.5  # issue 4: shared-base PPO should need at most 1.5x the memo
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "ppo_memory.json"
 MODE_TIMEOUT_S = 1800
 # what each row records of the command line besides batch_size (and every child is given, with threads, device)
-SETTINGS = ("sft_steps", "ppo_iters", "ppo_epochs", "max_new_tokens", "warmup", "precision")
+SETTINGS = (
+    "sft_steps",
+    "ppo_iters",
+    "ppo_epochs",
+    "max_new_tokens",
+    "warmup",
+    "precision",
+    "update_micro_batch",
+)
 MIB = 2**20
 
 
@@ -381,6 +390,7 @@ def build_mode(mode: str, args: argparse.Namespace) -> tuple[Any, Any, int, str]
             minibatch_size=args.batch_size,
             critic_lr=3e-4,
             truncation_penalty=-1.0,
+            update_micro_batch_size=args.update_micro_batch,
         ),
         sampling=SamplingConfig(max_new_tokens=args.max_new_tokens, do_sample=True, temperature=1.0),
         eval=EvalConfig(prompts=None, samples_per_step=0),
@@ -480,6 +490,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ppo-epochs", type=int, default=2, help="PPO passes (updates) per rollout batch")
     p.add_argument("--max-new-tokens", type=int, default=16, help="rollout length (configs/demo/ppo.yaml)")
     p.add_argument("--precision", default="32-true", help="Lightning precision in every mode")
+    p.add_argument(
+        "--update-micro-batch",
+        type=int,
+        default=0,
+        help="PPO modes: sequences per backward inside a minibatch (ppo.update_micro_batch_size; 0 = whole)",
+    )
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads in every mode")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument(
@@ -494,6 +510,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     problems = []
     if min(args.sft_steps, args.ppo_iters) <= args.warmup:
         problems.append(f"--sft-steps and --ppo-iters must exceed --warmup ({args.warmup})")
+    if args.update_micro_batch < 0:
+        problems.append("--update-micro-batch must be >= 0")
     if args.warmup < 0 or min(args.batch_size, args.ppo_epochs, args.max_new_tokens, args.threads) < 1:
         problems.append("--warmup must be >= 0; --batch-size, --ppo-epochs, --max-new-tokens, --threads >= 1")
     harness.check(p, problems + harness.child_problems(args))

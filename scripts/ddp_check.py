@@ -87,6 +87,9 @@ def fit_args(
             ),
             *("--model.init_args.eval.prompts", str(d / "eval_prompts.jsonl")),
             *("--model.init_args.ppo.normalize_scores", "true"),
+            # two backward passes per update (micro-batches of 2 of a minibatch of 4, ptx with the second): every
+            # one must reach every trained parameter under DDP
+            *("--model.init_args.ppo.update_micro_batch_size", "2"),
             *("--data.init_args.prompts_path", str(d / "rl_prompts.jsonl")),
             *("--data.init_args.pretrain_path", str(d / "pretrain.jsonl")),
         ]

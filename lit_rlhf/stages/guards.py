@@ -55,8 +55,22 @@ class NumericalGuard:
         ``strategy.reduce_boolean_decision``): a rank that skipped its backward alone would leave the others
         waiting in the gradient all-reduce forever.
         """
+        return self.record_loss(self.finite(loss, all_ranks), step)
+
+    @staticmethod
+    def finite(loss: Tensor, all_ranks: Callable[[bool], bool] | None = None) -> bool:
+        """Whether `loss` is finite (on every rank, given `all_ranks`); records nothing.
+
+        An update made of several backward passes (PPO's micro-batches and pretraining part) checks each part
+        before its backward and records the update's outcome once, with `record_loss`: a skip then counts as one
+        skipped update, and a finite first part cannot reset the count of non-finite updates in a row.
+        """
         ok = bool(torch.isfinite(loss).all())
-        return self._record(all_ranks(ok) if all_ranks is not None else ok, step, "loss")
+        return all_ranks(ok) if all_ranks is not None else ok
+
+    def record_loss(self, ok: bool, step: int) -> bool:
+        """Record an update's loss check (see `finite`); False means: skip this update."""
+        return self._record(ok, step, "loss")
 
     def grads_ok(
         self, params: list[nn.Parameter], step: int, all_ranks: Callable[[bool], bool] | None = None

@@ -47,7 +47,7 @@ from lit_rlhf.rl.kl_control import AdaptiveKLController, FixedKLController
 from lit_rlhf.rl.logprobs import entropy_from_logits, response_logprobs
 from lit_rlhf.rl.losses import lm_loss, ppo_policy_loss, value_loss
 from lit_rlhf.rl.masked import masked_mean, whiten
-from lit_rlhf.rl.minibatch import index_record, minibatch_indices
+from lit_rlhf.rl.minibatch import index_record, micro_batches, minibatch_indices, token_shares
 from lit_rlhf.rl.rewards import (
     RunningMoments,
     clip_scores,
@@ -115,6 +115,10 @@ class PPOConfig:
             penalty, each reward function) by its own running mean/std before weighting.
         truncation_penalty: Combined score given to responses that hit max_new_tokens without EOS (null = keep
             it).
+        update_micro_batch_size: Sequences per backward pass inside a minibatch (0 = the whole minibatch). The
+            micro-batches' losses are weighted by their share of the minibatch's response tokens, so the gradient
+            is the whole minibatch's; only the activations alive at once shrink. The pretraining (ptx) loss joins
+            the last micro-batch's backward.
     """
 
     ppo_epochs: int = 2
@@ -130,6 +134,7 @@ class PPOConfig:
     score_clip: float | None = None
     normalize_scores: bool = False
     truncation_penalty: float | None = None
+    update_micro_batch_size: int = 0
 
 
 @dataclass
@@ -457,47 +462,65 @@ class PPOModule(StageModule):
         return lm_loss(logits, batch["labels"])
 
     def ppo_update(self, mb: Rollout, ptx: dict[str, Tensor] | None) -> dict[str, Tensor]:
-        """One optimizer step on a minibatch: clipped policy loss + ptx, clipped value loss."""
+        """One optimizer step on a minibatch: clipped policy loss + ptx, clipped value loss.
+
+        The policy and critic losses run one backward per micro-batch (``ppo.update_micro_batch_size``), each
+        weighted by its share of the response tokens, the ptx loss with the last one: the gradient is that of the
+        summed loss on the whole minibatch, while only one micro-batch's activations are alive at a time.
+        """
         cfg = self.ppo_cfg
         p = mb.input_ids.shape[1] - mb.response_mask.shape[1]
-        with self.roles.shared_trunk(
-            mb.input_ids, mb.attention_mask
-        ):  # top_layers: lower layers once, no grad
-            logits = self.roles.response_logits(
-                "policy", mb.input_ids, mb.attention_mask, p
-            )  # (b, R, V) fp32
-            values = self.roles.values(mb.input_ids, mb.attention_mask)[:, p - 1 : -1]
-        logp = response_logprobs(logits, mb.input_ids, p)  # (b, R)
-        pg_loss, pstats = ppo_policy_loss(logp, mb.logprobs, mb.advantages, mb.response_mask, cfg.clip_range)
-        vf_loss, vclip = value_loss(values, mb.values, mb.returns, mb.response_mask, cfg.value_clip_range)
-        loss = pg_loss + cfg.vf_coef * vf_loss
-        ptx_loss = self.ptx_loss(ptx) if ptx is not None else torch.zeros((), device=loss.device)
-        if ptx is not None and self.ptx_coef > 0:
-            loss = loss + self.ptx_coef * ptx_loss  # InstructGPT eq. 2: gamma * E_pretrain[log pi]
+        parts = micro_batches(mb.input_ids.shape[0], cfg.update_micro_batch_size)
+        shares = token_shares(mb.response_mask, parts).to(mb.advantages.device)
         opt = self.optimizers()
         opt.zero_grad()
         params = [q for g in opt.param_groups for q in g["params"]]
-        norms = {}
-        if self.guard.loss_ok(loss, self.global_step, self.trainer.strategy.reduce_boolean_decision):
+        all_ranks = self.trainer.strategy.reduce_boolean_decision
+        names = ("policy_loss", "value_loss", "clip_frac", "approx_kl", "value_clip_frac", "entropy")
+        stats = dict.fromkeys(names, torch.zeros((), device=mb.advantages.device))
+        ok = True
+        ptx_loss = torch.zeros((), device=mb.advantages.device)
+        for k, (part, share) in enumerate(zip(parts, shares, strict=True)):
+            sub = index_record(mb, part)  # type: ignore[arg-type]  (a slice indexes like an index tensor)
+            with self.roles.shared_trunk(sub.input_ids, sub.attention_mask):  # top_layers: lower layers once
+                logits = self.roles.response_logits(
+                    "policy", sub.input_ids, sub.attention_mask, p
+                )  # (b, R, V)
+                values = self.roles.values(sub.input_ids, sub.attention_mask)[:, p - 1 : -1]
+            logp = response_logprobs(logits, sub.input_ids, p)  # (b, R)
+            pg_loss, pstats = ppo_policy_loss(
+                logp, sub.logprobs, sub.advantages, sub.response_mask, cfg.clip_range
+            )
+            vf_loss, vclip = value_loss(
+                values, sub.values, sub.returns, sub.response_mask, cfg.value_clip_range
+            )
+            with torch.no_grad():
+                ent = masked_mean(entropy_from_logits(logits.detach()), sub.response_mask)
+            parts_stats = (pg_loss, vf_loss, pstats.clip_frac, pstats.approx_kl, vclip, ent)
+            for name, value in zip(names, parts_stats, strict=True):
+                stats[name] = stats[name] + share * value.detach()
+            loss = share * (pg_loss + cfg.vf_coef * vf_loss)
+            if k == len(parts) - 1 and ptx is not None:
+                # with the last part, not in a backward of its own: under DDP every backward must reach every
+                # trained parameter, and the pretraining loss reaches only the policy's
+                ptx_loss = self.ptx_loss(ptx)
+                loss = loss + self.ptx_coef * ptx_loss  # InstructGPT eq. 2: gamma * E_pretrain[log pi]
+            ok = self.guard.finite(loss, all_ranks)
+            if not ok:
+                break
             self.manual_backward(loss)
+            del logits, values, logp, loss  # this part's graph is gone before the next part's forward
+        norms = {}
+        if self.guard.record_loss(ok, self.global_step):
             if self.guard.grads_ok(params, self.global_step, gradient_vote(self.trainer, self.trained_net)):
                 scaler = getattr(self.trainer.precision_plugin, "scaler", None)
                 if scaler is not None:  # fp16 AMP: clip the true gradients, not the loss-scaled ones
                     scaler.unscale_(opt.optimizer if hasattr(opt, "optimizer") else opt)
                 norms = self._clip_each_role(opt, cfg.max_grad_norm)
                 opt.step()
-        with torch.no_grad():
-            ent = masked_mean(entropy_from_logits(logits.detach()), mb.response_mask)
-        return {
-            **norms,
-            "policy_loss": pg_loss.detach(),
-            "value_loss": vf_loss.detach(),
-            "clip_frac": pstats.clip_frac,
-            "approx_kl": pstats.approx_kl,
-            "value_clip_frac": vclip,
-            "entropy": ent,
-            "ptx_loss": ptx_loss.detach(),
-        }
+        else:
+            opt.zero_grad()  # a part's backward may have run: this update leaves no gradient behind
+        return {**norms, **stats, "ptx_loss": ptx_loss.detach()}
 
     @staticmethod
     def _clip_each_role(opt: torch.optim.Optimizer, max_norm: float) -> dict[str, Tensor]:

@@ -329,3 +329,63 @@ def test_ppo_optim_takes_the_deprecated_lr_and_refuses_a_schedule(tiny_dir, tmp_
         PPOModule(str(sft), str(rm), optim=PPOOptimConfig(warmup_steps=10))
     with pytest.raises(ValueError, match="disagree"):
         PPOModule(str(sft), str(rm), optim=PPOOptimConfig(lr=1e-3), lr=1e-2)
+
+
+def test_micro_batched_update_gives_the_whole_minibatch_update(tiny_dir, tmp_path):
+    """ppo.update_micro_batch_size: one backward per micro-batch (token-weighted) and one for ptx give the same
+    trained weights and logged losses as the whole minibatch at once."""
+    sft, rm = _stages(tiny_dir, tmp_path)
+    results = []
+    for size in (0, 1, 3):
+        module = PPOModule(
+            str(sft),
+            str(rm),
+            ptx_coef=1.0,
+            optim=PPOOptimConfig(lr=1e-2),
+            kl=KLConfig(init_coef=0.1),
+            ppo=PPOConfig(ppo_epochs=1, minibatch_size=4, critic_lr=1e-2, update_micro_batch_size=size),
+            sampling=SamplingConfig(max_new_tokens=5),
+            eval=EvalConfig(prompts=None, samples_per_step=0),
+        )
+        L.seed_everything(0)
+        trainer = _trainer(1)
+        trainer.fit(module, _data(tmp_path))
+        trained = {
+            n: p.detach().clone() for n, p in module.roles.shared.named_parameters() if p.requires_grad
+        }
+        logged = {k: float(v) for k, v in trainer.callback_metrics.items() if "loss" in k}
+        results.append((trained, logged))
+    (whole, whole_log), *others = results
+    assert any(".policy." in n for n in whole) and any(".critic." in n for n in whole)
+    for trained, logged in others:
+        for name, value in whole.items():
+            torch.testing.assert_close(trained[name], value, rtol=1e-4, atol=1e-6, msg=name)
+        assert logged.keys() == whole_log.keys() and "ppo/ptx_loss" in logged
+        for key, value in whole_log.items():
+            assert logged[key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
+
+
+def test_a_non_finite_ptx_part_skips_the_whole_update_and_counts_in_a_row(tiny_dir, tmp_path, monkeypatch):
+    """The policy/critic parts' backward has run when the ptx part turns out non-finite: the update is dropped
+    (no weight moves) and counted once, and a finite first part does not reset the count of skips in a row."""
+    from lit_rlhf.stages.guards import NonFiniteUpdates
+
+    sft, rm = _stages(tiny_dir, tmp_path)
+    module = PPOModule(
+        str(sft),
+        str(rm),
+        ptx_coef=1.0,
+        optim=PPOOptimConfig(lr=1e-2),
+        ppo=PPOConfig(ppo_epochs=2, minibatch_size=4, update_micro_batch_size=2),
+        sampling=SamplingConfig(max_new_tokens=5),
+        eval=EvalConfig(prompts=None, samples_per_step=0),
+        max_nonfinite_updates=3,
+    )
+    module.configure_model()
+    before = {n: p.detach().clone() for n, p in module.roles.shared.named_parameters()}
+    monkeypatch.setattr(PPOModule, "ptx_loss", lambda self, batch: torch.tensor(float("nan")))
+    with pytest.raises(NonFiniteUpdates, match="3 non-finite updates in a row"):
+        _trainer(8).fit(module, _data(tmp_path))
+    assert (module.guard.skipped, module.guard.consecutive) == (3, 3)
+    for name, param in module.roles.shared.named_parameters():
+        assert torch.equal(param.detach(), before[name]), name
