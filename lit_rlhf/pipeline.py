@@ -201,8 +201,27 @@ def _stage_done(stage_dir: Path) -> bool:
         return False
 
 
+def _newer_than(out: Path, inputs: list[Path]) -> bool:
+    """Whether `out` exists and was written after every input: a stage directory (its manifest.json) or a file.
+
+    The pipeline's file outputs (comparisons, evaluation reports) are made from stage directories and files; one
+    written before an input was (re)made, e.g. comparisons of an SFT model retrained under another runs root with
+    the same data folder, is stale and made again.
+    """
+    if not out.is_file():
+        return False
+    mtime = out.stat().st_mtime
+    for source in inputs:
+        marker = source / "manifest.json" if source.is_dir() else source
+        if marker.is_file() and marker.stat().st_mtime > mtime:
+            print(f"[pipeline] {out} is older than {source}: made again")
+            return False
+    return True
+
+
 class Pipeline:
-    """Runs the stages of a PipelineConfig, skipping what is already done."""
+    """Runs the stages of a PipelineConfig, skipping what is already done (a file output only when it is newer
+    than the stage directories it was made from)."""
 
     def __init__(self, cfg: PipelineConfig) -> None:
         self.cfg = cfg
@@ -288,7 +307,8 @@ class Pipeline:
             out = self.data / f"comparisons_{tag}_{split}.jsonl"
             rules = self.data / f"rules_{tag}_{split}.jsonl" if self.cfg.rules else None
             outs[split] = (out, rules)
-            if out.is_file() and (rules is None or rules.is_file()):  # written atomically: present = complete
+            # written atomically: present = complete; and newer than the checkpoint it samples, else stale
+            if _newer_than(out, [ckpt]) and (rules is None or _newer_than(rules, [ckpt])):
                 print(f"[pipeline] comparisons ({tag}, {split}): done ({out}), skipped")
                 continue
             args = [
@@ -347,7 +367,7 @@ class Pipeline:
         base: bool = False,
     ) -> Path:
         """`main.py evaluate` of `ckpts` against the baseline `sft` on held-out `prompts` (report.json in `out`)."""
-        if (out / "report.json").is_file():
+        if _newer_than(out / "report.json", [*ckpts, sft, rm]):
             print(f"[pipeline] evaluation: done ({out}), skipped")
             return out
         self._run(
@@ -373,7 +393,8 @@ class Pipeline:
             self.evaluate(
                 out / f"vs-round-{r.round - 1}", [Path(r.ppo)], Path(rounds[r.round - 2].ppo), Path(r.rm)
             )
-        if (out / "rounds.json").is_file():
+        inputs = [sft, sft_val, *(Path(p) for r in rounds for p in (r.rm, r.ppo, r.policy_val))]
+        if _newer_than(out / "rounds.json", inputs):
             print(f"[pipeline] rounds report: done ({out / 'rounds.md'}), skipped")
             return out
         print("\n[pipeline] rounds report: scoring each round's held-out comparisons", flush=True)

@@ -165,3 +165,42 @@ def test_two_rounds_with_rules_run_and_resume_after_a_kill_between_rounds(tmp_pa
     assert second["kl"] is not None and second["banned_rate_red_team"] is not None
     assert set(report["rm_matrix"]["round-2"]) == {"sft", "round-1", "round-2"}
     assert "| 2 |" in (runs / "eval/tiny/rounds.md").read_text()
+
+
+def test_a_file_output_older_than_its_checkpoint_is_made_again(tmp_path, monkeypatch, capsys):
+    """Comparisons (and reports) are skipped only when newer than the stage directory they were made from:
+    comparisons of an earlier SFT model, left in the data folder, are collected again after a retrained SFT."""
+    from lit_rlhf.pipeline import Pipeline, PipelineConfig
+
+    def touch_later(path, than):  # explicit times: a coarse file-system clock must not make them equal
+        t = than.stat().st_mtime + 10
+        os.utime(path, (t, t))
+
+    pipe = Pipeline(
+        PipelineConfig(name="t", data_dir=str(tmp_path / "data"), runs_root=str(tmp_path / "runs"))
+    )
+    ran: list[str] = []
+    monkeypatch.setattr(pipe, "_run", lambda label, args: ran.append(label))
+    sft = tmp_path / "runs/sft/t/stage"
+    sft.mkdir(parents=True)
+    (sft / "manifest.json").write_text("{}")
+    out = tmp_path / "data/comparisons_t_train.jsonl"
+    out.parent.mkdir(parents=True)
+    out.write_text("{}\n")
+    touch_later(out, sft / "manifest.json")  # newer than the manifest: skipped
+    pipe.collect(sft, "t", ("train",))
+    assert ran == [] and "done" in capsys.readouterr().out
+    touch_later(sft / "manifest.json", out)  # the SFT stage was made again after the comparisons
+    pipe.collect(sft, "t", ("train",))
+    assert ran == ["collect-train"]
+    assert "is older than" in capsys.readouterr().out
+    # an evaluation report older than one of its checkpoints is made again too
+    report = tmp_path / "runs/eval/t/report.json"
+    report.parent.mkdir(parents=True)
+    report.write_text("{}")
+    touch_later(report, sft / "manifest.json")
+    pipe.evaluate(report.parent, [sft], sft, sft)
+    assert ran == ["collect-train"]
+    touch_later(sft / "manifest.json", report)
+    pipe.evaluate(report.parent, [sft], sft, sft)
+    assert ran == ["collect-train", "evaluate"]
