@@ -12,8 +12,9 @@ zero so the policy differs from the reference) and a reward stage (LoRA reward a
 base, both with that case's ``top_layers``, then runs ``--iterations`` PPO iterations of the project's own
 PPOModule on the demo world's chat prompts and reports the median seconds per iteration after ``--warmup``, the
 share spent generating, and peak RSS.
-With top_layers, the rollout's policy, reference and critic passes share one pass of the lower layers and the
-updates never backpropagate through them; generation still runs the whole model.
+With top_layers, the rollout's policy, reference and critic passes share one pass of the lower layers, the updates
+reuse that pass's output (no lower pass per minibatch) and never backpropagate through the lower layers; generation
+and the reward model (which reads its own token sequence) still run the whole model.
 """
 
 from __future__ import annotations

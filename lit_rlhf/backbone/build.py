@@ -431,20 +431,40 @@ class Backbone(nn.Module):
 
     @contextlib.contextmanager
     def shared_trunk(
-        self, input_ids: Tensor, attention_mask: Tensor | None = None, position_ids: Tensor | None = None
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        position_ids: Tensor | None = None,
+        hidden: Tensor | None = None,
     ) -> Iterator[bool]:
         """Inside the block, passes over exactly these tensors run only the top layers: the frozen lower layers are
-        computed once here (no gradient). Yields whether the trunk is shared (False: full passes as usual)."""
+        computed once here (no gradient), or taken from `hidden`, (B, L, H), a `trunk_hidden` kept from an earlier
+        block over the same rows. Yields whether the trunk is shared (False: full passes as usual)."""
         split = self.trunk
         if split is None:
             yield False
             return
         previous = self._trunk_state
-        self._trunk_state = split.lower(input_ids, attention_mask, position_ids)
+        if hidden is None:
+            self._trunk_state = split.lower(input_ids, attention_mask, position_ids)
+        else:
+            from lit_rlhf.backbone.trunk import TrunkState
+
+            if hidden.shape[:2] != input_ids.shape:
+                raise ValueError(
+                    f"kept trunk hidden states are {tuple(hidden.shape)}, the ids {tuple(input_ids.shape)}"
+                )
+            self._trunk_state = TrunkState(input_ids, attention_mask, position_ids, hidden)
         try:
             yield True
         finally:
             self._trunk_state = previous
+
+    @property
+    def trunk_hidden(self) -> Tensor | None:
+        """Inside `shared_trunk`: the lower layers' output (B, L, H) (no gradient), to hand to a later block over
+        the same rows (or a subset, indexed alike) instead of computing it again; None outside or without a trunk."""
+        return None if self._trunk_state is None else self._trunk_state.hidden
 
     def _trunk_serves(self, input_ids: Tensor, attention_mask: Tensor | None) -> bool:
         state = self._trunk_state

@@ -242,6 +242,10 @@ class Rollout(NamedTuple):
     values: Tensor  # (B, R) V_old(s_t)
     advantages: Tensor  # (B, R)
     returns: Tensor  # (B, R)
+    # (B, L, H) the frozen lower layers' output with a shared trunk (backbone.top_layers), else None: the lower
+    # layers are frozen and every role runs in eval mode, so the update's minibatches reuse the rollout's rows
+    # instead of recomputing them once per minibatch and epoch
+    trunk: Tensor | None = None
 
 
 class PPOModule(StageModule):
@@ -398,6 +402,7 @@ class PPOModule(StageModule):
             )  # 2. score: (B, R)
             ref_logp = response_logprobs(roles.response_logits("reference", ids, mask, p), ids, p)
             values = roles.values(ids, mask)[:, p - 1 : -1] * rmask  # (B, R) V(s_t) before token t
+            trunk = roles.trunk_hidden()
         raw, rule_logits = roles.reward_and_rules(prompts, gen.texts)  # (B,), (B, R) on the text, as trained
         roles.train(was_training)
         scores, reward_stats = self._combined_score(prompts, gen, raw, rule_logits, rmask)  # 3. shape
@@ -422,7 +427,7 @@ class PPOModule(StageModule):
             "gen_time": torch.tensor(gen_time),
             **reward_stats,
         }
-        return Rollout(ids, mask, rmask, logp, ref_logp, values, adv, returns), gen, stats
+        return Rollout(ids, mask, rmask, logp, ref_logp, values, adv, returns, trunk), gen, stats
 
     def _combined_score(
         self, prompts: list[Any], gen: Generation, raw: Tensor, rule_logits: Tensor | None, rmask: Tensor
@@ -482,7 +487,8 @@ class PPOModule(StageModule):
         ptx_loss = torch.zeros((), device=mb.advantages.device)
         for k, (part, share) in enumerate(zip(parts, shares, strict=True)):
             sub = index_record(mb, part)  # type: ignore[arg-type]  (a slice indexes like an index tensor)
-            with self.roles.shared_trunk(sub.input_ids, sub.attention_mask):  # top_layers: lower layers once
+            # top_layers: the rollout's lower-layer output, no lower pass here
+            with self.roles.shared_trunk(sub.input_ids, sub.attention_mask, sub.trunk):
                 logits = self.roles.response_logits(
                     "policy", sub.input_ids, sub.attention_mask, p
                 )  # (b, R, V)
@@ -565,6 +571,7 @@ class PPOModule(StageModule):
         updates = [
             self.ppo_update(index_record(ro, idx), chunk) for idx, chunk in zip(plan, chunks, strict=True)
         ]  # 5
+        ro = ro._replace(trunk=None)  # the kept lower-layer output is not needed past the updates
         self.kl_ctl.update(float(stats["kl"]), n_steps=len(prompts) * self._world)  # 6: global KL and batch
         keys = dict.fromkeys(k for u in updates for k in u)  # grad norms are absent from skipped updates
         local = {k: torch.stack([u[k] for u in updates if k in u]).mean() for k in keys}

@@ -244,17 +244,24 @@ class Roles(nn.Module):
             return net(input_ids, attention_mask, pos)
 
     @contextlib.contextmanager
-    def shared_trunk(self, input_ids: Tensor, attention_mask: Tensor) -> Iterator[bool]:
+    def shared_trunk(
+        self, input_ids: Tensor, attention_mask: Tensor, hidden: Tensor | None = None
+    ) -> Iterator[bool]:
         """Sparrow's shared trunk: with every adapter on the top layers only (``backbone.top_layers``), passes of
         any role over exactly these tensors inside the block run only the top layers; the frozen lower layers run
-        once here, without gradients. Yields whether that happens (separate roles, or no top_layers: full passes)."""
+        once here, without gradients, or not at all when `hidden` (B, L, H) is their output kept by `trunk_hidden`
+        for these rows. Yields whether that happens (separate roles, or no top_layers: full passes)."""
         if not self.is_shared:
             yield False
             return
         with self.shared.shared_trunk(
-            input_ids, attention_mask, position_ids_from_mask(attention_mask)
+            input_ids, attention_mask, position_ids_from_mask(attention_mask), hidden
         ) as on:
             yield on
+
+    def trunk_hidden(self) -> Tensor | None:
+        """Inside `shared_trunk`: the lower layers' output (B, L, H) for its rows; None without a shared trunk."""
+        return self.shared.trunk_hidden if self.is_shared else None
 
     def response_logits(self, role: str, input_ids: Tensor, attention_mask: Tensor, start: int) -> Tensor:
         """(B, L) -> (B, L - start, V) float32 predictions of tokens start..L-1 by the policy or the reference."""

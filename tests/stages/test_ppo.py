@@ -274,25 +274,30 @@ def test_policy_and_critic_gradients_are_clipped_separately():
     # a joint clip would have scaled the policy's gradient by 1/500 as well
 
 
-def test_shared_trunk_rollout_and_update_match_full_passes(tiny_dir, tmp_path, monkeypatch):
-    """backbone.top_layers: the rollout's policy, reference and critic passes share one lower pass (the reward
-    model's input is its own sequence), with the same numbers as full passes; the update trains the same way."""
-    from lit_rlhf.backbone.build import Backbone as Net
-
+def _trunk_stages(tiny_dir, tmp: Path) -> tuple[Path, Path]:
+    """SFT and reward stages of the tiny Llama that train only its top layer (backbone.top_layers=1)."""
     torch.manual_seed(0)
-    sft = Net.build(BackboneConfig(name_or_path=str(tiny_dir / "llama"), top_layers=1))
-    save_stage_dir(tmp_path / "sft", sft, stage="sft")
-    rm, _ = load_stage_dir(tmp_path / "sft", backbone_overrides={"lora": LORA.__dict__})
+    sft = Backbone.build(BackboneConfig(name_or_path=str(tiny_dir / "llama"), top_layers=1))
+    save_stage_dir(tmp / "sft", sft, stage="sft")
+    rm, _ = load_stage_dir(tmp / "sft", backbone_overrides={"lora": LORA.__dict__})
     rm.add_adapter("reward")
     with torch.no_grad():
         for p in rm.adapter_parameters("reward"):
             p.add_(0.1 * torch.randn_like(p))
     rm.add_head("reward")
-    save_stage_dir(tmp_path / "rm", rm, stage="reward", heads={"reward": {"adapter": "reward", "bias": 0.0}})
+    save_stage_dir(tmp / "rm", rm, stage="reward", heads={"reward": {"adapter": "reward", "bias": 0.0}})
+    return tmp / "sft", tmp / "rm"
+
+
+def test_shared_trunk_rollout_matches_full_passes(tiny_dir, tmp_path, monkeypatch):
+    """backbone.top_layers: the rollout's policy, reference and critic passes share one lower pass (the reward
+    model's input is its own sequence), with the same numbers as full passes, and the rollout keeps that pass's
+    output for the update."""
+    _trunk_stages(tiny_dir, tmp_path)
 
     def rollout(shared: bool):
         if not shared:
-            monkeypatch.setattr(Net, "trunk", property(lambda self: None))
+            monkeypatch.setattr(Backbone, "trunk", property(lambda self: None))
         module = _module(tmp_path / "sft", tmp_path / "rm")
         module.configure_model()
         layers = module.roles.shared.hf_model.model.layers
@@ -309,8 +314,69 @@ def test_shared_trunk_rollout_and_update_match_full_passes(tiny_dir, tmp_path, m
         2,
         4,
     )  # lower once + the reward model's own, vs policy/ref/critic/RM
-    for a, b in zip(trunk, full, strict=True):
+    for a, b in zip(trunk[:-1], full[:-1], strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    assert full.trunk is None
+    assert trunk.trunk.shape == (*trunk.input_ids.shape, 64) and not trunk.trunk.requires_grad  # tiny Llama: H=64
+
+
+def test_shared_trunk_update_reuses_the_rollouts_lower_pass(tiny_dir, tmp_path, monkeypatch):
+    """backbone.top_layers: the update's minibatches (2 epochs, micro-batches of one row) run no lower layer (the
+    rollout's output is kept; only the pretraining rows pass) and train the same weights as recomputing the
+    lower layers for each micro-batch."""
+    sft, rm = _trunk_stages(tiny_dir, tmp_path)
+    results = []
+    for keep in (True, False):
+        if not keep:
+            monkeypatch.setattr(PPOModule, "rollout", _dropping_trunk(PPOModule.rollout))
+        module = PPOModule(
+            str(sft),
+            str(rm),
+            ptx_coef=1.0,
+            optim=PPOOptimConfig(lr=1e-2),
+            kl=KLConfig(init_coef=0.1),
+            ppo=PPOConfig(ppo_epochs=2, minibatch_size=4, critic_lr=1e-2, update_micro_batch_size=1),
+            sampling=SamplingConfig(max_new_tokens=5),
+            eval=EvalConfig(prompts=None, samples_per_step=0),
+        )
+        L.seed_everything(0)  # the policy's fresh LoRA weights are drawn here
+        module.configure_model()
+        lower_calls = []
+        module.roles.shared.hf_model.model.layers[0].register_forward_hook(
+            lambda _m, args, _o: lower_calls.append(args[0].shape[0])
+        )
+        update = PPOModule.ppo_update
+
+        def counted(self, mb, ptx, update=update):
+            lower_calls.append("update")
+            return update(self, mb, ptx)
+
+        monkeypatch.setattr(PPOModule, "ppo_update", counted)
+        _trainer(2).fit(module, _data(tmp_path))  # one rollout of 4 prompts, 2 updates
+        monkeypatch.undo()
+        first = lower_calls.index("update")
+        results.append(
+            (
+                lower_calls[first:],
+                {n: p.detach().clone() for n, p in module.roles.shared.named_parameters() if p.requires_grad},
+            )
+        )
+    (kept_calls, kept), (recomputed_calls, recomputed) = results
+    # within an update only its half of the pretraining batch (2 rows, with the last micro-batch) passes the lower
+    # layers; recomputing, each one-row micro-batch did too
+    assert [c for c in kept_calls if c != "update"] == [2] * 2
+    assert [c for c in recomputed_calls if c != "update"] == [1, 1, 1, 1, 2] * 2
+    assert any(".policy." in n for n in kept) and any(".critic." in n for n in kept)
+    for name, value in kept.items():
+        torch.testing.assert_close(recomputed[name], value, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def _dropping_trunk(rollout):
+    def without_trunk(self, prompts):
+        ro, gen, stats = rollout(self, prompts)
+        return ro._replace(trunk=None), gen, stats
+
+    return without_trunk
 
 
 def test_ppo_optim_takes_the_deprecated_lr_and_refuses_a_schedule(tiny_dir, tmp_path):
