@@ -12,9 +12,10 @@ zero so the policy differs from the reference) and a reward stage (LoRA reward a
 base, both with that case's ``top_layers``, then runs ``--iterations`` PPO iterations of the project's own
 PPOModule on the demo world's chat prompts and reports the median seconds per iteration after ``--warmup``, the
 share spent generating, and peak RSS.
-With top_layers, the rollout's policy, reference and critic passes share one pass of the lower layers, the updates
+With top_layers, the rollout's policy, reference, critic and reward passes share one pass of the lower layers (the
+reward model on the rows whose sampled tokens are its own sequence: ``rm_rows_shared`` is their share), the updates
 reuse that pass's output (no lower pass per minibatch) and never backpropagate through the lower layers; generation
-and the reward model (which reads its own token sequence) still run the whole model.
+still runs the whole model.
 """
 
 from __future__ import annotations
@@ -80,6 +81,18 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
     )
     times: list[float] = []
     shares: list[float] = []
+    rm_rows = {"shared": 0, "all": 0}  # rollout rows the reward model scored from the shared lower pass
+    import lit_rlhf.stages.roles as roles_module
+
+    same_tokens = roles_module.same_tokens
+
+    def counted_same_tokens(*args):
+        same = same_tokens(*args)
+        rm_rows["shared"] += int(same.sum())
+        rm_rows["all"] += len(same)
+        return same
+
+    roles_module.same_tokens = counted_same_tokens
 
     class Clock(L.Callback):
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
@@ -107,6 +120,7 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
         "seconds_per_iteration": statistics.median(timed),
         "gen_share": statistics.median(shares[args.warmup :]),
         "peak_rss_mb": harness.peak_rss_mb(),
+        "rm_rows_shared": rm_rows["shared"] / rm_rows["all"] if rm_rows["all"] else None,
         "trainable_parameters": sum(p.numel() for p in module.roles.policy_parameters()),
     }
 

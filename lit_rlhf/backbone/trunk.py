@@ -132,3 +132,49 @@ class TrunkSplit:
                 use_cache=False,
             )
         return out.last_hidden_state
+
+
+# ---- scoring layouts: one lower pass for the policy's tokens and the reward model's sequence ----------------------
+def closing_column(
+    input_ids: Tensor, attention_mask: Tensor, ended: Tensor, end_of_turn_id: int, pad_id: int
+) -> tuple[Tensor, Tensor]:
+    """Generated sequences with one column more, holding the end-of-turn token on the rows that did not end.
+
+    The reward model reads (prompt, response text, end-of-turn) (`reward_inputs`); a row that stopped at
+    max_new_tokens lacks that last token. With it appended, a row's real tokens are the reward model's sequence
+    whenever the response text tokenizes back to the sampled tokens, so one lower pass serves the policy,
+    reference, critic and reward passes. The column comes last, so under causal attention it changes nothing at
+    the earlier positions.
+
+    Args:
+        input_ids: (B, L) prompt (left-padded) + response (right-padded).
+        attention_mask: (B, L) 1 on real tokens.
+        ended: (B,) bool, True where the response stopped at a stop token.
+        end_of_turn_id: the token that closes a turn. pad_id: the padding token.
+
+    Returns:
+        input_ids (B, L + 1) and attention_mask (B, L + 1): the new column is end_of_turn_id with mask 1 where
+        ``ended`` is False, pad_id with mask 0 where it is True.
+    """
+    open_rows = ~ended.to(torch.bool)
+    column = torch.where(open_rows, end_of_turn_id, pad_id).to(input_ids.dtype)
+    return (
+        torch.cat([input_ids, column[:, None]], dim=1),
+        torch.cat([attention_mask, open_rows[:, None].to(attention_mask.dtype)], dim=1),
+    )
+
+
+def same_tokens(ids_a: Tensor, mask_a: Tensor, ids_b: Tensor, mask_b: Tensor) -> Tensor:
+    """Which rows hold the same real tokens in two layouts (padding on either side, any widths).
+
+    Args:
+        ids_a, mask_a: (B, La). ids_b, mask_b: (B, Lb).
+
+    Returns:
+        (B,) bool: True where the tokens under mask 1, read left to right, are the same sequence.
+    """
+    out = torch.zeros(ids_a.shape[0], dtype=torch.bool, device=ids_a.device)
+    for i in range(ids_a.shape[0]):
+        a, b = ids_a[i][mask_a[i].bool()], ids_b[i][mask_b[i].bool()]
+        out[i] = a.shape == b.shape and bool(torch.equal(a, b.to(a.device)))
+    return out

@@ -34,6 +34,7 @@ from torch import Tensor
 from lit_rlhf.alarms import AlarmConfig, AlarmMonitor
 from lit_rlhf.backbone.config import LoraSettings, Quantization
 from lit_rlhf.backbone.generate import Generation, SamplingConfig, generate, generate_batches
+from lit_rlhf.backbone.trunk import closing_column
 from lit_rlhf.checkpoint.manifest import KEPT
 from lit_rlhf.data.formatting import prompt_to_json
 from lit_rlhf.evaluation.metrics import judge_metrics, kl_k1_per_sequence, mean_or_none, weighted_mean
@@ -393,17 +394,30 @@ class PPOModule(StageModule):
         gen = generate(roles.generation_model(), roles.text_format, prompts, self.sampling)  # 1. generate
         gen_time = time.perf_counter() - t0
         ids, mask, rmask = gen.input_ids, gen.attention_mask, gen.response_mask.float()
-        p = gen.prompt_ids.shape[1]
+        p, r = gen.prompt_ids.shape[1], rmask.shape[1]
+        # top_layers: the scoring passes read the sequences with the end-of-turn token closing the rows that hit
+        # max_new_tokens, the reward model's layout, so one lower pass serves all four roles (causal: the column
+        # changes nothing before it; the slices below drop it)
+        fmt = roles.text_format
+        s_ids, s_mask = (
+            closing_column(ids, mask, gen.ended, fmt.end_of_turn_id, fmt.pad_id)
+            if roles.has_shared_trunk
+            else (ids, mask)
+        )
         was_training = roles.training
         roles.eval()
-        with roles.shared_trunk(ids, mask):  # top_layers: the lower layers once for all three passes
+        with roles.shared_trunk(s_ids, s_mask) as shared:  # top_layers: the lower layers once for every pass
             logp = response_logprobs(
-                roles.response_logits("policy", ids, mask, p), ids, p
+                roles.response_logits("policy", s_ids, s_mask, p)[:, :r], ids, p
             )  # 2. score: (B, R)
-            ref_logp = response_logprobs(roles.response_logits("reference", ids, mask, p), ids, p)
-            values = roles.values(ids, mask)[:, p - 1 : -1] * rmask  # (B, R) V(s_t) before token t
+            ref_logp = response_logprobs(roles.response_logits("reference", s_ids, s_mask, p)[:, :r], ids, p)
+            values = roles.values(s_ids, s_mask)[:, p - 1 : p - 1 + r] * rmask  # (B, R) V(s_t) before token t
             trunk = roles.trunk_hidden()
-        raw, rule_logits = roles.reward_and_rules(prompts, gen.texts)  # (B,), (B, R) on the text, as trained
+            trunk = (
+                None if trunk is None else trunk[:, : ids.shape[1]]
+            )  # the update's rows: without the column
+            # (B,), (B, R) on the text, as trained
+            raw, rule_logits = roles.reward_and_rules(prompts, gen.texts, (s_ids, s_mask) if shared else None)
         roles.train(was_training)
         scores, reward_stats = self._combined_score(prompts, gen, raw, rule_logits, rmask)  # 3. shape
         parts = shape_rewards(scores, logp, ref_logp, rmask, self.kl_ctl.value, self.kl_cfg.estimator)

@@ -32,6 +32,7 @@ from lit_rlhf.backbone.build import (
     train_base,
 )
 from lit_rlhf.backbone.config import LoraSettings
+from lit_rlhf.backbone.trunk import same_tokens
 from lit_rlhf.data.comparisons import reward_inputs
 
 log = logging.getLogger(__name__)
@@ -259,6 +260,11 @@ class Roles(nn.Module):
         ) as on:
             yield on
 
+    @property
+    def has_shared_trunk(self) -> bool:
+        """Whether `shared_trunk` blocks run the lower layers once (one base, a supported top_layers split)."""
+        return self.is_shared and self.shared.trunk is not None
+
     def trunk_hidden(self) -> Tensor | None:
         """Inside `shared_trunk`: the lower layers' output (B, L, H) for its rows; None without a shared trunk."""
         return self.shared.trunk_hidden if self.is_shared else None
@@ -287,16 +293,36 @@ class Roles(nn.Module):
         return list(heads[RULES].outputs) if RULES in heads else []
 
     @torch.no_grad()
-    def reward_and_rules(self, prompts: list[Any], responses: list[str]) -> tuple[Tensor, Tensor | None]:
+    def reward_and_rules(
+        self, prompts: list[Any], responses: list[str], trunk: tuple[Tensor, Tensor] | None = None
+    ) -> tuple[Tensor, Tensor | None]:
         """The RM score (bias applied, (B,)) and the rule heads' violation logits ((B, R), or None without rule
-        heads) of (prompt, response text) pairs, from ONE forward pass of the reward model's trunk."""
+        heads) of (prompt, response text) pairs, from ONE forward pass of the reward model's trunk.
+
+        The reward model reads its own sequence (`reward_inputs`). With `trunk`, the (B, T) ids and mask of an open
+        `shared_trunk` block (`closing_column`'s layout), rows whose real tokens are exactly that sequence are
+        scored from the block's lower-layer output (only the top layers run); the other rows (a response text that
+        tokenizes differently from the sampled tokens, a sequence cut to the reward model's max length) get the
+        reward model's own full pass, so the scores are those of the sequences it was trained on either way.
+        """
         net = self._net("reward")
         device = next(net.parameters()).device
         ids, mask = reward_inputs(self.text_format, prompts, responses, self.reward_max_length)
         ids, mask = ids.to(device), mask.to(device)
         heads = (REWARD, RULES) if self.rule_names else (REWARD,)
-        with net.use_adapter(self._adapter("reward")) if self.is_shared else contextlib.nullcontext():
-            out = net.score_heads(heads, ids, mask, position_ids_from_mask(mask))
+
+        def score(i: Tensor, m: Tensor) -> dict[str, Tensor]:
+            with net.use_adapter(self._adapter("reward")) if self.is_shared else contextlib.nullcontext():
+                return net.score_heads(heads, i, m, position_ids_from_mask(m))
+
+        if trunk is None:
+            out = score(ids, mask)
+        else:
+            out = score(*trunk)  # top layers only: the block's tensors
+            own = (~same_tokens(trunk[0], trunk[1], ids, mask)).nonzero().squeeze(1)
+            if len(own):
+                mine = score(ids[own], mask[own])
+                out = {k: v.index_copy(0, own, mine[k].to(v.dtype)) for k, v in out.items()}
         return out[REWARD] + self.reward_bias, out.get(RULES)
 
     def values(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:

@@ -7,7 +7,7 @@ import torch
 
 from lit_rlhf.backbone.build import Backbone, position_ids_from_mask
 from lit_rlhf.backbone.config import BackboneConfig, LoraSettings
-from lit_rlhf.backbone.trunk import TrunkSplit
+from lit_rlhf.backbone.trunk import TrunkSplit, closing_column, same_tokens
 
 ARCHS = ("gpt2", "llama")
 LORA = LoraSettings(r=4, alpha=8, dropout=0.0)
@@ -99,3 +99,20 @@ def test_an_unsupported_decoder_falls_back_to_full_passes_and_says_so(tiny_dir, 
 
 def test_top_layers_is_checked():
     assert "backbone.top_layers must be >= 1" in BackboneConfig(name_or_path="x", top_layers=0).problems()[0]
+
+
+def test_closing_column_closes_only_the_rows_that_hit_the_limit():
+    ids = torch.tensor([[0, 5, 6, 9, 0], [3, 4, 7, 8, 1]])  # row 0: left pad, ended with 9, right pad
+    mask = torch.tensor([[0, 1, 1, 1, 0], [1, 1, 1, 1, 1]])
+    out_ids, out_mask = closing_column(ids, mask, torch.tensor([True, False]), end_of_turn_id=9, pad_id=0)
+    assert out_ids.tolist() == [[0, 5, 6, 9, 0, 0], [3, 4, 7, 8, 1, 9]]
+    assert out_mask.tolist() == [[0, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1]]
+    assert out_ids.dtype == ids.dtype and out_mask.dtype == mask.dtype
+
+
+def test_same_tokens_compares_real_tokens_across_paddings():
+    a = torch.tensor([[0, 5, 6, 9, 0], [3, 4, 7, 8, 1], [0, 0, 2, 2, 2]])
+    ma = torch.tensor([[0, 1, 1, 1, 0], [1, 1, 1, 1, 1], [0, 0, 1, 1, 1]])
+    b = torch.tensor([[5, 6, 9, 0], [3, 4, 7, 8], [2, 2, 0, 0]])
+    mb = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1], [1, 1, 0, 0]])
+    assert same_tokens(a, ma, b, mb).tolist() == [True, False, False]  # row 1: one token short; row 2: 3 vs 2

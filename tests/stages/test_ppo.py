@@ -313,11 +313,52 @@ def test_shared_trunk_rollout_matches_full_passes(tiny_dir, tmp_path, monkeypatc
     assert (trunk_passes, full_passes) == (
         2,
         4,
-    )  # lower once + the reward model's own, vs policy/ref/critic/RM
+    )  # lower once + the reward model's own (the random model samples special tokens that its text drops), vs
+    # policy/ref/critic/RM
     for a, b in zip(trunk[:-1], full[:-1], strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
     assert full.trunk is None
-    assert trunk.trunk.shape == (*trunk.input_ids.shape, 64) and not trunk.trunk.requires_grad  # tiny Llama: H=64
+    assert (
+        trunk.trunk.shape == (*trunk.input_ids.shape, 64) and not trunk.trunk.requires_grad
+    )  # tiny Llama: H=64
+
+
+def test_reward_model_reads_the_shared_trunk_where_the_tokens_are_its_own(tiny_dir, tmp_path):
+    """top_layers: rows whose sampled tokens (closed with end-of-turn where they hit the limit) are the reward
+    model's own sequence are scored from the rollout's lower pass; a row whose tokens differ from its text's gets
+    the reward model's own pass. The scores equal the reward model's full passes either way."""
+    from lit_rlhf.backbone.trunk import closing_column
+    from lit_rlhf.data.padding import pad_right
+
+    sft, rm = _trunk_stages(tiny_dir, tmp_path)
+    module = _module(sft, rm)
+    module.configure_model()
+    roles, fmt = module.roles, module.roles.text_format
+    prompts, texts = ["a b =", "c d e =", "f ="], ["b a", "e d c", "f"]
+    responses = [fmt.response_ids(q, t) for q, t in zip(prompts, texts, strict=True)]
+    responses[0] = [*responses[0], fmt.end_of_turn_id]  # ended: the stop token was sampled
+    responses[2] = [fmt.pad_id, *responses[2]]  # a token the decoded text drops: not the RM's sequence
+    prompt_ids, prompt_mask = (
+        t.flip(1) for t in pad_right([fmt.prompt_ids(q)[::-1] for q in prompts], fmt.pad_id)
+    )
+    response_ids, response_mask = pad_right(
+        responses, fmt.pad_id
+    )  # (row 2's first token is a sampled pad id)
+    ids, mask = torch.cat([prompt_ids, response_ids], 1), torch.cat([prompt_mask, response_mask], 1)
+    s_ids, s_mask = closing_column(
+        ids, mask, torch.tensor([True, False, False]), fmt.end_of_turn_id, fmt.pad_id
+    )
+    calls = []
+    roles.shared.hf_model.model.layers[0].register_forward_hook(
+        lambda _m, args, _o: calls.append(args[0].shape[0])
+    )
+    with torch.no_grad():
+        full, _ = roles.reward_and_rules(prompts, texts)
+        with roles.shared_trunk(s_ids, s_mask) as shared:
+            kept, _ = roles.reward_and_rules(prompts, texts, (s_ids, s_mask))
+    assert shared
+    assert calls == [3, 3, 1]  # the full pass; the block's lower pass; row 2's own pass
+    torch.testing.assert_close(kept, full, rtol=1e-5, atol=1e-5)
 
 
 def test_shared_trunk_update_reuses_the_rollouts_lower_pass(tiny_dir, tmp_path, monkeypatch):
@@ -343,12 +384,12 @@ def test_shared_trunk_update_reuses_the_rollouts_lower_pass(tiny_dir, tmp_path, 
         module.configure_model()
         lower_calls = []
         module.roles.shared.hf_model.model.layers[0].register_forward_hook(
-            lambda _m, args, _o: lower_calls.append(args[0].shape[0])
+            lambda _m, args, _o, calls=lower_calls: calls.append(args[0].shape[0])
         )
         update = PPOModule.ppo_update
 
-        def counted(self, mb, ptx, update=update):
-            lower_calls.append("update")
+        def counted(self, mb, ptx, update=update, calls=lower_calls):
+            calls.append("update")
             return update(self, mb, ptx)
 
         monkeypatch.setattr(PPOModule, "ppo_update", counted)
