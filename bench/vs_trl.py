@@ -61,6 +61,7 @@ RUNS: dict[str, tuple[str, str]] = {
     "trl-sft-padfree": ("sft", "trl"),
     "trl-sft-packed": ("sft", "trl"),
     "lit-rm": ("reward", "lit-rlhf"),
+    "lit-rm-prefix": ("reward", "lit-rlhf"),
     "trl-rm": ("reward", "trl"),
     "lit-ppo": ("rl", "lit-rlhf"),
     "trl-grpo": ("rl", "trl"),
@@ -73,6 +74,7 @@ RATIOS: tuple[tuple[str, str, tuple[str, ...], float], ...] = (
     ("SFT tokens/s", "lit-sft", TRL_SFT, 1.0),
     ("SFT tokens/s, lit-rlhf packed", "lit-sft-packed", TRL_SFT, 1.0),
     ("RM comparisons/s (K=4)", "lit-rm", ("trl-rm",), 3.0),
+    ("RM comparisons/s (K=4), lit-rlhf shared prefix", "lit-rm-prefix", ("trl-rm",), 3.0),
     ("RL steps/s, equal prompts", "lit-ppo", ("trl-grpo",), 1.0),
     ("RL steps/s, equal completions", "lit-ppo", ("trl-grpo-half",), 1.0),
 )
@@ -81,6 +83,7 @@ GAINS: tuple[tuple[str, str, str], ...] = (
     ("lit-rlhf packed / padded", "lit-sft-packed", "lit-sft"),
     ("TRL padding-free / padded", "trl-sft-padfree", "trl-sft"),
     ("TRL packed (bfd, padding-free) / padded", "trl-sft-packed", "trl-sft"),
+    ("lit-rlhf RM shared prefix / one row per response", "lit-rm-prefix", "lit-rm"),
 )
 
 
@@ -239,7 +242,8 @@ def _ratio(by_name: dict[str, dict[str, Any]], a: str | None, b: str | None, key
 
 
 def gain_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Each GAINS entry: a packed / padding-free SFT run's rate and step time against its padded baseline."""
+    """Each GAINS entry: a packed / padding-free SFT run's (or a shared-prefix RM run's) rate and step time against
+    its plain baseline."""
     by_name = {r["name"]: r for r in rows}
     return [
         {
@@ -344,8 +348,9 @@ def markdown_ratios(ratios: list[dict[str, Any]]) -> str:
 
 
 def markdown_gains(gains: list[dict[str, Any]]) -> str:
-    """What packing / padding-free does to each side's SFT rate, as a markdown table."""
-    columns = ("variant", "run", "baseline", "tokens/s ratio", "tokens/step ratio", "step time ratio")
+    """What packing / padding-free does to each side's SFT rate (and a shared prefix to ours for the RM), as a
+    markdown table."""
+    columns = ("variant", "run", "baseline", "rate ratio", "work/step ratio", "step time ratio")
     lines = []
     for g in gains:
         cells = [g["comparison"], g["run"], g["baseline"], _fmt(g["rate_ratio"], 2)]
@@ -792,8 +797,9 @@ def _peft_config(workdir: Path, task_type: str):
     )
 
 
-def lit_rm(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
-    """RewardModule on K=4 rankings, a prompt's K responses in one batch; unit: ranked pairs."""
+def lit_rm(args: argparse.Namespace, workdir: Path, shared_prefix: bool = False) -> dict[str, Any]:
+    """RewardModule on K=4 rankings, a prompt's K responses in one batch (with `shared_prefix`, one row per
+    prompt: its tokens once); unit: ranked pairs."""
     from lit_rlhf.backbone.config import LoraSettings
     from lit_rlhf.data.comparisons import ComparisonDataModule
     from lit_rlhf.stages.common import OptimConfig
@@ -806,6 +812,7 @@ def lit_rm(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         center_coef=0.001,
         max_length=spec.max_length,
         optim=OptimConfig(lr=RM_LR, warmup_steps=20),
+        shared_prefix=shared_prefix,
     )
     data = ComparisonDataModule(
         str(workdir / "data" / "rankings.jsonl"), batch_size=args.rm_prompts, max_length=spec.max_length
@@ -816,7 +823,12 @@ def lit_rm(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     trainer.fit(module, datamodule=data)
     stats = rate_stats(timer.step_times, timer.work, args.warmup)
     loss = float(trainer.callback_metrics["reward/loss"])
-    setup = _setup(spec, f"{args.rm_prompts} prompts x K={K} = {args.rm_prompts * K} sequences/step")
+    layout = (
+        f"{args.rm_prompts} rows, a prompt's tokens once"
+        if shared_prefix
+        else f"{args.rm_prompts * K} sequences"
+    )
+    setup = _setup(spec, f"{args.rm_prompts} prompts x K={K}: {layout}/step")
     return _finish(stats, baseline, "comparisons", _trainable(module), loss, setup)
 
 
@@ -1034,6 +1046,7 @@ CHILDREN = {
     "lit-sft-packed": lambda args, workdir: lit_sft(args, workdir, packed=True),
     **{name: functools.partial(trl_sft, name=name) for name in TRL_SFT},
     "lit-rm": lit_rm,
+    "lit-rm-prefix": functools.partial(lit_rm, shared_prefix=True),
     "trl-rm": trl_rm,
     "lit-ppo": lit_ppo,
     "trl-grpo": lambda args, workdir: trl_grpo(args, workdir, args.rl_prompts),
@@ -1206,7 +1219,8 @@ def report(rows: list[dict[str, Any]], sizes: dict[str, Any], args: argparse.Nam
     gains = gain_rows(rows)
     if gains:
         parts.append(
-            "Packing and padding-free, each framework against its own padded run:\n\n" + markdown_gains(gains)
+            "Packing, padding-free and shared prefixes, each against the same framework's plain run:\n\n"
+            + markdown_gains(gains)
         )
     splits = [r for r in rows if r.get("time_split_ms")]
     for r in splits:

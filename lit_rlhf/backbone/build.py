@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from lit_rlhf.backbone.config import BackboneConfig, LoraSettings
 from lit_rlhf.data.formatting import PromptFormat, TextFormat
+from lit_rlhf.data.shared_prefix import SharedPrefixRows, shared_prefix_mask
 
 log = logging.getLogger(__name__)
 
@@ -673,6 +674,24 @@ class Backbone(nn.Module):
         """Head `head` at the last real token of each row: (B, T) ids -> (B,) float32, or (B, R) for a
         multi-label head."""
         return self.score_heads((head,), input_ids, attention_mask, position_ids)[head]
+
+    def score_shared_prefix(self, heads: Sequence[str], rows: SharedPrefixRows) -> dict[str, Tensor]:
+        """Heads at each sequence's last token from one row per prompt (`pack_shared_prefix`: the prompt once,
+        then each response): name -> (N,) or (N, R) float32, the same values as `score_heads` on the N sequences.
+
+        The rows go to the decoder with a 4D attention mask, which transformers takes as given for SDPA (bool) and
+        eager attention (additive); other attention kernels (flash attention) cannot take one and are refused.
+        """
+        impl = getattr(self.hf_model.config, "_attn_implementation", None) or "eager"
+        if impl not in ("sdpa", "eager"):
+            raise ValueError(
+                f"shared_prefix scoring needs SDPA or eager attention (a 4D attention mask); "
+                f"{type(self.hf_model).__name__} uses {impl!r}"
+            )
+        mask = shared_prefix_mask(rows.segments, None if impl == "sdpa" else self.hf_model.dtype)
+        hidden = self.hidden_states(rows.input_ids, mask, rows.position_ids)  # (G, T, H)
+        last = hidden[rows.last[:, 0], rows.last[:, 1]]  # (N, H)
+        return {name: self.heads[name](last) for name in heads}
 
     def score_heads(
         self,

@@ -23,6 +23,7 @@ from torchmetrics.functional.regression import kendall_rank_corrcoef
 
 from lit_rlhf.backbone.build import RULES
 from lit_rlhf.backbone.config import LoraSettings, Quantization
+from lit_rlhf.data.shared_prefix import pack_shared_prefix
 from lit_rlhf.evaluation.reward_model import score_texts
 from lit_rlhf.evaluation.rules import RuleMetrics
 from lit_rlhf.rl.losses import kwise_ranking_loss, rule_loss
@@ -74,6 +75,9 @@ class RewardModule(StageModule):
         rules: The rules the rule head predicts, in order; null = every rule the data's rule rows label (none
             without ``data.rules_train_path``).
         rule_coef: Weight of the rule loss (mean binary cross-entropy per labeled entry) beside the ranking loss.
+        shared_prefix: Run each prompt's K responses as one row, the prompt's tokens once (lit_rlhf.data.
+            shared_prefix): the same rewards and gradients as K separate sequences, with fewer tokens through the
+            model when prompts are long. Needs SDPA or eager attention (the default in transformers).
     """
 
     STAGE = "reward"
@@ -92,6 +96,7 @@ class RewardModule(StageModule):
         max_nonfinite_updates: int = 10,
         rules: list[str] | None = None,
         rule_coef: float = 1.0,
+        shared_prefix: bool = False,
     ) -> None:
         super().__init__(init_from, optim or OptimConfig(lr=1e-4, warmup_steps=20), max_nonfinite_updates)
         if center_coef < 0:
@@ -106,6 +111,7 @@ class RewardModule(StageModule):
         self.init_from, self.lora, self.quantization = init_from, lora, quantization
         self.center_coef, self.bias_from, self.bias_limit = center_coef, bias_from, bias_limit
         self.rankings_limit, self.max_length = rankings_limit, max_length
+        self.shared_prefix = shared_prefix
         self.save_hyperparameters()
         self.net = None
         self.val_acc, self.val_tau, self.val_margin = MeanMetric(), MeanMetric(), MeanMetric()
@@ -185,8 +191,14 @@ class RewardModule(StageModule):
 
     # ---- steps ------------------------------------------------------------------------------------------
     def _scores(self, batch: dict[str, Any]) -> Tensor:
-        """One forward pass per response: (N, T) -> (N,) rewards (the reward adapter is the active one)."""
-        return self.net.score(REWARD, batch["input_ids"], batch["attention_mask"])
+        """(N, T) -> (N,) rewards (the reward adapter is the active one): one forward pass per response, or with
+        ``shared_prefix`` one per prompt."""
+        if not self.shared_prefix:
+            return self.net.score(REWARD, batch["input_ids"], batch["attention_mask"])
+        rows = pack_shared_prefix(
+            batch["input_ids"], batch["attention_mask"], batch["group"], self.net.text_format.pad_id
+        )
+        return self.net.score_shared_prefix((REWARD,), rows)[REWARD]
 
     def _rule_out(self, rules: dict[str, Tensor]):
         """Rule loss of a batch of labeled responses (the reward adapter is the active one)."""
