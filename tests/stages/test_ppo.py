@@ -52,14 +52,14 @@ def _data(tmp: Path, pretrain: bool = True) -> PPODataModule:
     )
 
 
-def _module(sft, rm, ptx_coef=0.0, **kw) -> PPOModule:
+def _module(sft, rm, ptx_coef=0.0, ppo: PPOConfig | None = None, **kw) -> PPOModule:
     return PPOModule(
         str(sft),
         str(rm),
         ptx_coef=ptx_coef,
         optim=PPOOptimConfig(lr=1e-2),
         kl=KLConfig(init_coef=0.1),
-        ppo=PPOConfig(ppo_epochs=1, minibatch_size=4, critic_lr=1e-2),
+        ppo=ppo or PPOConfig(ppo_epochs=1, minibatch_size=4, critic_lr=1e-2),
         sampling=SamplingConfig(max_new_tokens=5),
         eval=EvalConfig(prompts=None, samples_per_step=0),
         **kw,
@@ -370,15 +370,11 @@ def test_shared_trunk_update_reuses_the_rollouts_lower_pass(tiny_dir, tmp_path, 
     for keep in (True, False):
         if not keep:
             monkeypatch.setattr(PPOModule, "rollout", _dropping_trunk(PPOModule.rollout))
-        module = PPOModule(
-            str(sft),
-            str(rm),
+        module = _module(
+            sft,
+            rm,
             ptx_coef=1.0,
-            optim=PPOOptimConfig(lr=1e-2),
-            kl=KLConfig(init_coef=0.1),
             ppo=PPOConfig(ppo_epochs=2, minibatch_size=4, critic_lr=1e-2, update_micro_batch_size=1),
-            sampling=SamplingConfig(max_new_tokens=5),
-            eval=EvalConfig(prompts=None, samples_per_step=0),
         )
         L.seed_everything(0)  # the policy's fresh LoRA weights are drawn here
         module.configure_model()
@@ -444,15 +440,11 @@ def test_micro_batched_update_gives_the_whole_minibatch_update(tiny_dir, tmp_pat
     sft, rm = _stages(tiny_dir, tmp_path)
     results = []
     for size in (0, 1, 3):
-        module = PPOModule(
-            str(sft),
-            str(rm),
+        module = _module(
+            sft,
+            rm,
             ptx_coef=1.0,
-            optim=PPOOptimConfig(lr=1e-2),
-            kl=KLConfig(init_coef=0.1),
             ppo=PPOConfig(ppo_epochs=1, minibatch_size=4, critic_lr=1e-2, update_micro_batch_size=size),
-            sampling=SamplingConfig(max_new_tokens=5),
-            eval=EvalConfig(prompts=None, samples_per_step=0),
         )
         L.seed_everything(0)
         trainer = _trainer(1)
