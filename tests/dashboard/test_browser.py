@@ -245,6 +245,12 @@ def test_ranking_queue_in_chromium_writes_rows_the_reward_stage_trains_on(
     expect = sync_api.expect
     expect.set_options(timeout=TIMEOUT_MS)
     order = re.compile(r"^Ranking, best first")
+
+    def order_box(page, index: int):
+        # The box of this prompt's form, found by its widget key: while Streamlit reruns, the previous prompt's
+        # form can still be in the page, and a label alone then matches two boxes.
+        return page.locator(f".st-key-queue_mine_{index}_order").get_by_label(order)
+
     with sync_api.sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
@@ -252,7 +258,7 @@ def test_ranking_queue_in_chromium_writes_rows_the_reward_stage_trains_on(
             page.set_default_timeout(TIMEOUT_MS)
             _visit(page, served_queue + "/ranking_queue", "Ranking queue")
             expect(page.locator("code").filter(has_text="a b c =").first).to_be_visible()
-            box = page.get_by_label(order)
+            box = order_box(page, 0)
             box.fill("c a=b")  # keyboard: C best, A and B tied
             box.press("Enter")
             expect(page.locator("code").filter(has_text="c d =").first).to_be_visible()
@@ -263,7 +269,7 @@ def test_ranking_queue_in_chromium_writes_rows_the_reward_stage_trains_on(
             page.get_by_role("radiogroup", name="Place of B").get_by_role("radio", name="1").click()
             page.get_by_role("button", name="Submit ranking").click()
             expect(page.locator("code").filter(has_text="e f g =").first).to_be_visible()
-            box = page.get_by_label(order)
+            box = order_box(page, 2)
             box.fill("A B")
             box.press("Enter")
             expect(shown(page.get_by_text("Every prompt is ranked or skipped."))).to_be_visible()
