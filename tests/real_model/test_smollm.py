@@ -163,6 +163,30 @@ def test_smollm_rm_score_identical_through_training_and_ppo_paths(stages):
     torch.testing.assert_close(ppo_scores, module.roles.reward_of(prompts, gen.texts).mean())
 
 
+def test_smollm_shared_prefix_scores_equal_separate_rows(stages):
+    """The chat-template prompt once per row (BPE, ``<|im_end|>`` closing each response): the reward stage's
+    ``shared_prefix`` scores equal one sequence per response, with fewer tokens through the model."""
+    from lit_rlhf.data.shared_prefix import pack_shared_prefix
+
+    rm, _ = load_stage_dir(stages["rm"])
+    fmt = rm.text_format
+    items = [
+        Comparison("sort f d h =", ("d f h", "f d h", "d h f"), (0, 2, 1)),
+        Comparison("reverse c a b =", ("b a c", "b a"), (0, 1)),
+    ]
+    encoded = [encode_comparison(c, fmt, 256, "error")[0] for c in items]
+    batch = collate_comparisons(encoded, fmt.pad_id)
+    rm.eval()
+    with torch.no_grad(), rm.use_adapter(REWARD):
+        separate = rm.score(REWARD, batch["input_ids"], batch["attention_mask"])
+        rows = pack_shared_prefix(batch["input_ids"], batch["attention_mask"], batch["group"], fmt.pad_id)
+        packed = rm.score_shared_prefix((REWARD,), rows)[REWARD]
+    assert rows.input_ids.shape[0] == 2 and int((rows.segments >= 0).sum()) < int(
+        batch["attention_mask"].sum()
+    )
+    torch.testing.assert_close(packed, separate, rtol=1e-4, atol=1e-4)
+
+
 def test_smollm_ppo_logprobs_match_the_distribution_generate_sampled_from(stages, monkeypatch):
     """The model's own generation config (repetition penalty, no-repeat n-grams, temperature 0.7, top-k) must
     not shape rollouts: PPO's stored log-probs equal the log-softmax of the scores `generate` sampled from."""
