@@ -270,22 +270,27 @@ def effective_layer(layer: nn.Module) -> nn.Module:
     return layer.modules_to_save[active[0]]
 
 
-def output_logits_fp32(model: nn.Module, hidden: Tensor) -> Tensor:
-    """The vocabulary projection of `hidden` (..., H) in float32, outside autocast: (..., V) float32.
+def output_logits(model: nn.Module, hidden: Tensor, float32: bool = True) -> Tensor:
+    """The vocabulary projection of `hidden` (..., H): (..., V), with the final-logit transforms of the families
+    that have one (Gemma soft-capping, Cohere's logit_scale, Granite's logits_scaling).
 
-    Under bf16 autocast a model's own logits are bf16 (~3 significant digits): log-ratios of policy and reference
-    then carry ~0.005 nats of rounding noise, against true differences of ~1e-3. Applies the final-logit
-    transforms of the families that have one (Gemma soft-capping, Cohere's logit_scale, Granite's
-    logits_scaling).
+    ``float32``: in float32, outside autocast. Under bf16 autocast a model's own logits are bf16 (~3 significant
+    digits): log-ratios of policy and reference then carry ~0.005 nats of rounding noise, against true differences
+    of ~1e-3. Otherwise the projection runs as the model's own forward runs it (bf16 under bf16 autocast), which is
+    what a training loss such as SFT's uses.
     """
     head = effective_layer(model.get_output_embeddings())
-    weight = head.weight
-    bias = getattr(head, "bias", None)
-    with torch.autocast(device_type=hidden.device.type, enabled=False):
-        logits = torch.nn.functional.linear(
-            hidden.float(), weight.float(), None if bias is None else bias.float()
-        )
-        config = model.config
+    config = model.config
+    with (
+        torch.autocast(device_type=hidden.device.type, enabled=False) if float32 else contextlib.nullcontext()
+    ):
+        if float32:
+            bias = getattr(head, "bias", None)
+            logits = torch.nn.functional.linear(
+                hidden.float(), head.weight.float(), None if bias is None else bias.float()
+            )
+        else:
+            logits = head(hidden)
         if getattr(config, "logit_scale", None) is not None:
             logits = logits * float(config.logit_scale)
         if getattr(config, "logits_scaling", None) is not None:
@@ -600,9 +605,7 @@ class Backbone(nn.Module):
     ) -> Tensor:
         """Next-token logits (B, T, V) from the active adapter (float32 from the top layers inside `shared_trunk`)."""
         if self._trunk_serves(input_ids, attention_mask):
-            return output_logits_fp32(
-                self.hf_model, self.hidden_states(input_ids, attention_mask, position_ids)
-            )
+            return output_logits(self.hf_model, self.hidden_states(input_ids, attention_mask, position_ids))
         # No KV cache outside generation: it costs memory, and transformers only isolates packed sequences (from
         # position_ids restarting at 0, with attention_mask=None) when there is none.
         out = self.model(
@@ -635,6 +638,21 @@ class Backbone(nn.Module):
         )
         return out.last_hidden_state
 
+    def target_logits(
+        self, input_ids: Tensor, attention_mask: Tensor | None, position_ids: Tensor | None, keep: Tensor
+    ) -> Tensor:
+        """Next-token logits at the positions `keep` marks only: (B, T) inputs, (B, T) bool -> (N, V), N =
+        keep.sum(), in row-major order, as the model's own forward computes them (bf16 under bf16 autocast).
+
+        A loss on response tokens needs the vocabulary projection at those positions only: on a small model with a
+        large vocabulary (SmolLM2: 49,152 x 576) it is the largest matmul of the forward and its logits the largest
+        activation, and most of an SFT row is prompt.
+        """
+        if self.sharded:  # FSDP2: the output layer runs inside the root's forward (see hidden_states)
+            return self(input_ids, attention_mask, position_ids)[keep]
+        hidden = self.hidden_states(input_ids, attention_mask, position_ids)[keep]  # (N, H)
+        return output_logits(self.hf_model, hidden, float32=False)
+
     def response_logits(
         self,
         input_ids: Tensor,
@@ -644,7 +662,7 @@ class Backbone(nn.Module):
     ) -> Tensor:
         """Float32 predictions of tokens ``start .. L-1`` from the active adapter: (B, L) -> (B, L - start, V).
 
-        Only the response slice goes through the vocabulary projection, in float32 (`output_logits_fp32`), so
+        Only the response slice goes through the vocabulary projection, in float32 (`output_logits`), so
         log-probabilities under bf16 autocast are not rounded to bf16. Under FSDP2 the output layer is a shard
         outside the root's forward, so the model's own logits are used there, cast to float32.
         """
@@ -653,7 +671,7 @@ class Backbone(nn.Module):
         if self.sharded:
             return self(input_ids, attention_mask, position_ids)[:, start - 1 : -1].float()
         hidden = self.hidden_states(input_ids, attention_mask, position_ids)[:, start - 1 : -1]  # (B, R, H)
-        return output_logits_fp32(self.hf_model, hidden)
+        return output_logits(self.hf_model, hidden)
 
     def response_logprobs(self, input_ids: Tensor, attention_mask: Tensor, prompt_len: int) -> Tensor:
         """log pi(token) of every token from `prompt_len` on, under the active adapter: (B, L) -> (B, L - P) fp32.

@@ -204,3 +204,37 @@ def lm_loss(
     if num_targets is None:
         return -masked_mean(logp, keep)
     return -(logp * keep).sum() / num_targets
+
+
+def target_positions(labels: Tensor, ignore_index: int = -100) -> Tensor:
+    """Where a causal LM's prediction is scored: ``(B, T)`` labels -> ``(B, T)`` bool, true at ``t`` when
+    ``labels[:, t + 1]`` is a target (the last position never is)."""
+    keep = torch.zeros_like(labels, dtype=torch.bool)
+    keep[:, :-1] = labels[:, 1:] != ignore_index
+    return keep
+
+
+def lm_loss_at_targets(
+    target_logits: Tensor, labels: Tensor, ignore_index: int = -100, num_targets: Tensor | float | None = None
+) -> Tensor:
+    """`lm_loss` from the logits of the scored positions only: the same value, without the vocabulary projection
+    at the positions that are not scored (the prompt's, in SFT).
+
+    Args:
+        target_logits: ``(N, V)`` the logits at ``target_positions(labels)``, in row-major order (as boolean
+            indexing ``logits[target_positions(labels)]`` gives them); ``N`` is the number of targets.
+        labels: ``(B, T)`` long, aligned with the model input as in `lm_loss`.
+        ignore_index: label value that contributes nothing.
+        num_targets: as in `lm_loss`.
+
+    Returns:
+        Scalar ``()`` float32; 0 (still connected to ``target_logits``) when every label is ignored.
+    """
+    targets = labels[:, 1:][labels[:, 1:] != ignore_index]  # (N,) in the row-major order of the positions
+    if target_logits.shape[0] != targets.shape[0]:
+        raise ValueError(
+            f"target_logits has {target_logits.shape[0]} rows for {targets.shape[0]} targets in labels"
+        )
+    logp = gather_logprobs(target_logits.unsqueeze(0), targets.unsqueeze(0))[0]  # (N,)
+    total = -logp.sum()
+    return total / (max(targets.numel(), 1) if num_targets is None else num_targets)

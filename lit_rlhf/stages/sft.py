@@ -14,7 +14,7 @@ from lit_rlhf.backbone.generate import SamplingConfig, generate_batches
 from lit_rlhf.data.formatting import PromptFormat, PromptSpec, prompt_to_json
 from lit_rlhf.evaluation.metrics import judge_metrics
 from lit_rlhf.judges import judge_item, load_judge
-from lit_rlhf.rl.losses import lm_loss
+from lit_rlhf.rl.losses import lm_loss_at_targets, target_positions
 from lit_rlhf.run_files import SAMPLES
 from lit_rlhf.runs import log_rows
 from lit_rlhf.stages.base import StageModule
@@ -141,16 +141,19 @@ class SFTModule(StageModule):
         self.net = net
 
     # ---- training ---------------------------------------------------------------------------------------
-    def _logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """(B, T, V). Packed rows carry position_ids restarting at every example; given them and no attention mask,
-        transformers builds a causal mask per example, so no example attends to the one before it."""
+    def _target_logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(N, V) logits at the N positions whose next token is a target (`Backbone.target_logits`: the prompt's
+        positions skip the vocabulary projection). Packed rows carry position_ids restarting at every example;
+        given them and no attention mask, transformers builds a causal mask per example, so no example attends to
+        the one before it."""
         positions = batch.get("position_ids")
         mask = None if positions is not None else batch["attention_mask"]
-        return self.net(batch["input_ids"], mask, positions)
+        keep = target_positions(batch["labels"])
+        return self.net.target_logits(batch["input_ids"], mask, positions, keep)
 
     def _loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """The batch's own per-token mean loss (validation, and what is logged)."""
-        return lm_loss(self._logits(batch), batch["labels"])
+        return lm_loss_at_targets(self._target_logits(batch), batch["labels"])
 
     def _train_losses(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """(loss to backpropagate, the micro-batch's own per-token mean for the log).
@@ -161,7 +164,7 @@ class SFTModule(StageModule):
         data-parallel gradient mean take back out. Averaging per-micro-batch means instead overweights the tokens
         of short micro-batches (the bug transformers fixed in 2024).
         """
-        total = lm_loss(self._logits(batch), batch["labels"], num_targets=1.0)  # summed over the micro-batch
+        total = lm_loss_at_targets(self._target_logits(batch), batch["labels"], num_targets=1.0)  # summed
         own = max(int((batch["labels"][:, 1:] != -100).sum()), 1)
         if "num_targets" not in batch:
             return total / own, (total / own).detach()

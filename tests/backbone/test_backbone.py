@@ -159,6 +159,36 @@ def test_response_logits_are_float32_under_bf16_autocast(tiny_dir, arch):
     torch.testing.assert_close(logp, expected.detach())
 
 
+@pytest.mark.parametrize("arch", ARCHS)
+def test_target_logits_are_the_models_own_logits_at_the_marked_positions(tiny_dir, arch):
+    """SFT's projection at the response positions only: the model's own logits there (bf16 under bf16 autocast,
+    as its forward computes them), packed rows included, and a final-logit transform kept."""
+    from lit_rlhf.backbone.build import position_ids_from_mask
+
+    bb = _build(tiny_dir, arch, "none").eval()
+    ids, mask = _batch(bb)
+    pos = position_ids_from_mask(mask)
+    keep = torch.zeros_like(mask, dtype=torch.bool)
+    keep[0, 2:5] = True
+    keep[1, 1] = True
+    with torch.no_grad():
+        torch.testing.assert_close(bb.target_logits(ids, mask, pos, keep), bb(ids, mask, pos)[keep])
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            at, own = bb.target_logits(ids, mask, pos, keep), bb(ids, mask, pos)
+        assert at.dtype == own.dtype == torch.bfloat16
+        torch.testing.assert_close(at, own[keep])
+        # two examples packed in one row, position ids restarting: each sees only itself
+        packed = torch.cat([ids[0][mask[0].bool()], ids[1][mask[1].bool()]])[None]
+        restart = torch.cat([torch.arange(int(mask[0].sum())), torch.arange(int(mask[1].sum()))])[None]
+        marks = torch.ones_like(packed, dtype=torch.bool)
+        torch.testing.assert_close(
+            bb.target_logits(packed, None, restart, marks), bb(packed, None, restart)[0]
+        )
+        plain = bb(ids, mask, pos)[keep]
+        bb.hf_model.config.logit_scale = 0.5  # Cohere's final-logit transform: applied here too
+        torch.testing.assert_close(bb.target_logits(ids, mask, pos, keep), 0.5 * plain)
+
+
 def test_response_mask_stops_after_first_eos():
     ids = torch.tensor([[5, 6, 3, 7, 3], [5, 5, 5, 5, 5]])
     mask, ended = response_mask_from_ids(ids, 3)

@@ -6,7 +6,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.testing import assert_close
 
-from lit_rlhf.rl.losses import kwise_ranking_loss, lm_loss, ppo_policy_loss, value_loss
+from lit_rlhf.rl.losses import (
+    kwise_ranking_loss,
+    lm_loss,
+    lm_loss_at_targets,
+    ppo_policy_loss,
+    target_positions,
+    value_loss,
+)
 
 # --- PPO policy loss -------------------------------------------------------------------------------------
 # Ratios 1.5, 0.5, 1.1 (and a padded 4th token with junk), eps = 0.2:
@@ -150,6 +157,31 @@ def test_lm_loss_with_every_label_ignored_is_zero():
     assert loss.item() == 0.0
     loss.backward()
     assert_close(logits.grad, torch.zeros(2, 3, 5))
+
+
+def test_target_positions_by_hand():
+    labels = torch.tensor([[-100, -100, 4, 5], [-100, 7, -100, -100]])
+    assert target_positions(labels).tolist() == [[False, True, True, False], [True, False, False, False]]
+
+
+def test_lm_loss_at_targets_equals_lm_loss_from_the_scored_positions_only():
+    logits = torch.zeros(1, 3, 3)
+    logits[0, 0] = torch.tensor([1.0, 2.0, 1.0]).log()  # predicts labels[1] = 1: p 1/2
+    logits[0, 1] = torch.tensor([1.0, 1.0, 3.0]).log()  # predicts labels[2] = 2: p 3/5
+    labels = torch.tensor([[-100, 1, 2]])
+    assert_close(lm_loss_at_targets(logits[0, :2], labels), torch.tensor(0.6019864))  # as by hand above
+    assert_close(lm_loss_at_targets(logits[0, :2], labels, num_targets=5), torch.tensor(0.2407946))
+    full = torch.randn(3, 6, 11, requires_grad=True)
+    labels = torch.tensor([[-100, -100, 3, 4, -100, -100], [-100, 1, 2, 3, 4, 5], [-100] * 6])
+    at = lm_loss_at_targets(full[target_positions(labels)], labels)
+    assert_close(at, lm_loss(full, labels))
+    (grad,) = torch.autograd.grad(at, full)
+    (expected,) = torch.autograd.grad(lm_loss(full, labels), full)
+    assert_close(grad, expected)
+    empty = lm_loss_at_targets(full[:, :0].reshape(0, 11), torch.full((2, 3), -100))
+    assert empty.item() == 0.0 and empty.requires_grad
+    with pytest.raises(ValueError, match="3 rows for 2 targets"):
+        lm_loss_at_targets(torch.zeros(3, 11), torch.tensor([[-100, 1, 2]]))
 
 
 # --- rule (multi-label) loss ----------------------------------------------------------------------------
