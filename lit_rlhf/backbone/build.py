@@ -270,9 +270,21 @@ def effective_layer(layer: nn.Module) -> nn.Module:
     return layer.modules_to_save[active[0]]
 
 
+def _final_logit_transforms(config, logits: Tensor) -> Tensor:
+    """What some families apply after the vocabulary projection: Cohere's logit_scale, Granite's logits_scaling,
+    Gemma's soft-capping (in that order, as their forwards do)."""
+    if getattr(config, "logit_scale", None) is not None:
+        logits = logits * float(config.logit_scale)
+    if getattr(config, "logits_scaling", None) is not None:
+        logits = logits / float(config.logits_scaling)
+    cap = getattr(config, "final_logit_softcapping", None)
+    if cap is not None:
+        logits = torch.tanh(logits / cap) * cap
+    return logits
+
+
 def output_logits(model: nn.Module, hidden: Tensor, float32: bool = True) -> Tensor:
-    """The vocabulary projection of `hidden` (..., H): (..., V), with the final-logit transforms of the families
-    that have one (Gemma soft-capping, Cohere's logit_scale, Granite's logits_scaling).
+    """The vocabulary projection of `hidden` (..., H): (..., V), final-logit transforms included.
 
     ``float32``: in float32, outside autocast. Under bf16 autocast a model's own logits are bf16 (~3 significant
     digits): log-ratios of policy and reference then carry ~0.005 nats of rounding noise, against true differences
@@ -280,25 +292,14 @@ def output_logits(model: nn.Module, hidden: Tensor, float32: bool = True) -> Ten
     what a training loss such as SFT's uses.
     """
     head = effective_layer(model.get_output_embeddings())
-    config = model.config
-    with (
-        torch.autocast(device_type=hidden.device.type, enabled=False) if float32 else contextlib.nullcontext()
-    ):
-        if float32:
-            bias = getattr(head, "bias", None)
-            logits = torch.nn.functional.linear(
-                hidden.float(), head.weight.float(), None if bias is None else bias.float()
-            )
-        else:
-            logits = head(hidden)
-        if getattr(config, "logit_scale", None) is not None:
-            logits = logits * float(config.logit_scale)
-        if getattr(config, "logits_scaling", None) is not None:
-            logits = logits / float(config.logits_scaling)
-        cap = getattr(config, "final_logit_softcapping", None)
-        if cap is not None:
-            logits = torch.tanh(logits / cap) * cap
-    return logits
+    if not float32:
+        return _final_logit_transforms(model.config, head(hidden))
+    bias = getattr(head, "bias", None)
+    with torch.autocast(device_type=hidden.device.type, enabled=False):
+        logits = torch.nn.functional.linear(
+            hidden.float(), head.weight.float(), None if bias is None else bias.float()
+        )
+        return _final_logit_transforms(model.config, logits)
 
 
 def position_ids_from_mask(attention_mask: Tensor) -> Tensor:
