@@ -1,7 +1,8 @@
 """Turning reward-model scores into per-token PPO rewards.
 
 Here: placing the score on the last response token, the per-token KL penalty, score clipping, running
-score normalisation and the penalty for responses cut off before EOS. Advantages and losses live elsewhere.
+score normalisation, the penalty for responses cut off before EOS and the per-prompt (leave-one-out) baseline of
+several samples of one prompt. Advantages and losses live elsewhere.
 """
 
 from __future__ import annotations
@@ -122,6 +123,40 @@ def truncation_penalty(scores: Tensor, ended_with_eos: Tensor, penalty: float | 
     if penalty is None:
         return scores
     return torch.where(ended_with_eos.bool(), scores, torch.full_like(scores, penalty))
+
+
+def leave_one_out_baseline(scores: Tensor, group_size: int) -> Tensor:
+    """Each score minus the mean of the other samples of its prompt (RLOO: Kool et al. 2019, "Buy 4 REINFORCE
+    Samples, Get a Baseline for Free!"; Ahmadian et al. 2024 for RLHF).
+
+    A reward model trained on comparisons is only defined up to a per-prompt constant: the Bradley-Terry loss sees
+    differences of two answers to one prompt, never a score's level. Part of a raw score is therefore the prompt,
+    not the answer, and a critic has to learn it away before the advantages mean anything. Several samples of one
+    prompt give that constant for free: the mean of the *other* samples does not depend on this sample, so
+    subtracting it keeps the policy gradient unbiased, and what is left is what the reward model was trained to
+    tell apart.
+
+    Args:
+        scores: ``(G * n,)`` one score per sample; rows ``g*n .. g*n + n - 1`` are the ``n`` samples of prompt ``g``.
+        group_size: ``n >= 2`` samples per prompt.
+
+    Returns:
+        ``(G * n,)``: ``scores[i] - mean(scores[j] for j != i in i's group)``, i.e. ``n / (n - 1)`` times the
+        score's distance from its group mean. Each group's values sum to 0.
+
+    Raises:
+        ValueError: ``group_size < 2`` or ``scores`` is not ``(B,)`` with ``B`` a multiple of it.
+    """
+    if group_size < 2:
+        raise ValueError(f"leave_one_out_baseline: group_size must be >= 2, got {group_size}")
+    if scores.dim() != 1 or scores.shape[0] % group_size:
+        raise ValueError(
+            f"leave_one_out_baseline: scores {tuple(scores.shape)} must be (B,) with B a multiple of the group "
+            f"size {group_size}"
+        )
+    groups = scores.view(-1, group_size)  # (G, n)
+    others = (groups.sum(1, keepdim=True) - groups) / (group_size - 1)  # (G, n) mean of the other n - 1
+    return (groups - others).reshape(-1)
 
 
 class RunningMoments:

@@ -52,6 +52,7 @@ from lit_rlhf.rl.minibatch import index_record, micro_batches, minibatch_indices
 from lit_rlhf.rl.rewards import (
     RunningMoments,
     clip_scores,
+    leave_one_out_baseline,
     shape_rewards,
     truncation_penalty,
 )
@@ -120,6 +121,14 @@ class PPOConfig:
             micro-batches' losses are weighted by their share of the minibatch's response tokens, so the gradient
             is the whole minibatch's; only the activations alive at once shrink. The pretraining (ptx) loss joins
             the last micro-batch's backward.
+        samples_per_prompt: Responses sampled per prompt in each rollout: the data module's ``batch_size`` counts
+            prompts, so a rollout has ``batch_size * samples_per_prompt`` sequences (``minibatch_size`` counts
+            sequences).
+        group_baseline: Subtract from each response's score the mean score of the other responses to its prompt
+            (RLOO's leave-one-out baseline, ``rl.rewards.leave_one_out_baseline``; needs ``samples_per_prompt >=
+            2``). A reward model trained on comparisons scores answers only relative to other answers to the same
+            prompt, so the baseline pays exactly what it was trained to tell apart; the critic still learns the
+            KL part of the return.
     """
 
     ppo_epochs: int = 2
@@ -136,6 +145,21 @@ class PPOConfig:
     normalize_scores: bool = False
     truncation_penalty: float | None = None
     update_micro_batch_size: int = 0
+    samples_per_prompt: int = 1
+    group_baseline: bool = False
+
+    def problems(self) -> list[str]:
+        """What is wrong with these settings (empty when nothing is)."""
+        out = []
+        n = self.samples_per_prompt
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            out.append(f"samples_per_prompt must be an integer >= 1, got {n!r}")
+        elif self.group_baseline and n < 2:
+            out.append(
+                f"group_baseline needs samples_per_prompt >= 2 (the other samples of a prompt are its baseline), "
+                f"got {n}"
+            )
+        return out
 
 
 @dataclass
@@ -312,6 +336,8 @@ class PPOModule(StageModule):
         self.alarm_cfg = alarms or AlarmConfig()
         if self.alarm_cfg.problems():
             raise ValueError("PPOModule: " + "; ".join(self.alarm_cfg.problems()))
+        if self.ppo_cfg.problems():
+            raise ValueError("PPOModule.ppo: " + "; ".join(self.ppo_cfg.problems()))
         self.judge = load_judge(self.eval_cfg.judge)  # a bad judge name fails here, before weights load
         self.combined = CombinedReward(reward)  # so does a reward function that cannot be imported
         self.save_hyperparameters()
@@ -420,6 +446,11 @@ class PPOModule(StageModule):
             raw, rule_logits = roles.reward_and_rules(prompts, gen.texts, (s_ids, s_mask) if shared else None)
         roles.train(was_training)
         scores, reward_stats = self._combined_score(prompts, gen, raw, rule_logits, rmask)  # 3. shape
+        n = cfg.samples_per_prompt
+        if n > 1:  # how far apart the score puts the answers to one prompt: the signal a group baseline keeps
+            reward_stats["group_score_std"] = self._gather(scores.view(-1, n).std(1)).mean()
+        if cfg.group_baseline:
+            scores = leave_one_out_baseline(scores, n)
         parts = shape_rewards(scores, logp, ref_logp, rmask, self.kl_ctl.value, self.kl_cfg.estimator)
         adv, returns = gae(parts.rewards, values, rmask, cfg.gamma, cfg.lam)  # 4. advantages
         if cfg.whiten_advantages:
@@ -571,6 +602,9 @@ class PPOModule(StageModule):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         prompts, ptx = batch["prompts"], batch.get("ptx")
+        n = self.ppo_cfg.samples_per_prompt
+        if n > 1:  # each prompt n times, adjacent: rows g*n .. g*n + n - 1 are prompt g's samples
+            prompts = [p for p in prompts for _ in range(n)]
         if self.ptx_coef == 0:
             ptx = None  # plain PPO: no pretraining forward at all
         t0 = time.perf_counter()

@@ -8,6 +8,7 @@ from lit_rlhf.rl.rewards import (
     RunningMoments,
     clip_scores,
     last_valid_index,
+    leave_one_out_baseline,
     normalize_scores,
     shape_rewards,
     truncation_penalty,
@@ -75,6 +76,29 @@ def test_truncation_penalty_replaces_scores_without_eos():
     assert_close(truncation_penalty(scores, eos, None), scores)
     with pytest.raises(ValueError, match="differ"):
         truncation_penalty(scores, eos[:2], -1.0)
+
+
+def test_leave_one_out_baseline_by_hand():
+    # prompt 0: 1, 2, 6 -> 1 - 4, 2 - 3.5, 6 - 1.5; prompt 1: 0, 0, 3 -> 0 - 1.5, 0 - 1.5, 3 - 0
+    scores = torch.tensor([1.0, 2.0, 6.0, 0.0, 0.0, 3.0])
+    out = leave_one_out_baseline(scores, 3)
+    assert_close(out, torch.tensor([-3.0, -1.5, 4.5, -1.5, -1.5, 3.0]))
+    assert_close(out.view(2, 3).sum(1), torch.zeros(2))  # each prompt's advantages sum to 0
+
+
+def test_leave_one_out_baseline_removes_a_per_prompt_constant():
+    # the reward model's score is defined up to a per-prompt shift: the baseline makes the result ignore it
+    scores = torch.tensor([0.3, -0.2, 1.1, 0.4])
+    shifted = scores + torch.tensor([5.0, 5.0, -7.0, -7.0])
+    assert_close(leave_one_out_baseline(shifted, 2), leave_one_out_baseline(scores, 2))
+    assert_close(leave_one_out_baseline(scores, 2), torch.tensor([0.5, -0.5, 0.7, -0.7]))
+
+
+def test_leave_one_out_baseline_rejects_bad_groups():
+    with pytest.raises(ValueError, match="group_size must be >= 2"):
+        leave_one_out_baseline(torch.zeros(4), 1)
+    with pytest.raises(ValueError, match="multiple of the group size 3"):
+        leave_one_out_baseline(torch.zeros(4), 3)
 
 
 def test_running_moments_merge_batches():

@@ -488,3 +488,67 @@ def test_a_non_finite_ptx_part_skips_the_whole_update_and_counts_in_a_row(tiny_d
     assert (module.guard.skipped, module.guard.consecutive) == (3, 3)
     for name, param in module.roles.shared.named_parameters():
         assert torch.equal(param.detach(), before[name]), name
+
+
+@pytest.mark.parametrize("baseline", [True, False], ids=["loo-baseline", "raw-scores"])
+def test_samples_per_prompt_samples_each_prompt_n_times_and_the_baseline_centres_each_group(
+    tiny_dir, tmp_path, monkeypatch, baseline
+):
+    """ppo.samples_per_prompt=3: a batch of 4 prompts rolls out 12 sequences, each prompt's 3 adjacent; with
+    group_baseline the score paid at the last token is the score minus the mean of the prompt's other samples."""
+    import lit_rlhf.stages.ppo as ppo_mod
+
+    sft, rm = _stages(tiny_dir, tmp_path)
+    seen = {}
+    real_generate, real_shape, real_combined = (
+        ppo_mod.generate,
+        ppo_mod.shape_rewards,
+        PPOModule._combined_score,
+    )
+
+    def spy_generate(model, fmt, prompts, sampling, **kw):
+        seen["prompts"] = list(prompts)
+        return real_generate(model, fmt, prompts, sampling, **kw)
+
+    def spy_combined(self, *args):
+        scores, stats = real_combined(self, *args)
+        seen["raw"] = scores.clone()
+        return scores, stats
+
+    def spy_shape(scores, *args, **kw):
+        seen["paid"] = scores.clone()
+        return real_shape(scores, *args, **kw)
+
+    monkeypatch.setattr(ppo_mod, "generate", spy_generate)
+    monkeypatch.setattr(ppo_mod, "shape_rewards", spy_shape)
+    monkeypatch.setattr(PPOModule, "_combined_score", spy_combined)
+    cfg = PPOConfig(
+        ppo_epochs=1, minibatch_size=4, critic_lr=1e-2, samples_per_prompt=3, group_baseline=baseline
+    )
+    module = _module(sft, rm, ppo=cfg)
+    L.seed_everything(0)
+    trainer = _trainer(3)  # 12 sequences / minibatches of 4 = 3 updates: one PPO iteration
+    trainer.fit(module, _data(tmp_path))
+    assert module.rollouts_done == 1
+    prompts = seen["prompts"]
+    assert len(prompts) == 12 and all(
+        prompts[3 * g] == prompts[3 * g + i] for g in range(4) for i in range(3)
+    )
+    assert len({json.dumps(prompts[3 * g]) for g in range(4)}) == 4
+    raw, paid = seen["raw"].view(4, 3), seen["paid"].view(4, 3)
+    assert raw.std(1).min() > 0  # samples of one prompt differ, so the test can tell the two apart
+    if baseline:
+        torch.testing.assert_close(paid.sum(1), torch.zeros(4), atol=1e-5, rtol=0)
+        torch.testing.assert_close(paid, raw - (raw.sum(1, keepdim=True) - raw) / 2)
+    else:
+        torch.testing.assert_close(paid, raw)
+    spread = float(trainer.callback_metrics["ppo/group_score_std"])
+    assert spread == pytest.approx(float(raw.std(1).mean()), rel=1e-5)
+
+
+def test_group_baseline_settings_are_checked(tiny_dir, tmp_path):
+    sft, rm = _stages(tiny_dir, tmp_path)
+    with pytest.raises(ValueError, match=r"group_baseline needs samples_per_prompt >= 2.*got 1"):
+        _module(sft, rm, ppo=PPOConfig(group_baseline=True))
+    with pytest.raises(ValueError, match="samples_per_prompt must be an integer >= 1, got 0"):
+        _module(sft, rm, ppo=PPOConfig(samples_per_prompt=0))
