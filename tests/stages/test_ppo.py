@@ -458,7 +458,9 @@ def test_micro_batched_update_gives_the_whole_minibatch_update(tiny_dir, tmp_pat
     assert any(".policy." in n for n in whole) and any(".critic." in n for n in whole)
     for trained, logged in others:
         for name, value in whole.items():
-            torch.testing.assert_close(trained[name], value, rtol=1e-4, atol=1e-6, msg=name)
+            # atol 1e-4 = 1% of the learning rate: AdamW's first step is lr * g / (|g| + eps), so an element whose
+            # gradient is near eps moves by an amount that float summation order decides (3e-5 seen on one CPU)
+            torch.testing.assert_close(trained[name], value, rtol=1e-4, atol=1e-4, msg=name)
         assert logged.keys() == whole_log.keys() and "ppo/ptx_loss" in logged
         for key, value in whole_log.items():
             assert logged[key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
