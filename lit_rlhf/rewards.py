@@ -1,6 +1,6 @@
 """The combined PPO reward's components: settings, programmatic reward functions, and gathering the components.
 
-    reward = preference score + sum_r w_r * log P(rule r followed) + length penalty + sum_f w_f * f(prompt, response)
+    reward = w_p * preference score + sum_r w_r * log P(rule r followed) + length penalty + sum_f w_f * f(prompt, response)
 
 Lives here: `CombinedRewardConfig` (what PPO's ``reward`` setting holds), loading and checking programmatic reward
 functions named ``package.module:callable`` (verifiable rewards: a unit test passes, an answer checks out, a format
@@ -56,9 +56,12 @@ class RewardFunctionConfig:
 
 @dataclass
 class CombinedRewardConfig:
-    """What PPO optimises besides the reward model's preference score (which always has weight 1).
+    """What PPO optimises: the reward model's preference score and the terms besides it.
 
     Attributes:
+        preference_weight: The weight of the reward model's score (1 by default). 0 computes and logs it
+            without optimising it: PPO then optimises the other terms alone (e.g. a programmatic reward, to
+            measure what PPO reaches with a perfect reward where the judge is a program, as in the demo world).
         rule_weights: Rule name -> w_r for the reward stage's rule heads (component ``rule_<name>``, the term
             ``w_r * log P(rule followed)``); null = every rule the reward stage has, weight 1; ``{}`` = none.
         length_coef: Length penalty ``-length_coef * max(0, tokens - length_target)`` (0 = none).
@@ -66,6 +69,7 @@ class CombinedRewardConfig:
         functions: Programmatic reward functions, each ``w_f * f(prompt, response)``.
     """
 
+    preference_weight: float = 1.0
     rule_weights: dict[str, float] | None = None
     length_coef: float = 0.0
     length_target: int = 0
@@ -74,6 +78,8 @@ class CombinedRewardConfig:
     def problems(self) -> list[str]:
         """Every invalid setting (empty when all are valid); functions are checked when they load."""
         out = []
+        if not math.isfinite(self.preference_weight):
+            out.append(f"preference_weight must be a finite number, got {self.preference_weight}")
         if self.length_coef < 0:
             out.append(f"length_coef must be >= 0, got {self.length_coef}")
         if self.length_target < 0:
@@ -163,7 +169,7 @@ class CombinedReward:
         if self.cfg.problems():
             raise ValueError("PPOModule.reward: " + "; ".join(self.cfg.problems()))
         self.functions = [load_reward_function(f) for f in self.cfg.functions]
-        self.weights: dict[str, float] = {PREFERENCE: 1.0}
+        self.weights: dict[str, float] = {PREFERENCE: float(self.cfg.preference_weight)}
         self.rules: list[str] = []  # the reward stage's rule heads, in their output order
         self.rule_weights: dict[str, float] = {}
         names = [PREFERENCE, LENGTH, *(f.name for f in self.functions)]
@@ -186,7 +192,8 @@ class CombinedReward:
                 f"(it has {self.rules or 'none'}; train them with data.init_args.rules_train_path)"
             )
         self.rule_weights = dict(wanted)
-        self.weights = {PREFERENCE: 1.0, **{RULE_PREFIX + r: w for r, w in self.rule_weights.items()}}
+        rules = {RULE_PREFIX + r: w for r, w in self.rule_weights.items()}
+        self.weights = {PREFERENCE: float(self.cfg.preference_weight), **rules}
         if self.cfg.length_coef > 0:
             self.weights[LENGTH] = 1.0  # the coefficient is the weight
         self.weights.update({f.name: f.weight for f in self.functions})

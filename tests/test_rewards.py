@@ -108,11 +108,16 @@ def test_components_and_weights_by_hand():
     everything = CombinedReward(CombinedRewardConfig())
     everything.bind(["a", "b"])  # no rule_weights: every rule head, weight 1
     assert everything.weights == {"preference": 1.0, "rule_a": 1.0, "rule_b": 1.0}
+    gold = CombinedReward(CombinedRewardConfig(preference_weight=0.0, functions=[fn("has_x", weight=5.0)]))
+    gold.bind([])  # the reward model's score computed and logged, not optimised
+    assert gold.weights == {"preference": 0.0, "has_x": 5.0}
 
 
 def test_bad_settings_are_refused_with_every_problem_named():
     with pytest.raises(ValueError, match="length_coef must be >= 0, got -1.*length_target must be >= 0"):
         CombinedReward(CombinedRewardConfig(length_coef=-1.0, length_target=-2))
+    with pytest.raises(ValueError, match="preference_weight must be a finite number, got nan"):
+        CombinedReward(CombinedRewardConfig(preference_weight=float("nan")))
     with pytest.raises(
         ValueError, match=r"rule_weights names \['tone'\], which the reward stage has no rule head"
     ):

@@ -1,11 +1,16 @@
 """Programmatic reward functions of the demo world (verifiable rewards for PPO's combined reward).
 
-Named in a PPO config as ``lit_rlhf.demo.rewards:answer_is_correct``; stage modules never import this module.
+Named in a PPO config as ``lit_rlhf.demo.rewards:answer_is_correct`` (or ``:labeler_score``); stage modules never
+import this module.
 """
 
 from __future__ import annotations
 
+from lit_rlhf.demo.labeler import Labeler
 from lit_rlhf.demo.world import extract_answer, parse_prompt
+
+# The labeler the evaluation judges with (`--judge demo`): its default settings, no ranking noise (scores have none).
+_GOLD = Labeler()
 
 
 def answer_is_correct(prompt: str, response: str) -> float:
@@ -13,3 +18,15 @@ def answer_is_correct(prompt: str, response: str) -> float:
     without the banned word), else 0.0; 0.0 for a prompt outside the demo world (nothing checks out)."""
     task = parse_prompt(prompt)
     return float(task is not None and extract_answer(response) == task.answer)
+
+
+def labeler_score(prompt: str, response: str) -> float:
+    """The demo labeler's own score in [0, 1] (the judge score of the evaluation); 0.0 outside the demo world.
+
+    The gold reward: with ``reward.preference_weight: 0`` PPO optimises the judge itself, which measures what the
+    same PPO settings reach with a perfect reward model, so a win rate short of an aim can be put down to the reward
+    model or to the optimisation (Gao et al.'s gold reward model, here a program).
+    """
+    if parse_prompt(prompt) is None:
+        return 0.0
+    return _GOLD.score(prompt, response)

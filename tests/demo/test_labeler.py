@@ -271,3 +271,16 @@ def test_the_demo_answer_check_is_a_verifiable_reward():
     assert answer_is_correct("reverse c dang b =", "b c") == 1.0
     assert answer_is_correct("reverse c dang b =", "b dang c") == 0.0  # the literal answer is not correct
     assert answer_is_correct("what?", "b a c") == 0.0
+
+
+def test_the_gold_reward_is_the_judges_own_score():
+    from lit_rlhf.demo.rewards import labeler_score
+
+    assert labeler_score(REVERSE, "b a c") == 1.0
+    assert labeler_score(REVERSE, "ok b a c") == pytest.approx(0.9)  # one filler word: -0.1
+    assert labeler_score(REVERSE, "sure : b a c") == pytest.approx(0.8)  # "sure" and ":" are two
+    assert labeler_score(REVERSE, "b c a") == pytest.approx(0.6 * (1 - 2 / 3))  # two of three words wrong
+    assert labeler_score(REVERSE, "b dang a c") == 0.0  # the banned word
+    assert labeler_score("what?", "b a c") == 0.0  # not a demo prompt: nothing to score
+    for response in ("b a c", "ok b a", "c", "done done done done b a c"):
+        assert labeler_score(REVERSE, response) == Labeler().score(REVERSE, response)

@@ -68,6 +68,19 @@ def test_combined_score_on_hand_computed_components(tiny_dir, tmp_path):
     assert "reward/rule_long" not in stats  # a rule without a weight only reports its violation rate
 
 
+def test_a_zero_preference_weight_pays_the_other_terms_alone(tiny_dir, tmp_path):
+    """preference_weight 0 (e.g. a gold programmatic reward): the RM score is logged, the score is w_f f alone."""
+    sft, rm = _stages(tiny_dir, tmp_path)
+    reward = CombinedRewardConfig(preference_weight=0.0, functions=[_fn("has_x", weight=5.0)])
+    module = _module(sft, rm, reward=reward)
+    module.configure_model()
+    gen = SimpleNamespace(texts=["a x", "b"], ended=torch.tensor([True, True]))
+    scores, stats = module._combined_score(["p", "q"], gen, torch.tensor([3.0, -2.0]), None, torch.ones(2, 4))
+    assert_close(scores, torch.tensor([5.0, 0.0]))
+    assert_close(stats["reward/preference"], torch.tensor(0.0))
+    assert_close(stats["reward/has_x"], torch.tensor(2.5))
+
+
 def test_ppo_steps_log_every_component_and_rules_reach_the_rollout(tiny_dir, tmp_path):
     sft, rm = _rule_stages(tiny_dir, tmp_path)
     module = _module(sft, rm, reward=CombinedRewardConfig(functions=[_fn("has_x", weight=0.5)]))
