@@ -703,7 +703,11 @@ class PPOModule(StageModule):
         if not k or not computes_on_this_rank(self.trainer, self.trained_net) or not self.trainer.loggers:
             return
         kl = (ro.logprobs - ro.ref_logprobs) * ro.response_mask
-        rewards = self.roles.reward_of(prompts[:k], gen.texts[:k])  # all ranks when sharded
+        # One sample of each of k prompts: with samples_per_prompt a prompt's samples are adjacent rows, and the
+        # first k rows would show one prompt k times.
+        picked = list(range(0, len(prompts), self.ppo_cfg.samples_per_prompt))[:k]
+        texts = [gen.texts[i] for i in picked]
+        rewards = self.roles.reward_of([prompts[i] for i in picked], texts)  # all ranks when sharded
         if not self.trainer.is_global_zero:
             return
         rows = [
@@ -712,12 +716,12 @@ class PPOModule(StageModule):
                 "prompt": prompt_to_json(prompts[i]),
                 "completion": gen.texts[i],
                 "mode": "rollout",
-                "rm_score": float(rewards[i]),
+                "rm_score": float(rewards[j]),
                 "kl": float(kl[i].sum()),
                 **token_fields(self.tokenizer, gen.response_ids[i], ro.response_mask[i], kl[i]),
                 **judge_fields(self.judge, prompts[i], gen.texts[i]),
             }
-            for i in range(min(k, len(prompts)))
+            for j, i in enumerate(picked)
         ]
         log_rows(self.trainer, SAMPLES, rows, self.log_step)
 

@@ -16,6 +16,7 @@ from lit_rlhf.checkpoint.stage_dir import load_stage_dir, save_stage_dir
 from lit_rlhf.data.io import write_jsonl
 from lit_rlhf.data.prompts import PPODataModule
 from lit_rlhf.rl.logprobs import response_logprobs
+from lit_rlhf.runs import RunLogger
 from lit_rlhf.stages.ppo import EvalConfig, KLConfig, PPOConfig, PPOModule, PPOOptimConfig
 
 LORA = LoraSettings(r=4, alpha=8, dropout=0.0)
@@ -528,10 +529,23 @@ def test_samples_per_prompt_samples_each_prompt_n_times_and_the_baseline_centres
         ppo_epochs=1, minibatch_size=4, critic_lr=1e-2, samples_per_prompt=3, group_baseline=baseline
     )
     module = _module(sft, rm, ppo=cfg)
+    module.eval_cfg.samples_per_step = 3
     L.seed_everything(0)
-    trainer = _trainer(3)  # 12 sequences / minibatches of 4 = 3 updates: one PPO iteration
+    trainer = L.Trainer(  # 12 sequences / minibatches of 4 = 3 updates: one PPO iteration
+        max_steps=3,
+        accelerator="cpu",
+        logger=RunLogger(tmp_path / "runs/ppo/x"),
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+    )
     trainer.fit(module, _data(tmp_path))
     assert module.rollouts_done == 1
+    written = [json.loads(x) for x in (tmp_path / "runs/ppo/x/samples.jsonl").read_text().splitlines()]
+    # one sample of each of 3 prompts, not the first prompt's 3 samples
+    assert [r["prompt"] for r in written] == [seen["prompts"][i] for i in (0, 3, 6)]
     prompts = seen["prompts"]
     assert len(prompts) == 12 and all(
         prompts[3 * g] == prompts[3 * g + i] for g in range(4) for i in range(3)
