@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import pytest
@@ -67,16 +68,17 @@ def _module(sft, rm, ptx_coef=0.0, ppo: PPOConfig | None = None, **kw) -> PPOMod
     )
 
 
-def _trainer(steps: int) -> L.Trainer:
+def _trainer(steps: int, logger: Any = False, **kw: Any) -> L.Trainer:
     return L.Trainer(
         max_steps=steps,
         accelerator="cpu",
-        logger=False,
+        logger=logger,
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
         limit_val_batches=0,
         num_sanity_val_steps=0,
+        **kw,
     )
 
 
@@ -531,16 +533,8 @@ def test_samples_per_prompt_samples_each_prompt_n_times_and_the_baseline_centres
     module = _module(sft, rm, ppo=cfg)
     module.eval_cfg.samples_per_step = 3
     L.seed_everything(0)
-    trainer = L.Trainer(  # 12 sequences / minibatches of 4 = 3 updates: one PPO iteration
-        max_steps=3,
-        accelerator="cpu",
-        logger=RunLogger(tmp_path / "runs/ppo/x"),
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        num_sanity_val_steps=0,
-    )
+    # 12 sequences / minibatches of 4 = 3 updates: one PPO iteration
+    trainer = _trainer(3, logger=RunLogger(tmp_path / "runs/ppo/x"))
     trainer.fit(module, _data(tmp_path))
     assert module.rollouts_done == 1
     written = [json.loads(x) for x in (tmp_path / "runs/ppo/x/samples.jsonl").read_text().splitlines()]

@@ -17,7 +17,7 @@ from lit_rlhf.rewards import CombinedRewardConfig, RewardFunctionConfig, RewardF
 from lit_rlhf.runs import RunLogger
 from lit_rlhf.stages.ppo import PPOConfig
 
-from .test_ppo import _data, _module, _stages
+from .test_ppo import _data, _module, _stages, _trainer
 
 RULES = ["has_x", "long"]
 
@@ -84,17 +84,7 @@ def test_a_zero_preference_weight_pays_the_other_terms_alone(tiny_dir, tmp_path)
 def test_ppo_steps_log_every_component_and_rules_reach_the_rollout(tiny_dir, tmp_path):
     sft, rm = _rule_stages(tiny_dir, tmp_path)
     module = _module(sft, rm, reward=CombinedRewardConfig(functions=[_fn("has_x", weight=0.5)]))
-    trainer = L.Trainer(
-        max_steps=2,
-        accelerator="cpu",
-        logger=RunLogger(tmp_path / "runs/ppo/x"),
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        num_sanity_val_steps=0,
-        log_every_n_steps=1,
-    )
+    trainer = _trainer(2, logger=RunLogger(tmp_path / "runs/ppo/x"), log_every_n_steps=1)
     trainer.fit(module, _data(tmp_path))
     rows = [json.loads(x) for x in (tmp_path / "runs/ppo/x/metrics.jsonl").read_text().splitlines()]
     keys = set().union(*rows)
