@@ -6,11 +6,11 @@ import this module.
 
 from __future__ import annotations
 
-from lit_rlhf.demo.labeler import Labeler
+from lit_rlhf.demo.judge import DemoJudge
 from lit_rlhf.demo.world import extract_answer, parse_prompt
 
-# The labeler the evaluation judges with (`--judge demo`): its default settings, no ranking noise (scores have none).
-_GOLD = Labeler()
+# The judge the evaluation uses (`--judge demo`), so the gold reward is its score by construction.
+_GOLD = DemoJudge()
 
 
 def answer_is_correct(prompt: str, response: str) -> float:
@@ -27,6 +27,5 @@ def labeler_score(prompt: str, response: str) -> float:
     same PPO settings reach with a perfect reward model, so a win rate short of an aim can be put down to the reward
     model or to the optimisation (Gao et al.'s gold reward model, here a program).
     """
-    if parse_prompt(prompt) is None:
-        return 0.0
-    return _GOLD.score(prompt, response)
+    score = _GOLD.score(prompt, response)
+    return 0.0 if score is None else score
